@@ -7,8 +7,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _loader  # noqa: F401  (import torch, check versions, load the ops)
-from . import reference
+from . import (
+    _loader,  # noqa: F401  (import torch, check versions, load the ops)
+    reference,
+)
 from ._info import build_info
 from .ops import segment_pool
 

@@ -17,11 +17,7 @@ def segment_pool(
     h = hidden.to(acc)
     m, d = h.shape
     n = ranges.shape[0]
-    w = (
-        torch.ones(m, dtype=acc, device=h.device)
-        if weights is None
-        else weights.detach().to(acc)
-    )
+    w = torch.ones(m, dtype=acc, device=h.device) if weights is None else weights.detach().to(acc)
     ranges = ranges.to(torch.long)
     starts, ends = ranges[:, 0], ranges[:, 1]
     lengths = ends - starts
@@ -35,6 +31,8 @@ def segment_pool(
         + starts.repeat_interleave(lengths)
     )
     wt = w[token]
-    num = torch.zeros(n, d, dtype=acc, device=h.device).index_add(0, unit_of, h[token] * wt[:, None])
+    num = torch.zeros(n, d, dtype=acc, device=h.device).index_add(
+        0, unit_of, h[token] * wt[:, None]
+    )
     den = torch.zeros(n, dtype=acc, device=h.device).index_add(0, unit_of, wt)
     return (num / den.clamp_min(1e-5)[:, None]).to(hidden.dtype)
