@@ -1,0 +1,8 @@
+"""Pure-PyTorch / pure-Python twins of every mta_ext op: the test oracle and benchmark baseline.
+
+Written for clarity straight from DESIGN.md, not for speed.
+"""
+
+from .segment_pool import segment_pool
+
+__all__ = ["segment_pool"]
