@@ -104,7 +104,9 @@ def _convert_gguf(source: _GGUFSource, target: Path, log: Callable[[str], None])
         # Tied embeddings may show up as a missing lm_head; anything else is a real mismatch.
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
-            raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+            raise RuntimeError(
+                f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}"
+            )
         del gguf_model
         out = work / "model"
         model.save_pretrained(out)
@@ -256,7 +258,8 @@ def tiny_tokenizer(kind: str = "bpe", *, texts: list[str] | None = None, vocab_s
         src = Path(spec.origin).parent / "data" / "tokenizer.model.v1"
         tmp = Path(tempfile.mkdtemp(prefix="mta_ext_mistral_"))
         shutil.copy(src, tmp / "tokenizer.model")
-        (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+        config = {"tokenizer_class": "LlamaTokenizer"}
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config))
         tok = AutoTokenizer.from_pretrained(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         return tok

@@ -1,0 +1,204 @@
+"""One distillation step's loss, shared by the HF Trainer, the examples, the CLI and the DDP test.
+
+``loss = (1 - kd_weight) · CE + kd_weight · KD + mta_weight · L_MTA``
+
+* CE: the student's next-token cross-entropy on its own tokens (HF ``labels``).
+* KD: an optional logit-distillation term from a pluggable ``logit_kd(student_out, teacher_out,
+  batch)``. Cross-tokenizer logit KD is *not* defined by MTA (the vocabularies differ), so the
+  default is ``kd_weight=0``; :func:`same_vocab_kl` is a ready hook for a shared tokenizer.
+* L_MTA: ``MTALoss`` on the hidden states (DSA + λ_hid · Hid, already scaled by ``w_span``).
+
+Distributed semantics: every term is a mean over the *local* micro-batch (CE over its tokens,
+DSA/Hid normalised by its units' salience weights). DDP averages gradients over ranks, so a DDP
+step optimises the mean of per-rank losses, which equals the full-batch loss only when every
+rank has the same normalisers; nothing is gathered across ranks. The same holds under FSDP and
+DeepSpeed: the loss is computed per rank on full (unsharded) activations, and the projectors are
+ordinary parameters of the wrapped student.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LogitKD",
+    "distillation_loss",
+    "same_vocab_kl",
+    "teacher_forward",
+    "unit_coverage",
+]
+
+LogitKD = Callable[[Any, Any, Mapping[str, Any]], torch.Tensor]
+
+
+def teacher_forward(
+    teacher: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    need_logits: bool = False,
+) -> Any:
+    """The frozen teacher's forward: eval mode, ``torch.no_grad``, hidden states returned.
+
+    Without ``need_logits`` it runs the HF backbone (``teacher.base_model``) and skips the LM
+    head, the largest matmul of a big-vocabulary teacher (Gemma-3: 262k x 640).
+    """
+    if teacher.training:
+        teacher.eval()
+    model = teacher
+    if not need_logits:
+        base = getattr(teacher, "base_model", None)
+        if isinstance(base, nn.Module) and base is not teacher:
+            model = base
+    with torch.no_grad():
+        return model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([v.float() for v in values]).mean()
+
+
+def distillation_loss(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    batch: Mapping[str, Any],
+    mta_loss: nn.Module | None,
+    *,
+    mta_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    logit_kd: LogitKD | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+    """Compute the distillation loss of one batch from :class:`MTACollator`.
+
+    Args:
+        student: the student (an HF causal LM, possibly wrapped by DDP/accelerate).
+        teacher: the frozen teacher; may be ``None`` when ``mta_weight == kd_weight == 0``
+            (plain fine-tuning, e.g. the baseline of ``mta-ext demo --compare``).
+        batch: the collator's dict; its tensors and alignment may be on any device, they are
+            moved to the student's.
+        mta_loss: an ``mta_ext.MTALoss`` (owns the Hid projectors), or ``None`` with
+            ``mta_weight=0``.
+        mta_weight: weight of ``L_MTA`` (which already includes ``w_span``).
+        kd_weight: weight of the logit-KD term; CE gets ``1 - kd_weight``.
+        logit_kd: ``fn(student_out, teacher_out, batch) -> 0-dim tensor``; required when
+            ``kd_weight > 0``.
+
+    Returns:
+        ``(loss, components, student_out)``: the scalar loss to backpropagate; detached 0-dim
+        components ``ce``, ``loss`` and, when on, ``mta``, ``dsa``, ``hid`` (means over layer
+        pairs), ``dsa/i``, ``hid/i`` (per pair), ``kd``; the student's model output.
+    """
+    if not 0.0 <= kd_weight <= 1.0:
+        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+    if kd_weight > 0 and logit_kd is None:
+        raise ValueError(
+            "kd_weight > 0 needs a logit_kd hook: cross-tokenizer logit KD is not defined by MTA "
+            "(the vocabularies differ); pass e.g. same_vocab_kl() when both share a tokenizer"
+        )
+    use_mta = mta_weight != 0.0
+    if use_mta and mta_loss is None:
+        raise ValueError("mta_weight != 0 needs an mta_loss (an mta_ext.MTALoss)")
+    if (use_mta or kd_weight > 0) and teacher is None:
+        raise ValueError("the MTA and KD terms need a teacher")
+    device = batch["input_ids"].device
+    for p in student.parameters():
+        device = p.device
+        break
+
+    def dev(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, non_blocking=True)
+
+    student_out = student(
+        input_ids=dev(batch["input_ids"]),
+        attention_mask=dev(batch["attention_mask"]),
+        labels=dev(batch["labels"]),
+        output_hidden_states=use_mta,
+        use_cache=False,
+    )
+    ce = student_out.loss
+    comps: dict[str, torch.Tensor] = {"ce": ce.detach()}
+    loss = (1.0 - kd_weight) * ce if kd_weight > 0 else ce
+    teacher_out = None
+    if use_mta or kd_weight > 0:
+        assert teacher is not None
+        teacher_out = teacher_forward(
+            teacher,
+            dev(batch["teacher_input_ids"]),
+            dev(batch["teacher_attention_mask"]),
+            need_logits=kd_weight > 0 or getattr(mta_loss, "weighting", None) == "entropy",
+        )
+    if use_mta:
+        assert mta_loss is not None and teacher_out is not None
+        alignment = batch["alignment"].to(device)
+        mta, per_pair = mta_loss(student_out, teacher_out, alignment, return_components=True)
+        loss = loss + mta_weight * mta
+        comps["mta"] = mta.detach()
+        for kind in ("dsa", "hid"):
+            vals = [v for k, v in per_pair.items() if k.startswith(kind + "/")]
+            if vals:
+                comps[kind] = _mean(vals)
+        comps.update({k: v.detach() for k, v in per_pair.items()})
+    if kd_weight > 0:
+        assert logit_kd is not None
+        kd = logit_kd(student_out, teacher_out, batch)
+        loss = loss + kd_weight * kd
+        comps["kd"] = kd.detach()
+    comps["loss"] = loss.detach()
+    return loss, comps, student_out
+
+
+def same_vocab_kl(temperature: float = 1.0) -> LogitKD:
+    """A ``logit_kd`` hook for teacher and student sharing one tokenizer (same ``T`` and vocab).
+
+    Forward KL ``KL(p_T || p_S)`` at temperature ``τ`` (times ``τ²``), averaged over the
+    student's non-pad tokens. Raises ValueError when the shapes differ (different tokenizers).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def kd(student_out: Any, teacher_out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+        s, t = student_out.logits, teacher_out.logits
+        if s.shape != t.shape:
+            raise ValueError(
+                f"same_vocab_kl: student logits {tuple(s.shape)} and teacher logits "
+                f"{tuple(t.shape)} differ; token-level logit KD needs a shared tokenizer"
+            )
+        mask = batch["attention_mask"].to(s.device).bool()
+        ls = F.log_softmax(s[mask].float() / temperature, -1)
+        lt = F.log_softmax(t[mask].float() / temperature, -1)
+        return F.kl_div(ls, lt, log_target=True, reduction="batchmean") * temperature**2
+
+    return kd
+
+
+def unit_coverage(alignment: Any) -> dict[str, float]:
+    """Share of each side's non-pad tokens that lie in at least one shared unit (any granularity).
+
+    Returns ``{"teacher": float, "student": float}`` in [0, 1]; special tokens count as
+    uncovered, so a BOS-adding tokenizer can never reach 1.
+    """
+    out: dict[str, float] = {}
+    for side in ("teacher", "student"):
+        mask = getattr(alignment, side)["attention_mask"]
+        covered = torch.zeros(mask.numel() + 1, dtype=torch.int32)
+        for layout in alignment.units.values():
+            r = getattr(layout, f"{side}_ranges").to("cpu", torch.long)
+            if r.numel():
+                # difference array: +1 at each start, -1 at each end, prefix-sum = depth
+                covered.index_add_(0, r[:, 0], torch.ones(len(r), dtype=torch.int32))
+                covered.index_add_(0, r[:, 1], -torch.ones(len(r), dtype=torch.int32))
+        inside = covered.cumsum(0)[:-1] > 0
+        valid = mask.reshape(-1).to("cpu").bool()
+        n = int(valid.sum())
+        out[side] = float((inside & valid).sum()) / n if n else 0.0
+    return out
