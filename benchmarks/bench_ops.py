@@ -32,26 +32,50 @@ def main(argv: list[str] | None = None) -> dict:
 
     info = machine_info(args.device)
     bw = copy_bandwidth(args.device)
-    print(f"# {info['cpu'] if args.device == 'cpu' else info.get('gpu')}, threads={info['threads']}, "
-          f"torch {info['torch']}, copy bandwidth {bw / 1e9:.2f} GB/s", flush=True)
+    where = info["cpu"] if args.device == "cpu" else info.get("gpu")
+    print(
+        f"# {where}, threads={info['threads']}, torch {info['torch']}, "
+        f"copy bandwidth {bw / 1e9:.2f} GB/s",
+        flush=True,
+    )
     rows = []
     for name in OP_MODULES:
         if args.only and name != args.only:
             continue
         mod = importlib.import_module(f"benchmarks.ops.{name}")
-        rows += run_cases(mod.cases(args.device, args.quick), device=args.device,
-                          repeats=repeats, warmup=args.warmup)
+        rows += run_cases(
+            mod.cases(args.device, args.quick),
+            device=args.device,
+            repeats=repeats,
+            warmup=args.warmup,
+        )
     for r in rows:
         if "floor_mib" in r:
             floor_ms = r["floor_mib"] * 2**20 / bw * 1e3
             r["floor_ms"] = floor_ms
             r["x_of_floor"] = r["mta_ext_median_ms"] / floor_ms
-    cols = ["op", "D", "dtype", "mta_ext_median_ms", "reference_median_ms", "speedup_vs_reference",
-            "floor_ms", "x_of_floor", "mta_ext_peak_extra_mib", "reference_peak_extra_mib"]
+    cols = [
+        "op",
+        "D",
+        "dtype",
+        "mta_ext_median_ms",
+        "reference_median_ms",
+        "speedup_vs_reference",
+        "floor_ms",
+        "x_of_floor",
+        "mta_ext_peak_extra_mib",
+        "reference_peak_extra_mib",
+    ]
     table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
     print(table)
-    payload = {"machine": info, "copy_bandwidth_GBps": bw / 1e9, "quick": args.quick,
-               "repeats": repeats, "rows": rows, "table": table}
+    payload = {
+        "machine": info,
+        "copy_bandwidth_GBps": bw / 1e9,
+        "quick": args.quick,
+        "repeats": repeats,
+        "rows": rows,
+        "table": table,
+    }
     name = args.name or f"ops_{args.device}{'_quick' if args.quick else ''}"
     print("wrote", write_results(name, payload))
     return payload

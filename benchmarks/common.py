@@ -63,7 +63,8 @@ def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
         return subprocess.check_output(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], text=True,
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            text=True,
             stderr=subprocess.DEVNULL,
         ).strip()
     except Exception:
@@ -96,7 +97,11 @@ def sync(device: str) -> None:
 
 
 def time_fn(
-    fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 3, repeats: int = 20,
+    fn: Callable[[], Any],
+    *,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 20,
     min_time: float = 0.0,
 ) -> dict[str, float]:
     """Median/min/max wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup``."""

@@ -48,7 +48,8 @@ def test_forward_known_values():
     torch.testing.assert_close(out, expected)
     # unweighted: plain mean; an all-zero-weight unit gives zeros (denominator clamped at 1e-5)
     torch.testing.assert_close(
-        mta_ext.segment_pool(hidden, ranges), torch.tensor([[2.0, 3.0], [4.0, 5.0], [0, 0], [3, 4.0]])
+        mta_ext.segment_pool(hidden, ranges),
+        torch.tensor([[2.0, 3.0], [4.0, 5.0], [0, 0], [3, 4.0]]),
     )
     zero = mta_ext.segment_pool(hidden, torch.tensor([[2, 3]]), weights)
     torch.testing.assert_close(zero, torch.zeros(1, 2))
@@ -130,7 +131,9 @@ def test_backward_is_deterministic_with_overlaps(dtype, device, gen):
 @pytest.mark.parametrize("weighted", [True, False])
 def test_opcheck(weighted, device, gen):
     hidden, ranges, weights = _inputs(30, 8, 12, torch.float32, gen, device, weighted)
-    torch.library.opcheck(torch.ops.mta_ext.segment_pool, (hidden.requires_grad_(), ranges, weights))
+    torch.library.opcheck(
+        torch.ops.mta_ext.segment_pool, (hidden.requires_grad_(), ranges, weights)
+    )
     g = torch.randn(12, 8, generator=gen).to(device)
     torch.library.opcheck(torch.ops.mta_ext.segment_pool_backward, (g, ranges, weights, 30))
 
@@ -174,7 +177,11 @@ W = torch.rand(6)
         ((H, R.float(), W), TypeError, "ranges must be an int64 or int32"),
         ((H, R[:, :1], W), ValueError, r"ranges must have shape \[N, 2\]"),
         ((H, R.reshape(-1), W), ValueError, r"ranges must have shape \[N, 2\]"),
-        ((H, torch.tensor([[0, 7]]), W), ValueError, r"ranges\[0\] = \(0, 7\).*hidden.size\(0\) = 6"),
+        (
+            (H, torch.tensor([[0, 7]]), W),
+            ValueError,
+            r"ranges\[0\] = \(0, 7\).*hidden.size\(0\) = 6",
+        ),
         ((H, torch.tensor([[0, 1], [-1, 2]]), W), ValueError, r"ranges\[1\] = \(-1, 2\)"),
         ((H, torch.tensor([[0, 1], [1, 2], [4, 3]]), W), ValueError, r"ranges\[2\] = \(4, 3\)"),
         ((H, R, torch.rand(5)), ValueError, "weights must have one entry per row of hidden"),

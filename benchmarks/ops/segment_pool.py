@@ -55,3 +55,35 @@ def cases(device: str, quick: bool) -> list[Case]:
             params = {"tokens": tokens, "D": d, "N": n, "dtype": str(dtype).replace("torch.", "")}
             out.append(Case("segment_pool fwd+bwd", params, make, floor_bytes=floor))
     return out
+
+
+def _case(tokens: int, d: int, device: str, dtype=torch.float32) -> Case:
+    n = int(0.4 * tokens)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(tokens, d, generator=gen).to(dtype).to(device)
+    ranges = make_units(tokens, n, gen).to(device)
+    weights = torch.rand(tokens, generator=gen).to(device)
+    grad = torch.randn(n, d, generator=gen).to(dtype).to(device)
+
+    def make(impl):
+        fn = mta_ext.segment_pool if impl == "mta_ext" else reference.segment_pool
+        h = hidden.clone().requires_grad_()
+
+        def run():
+            h.grad = None
+            fn(h, ranges, weights).backward(grad)
+
+        return run
+
+    params = {"tokens": tokens, "D": d, "N": n, "dtype": str(dtype).replace("torch.", "")}
+    return Case("segment_pool fwd+bwd", params, make)
+
+
+def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
+    """Scaling: linear in tokens (and in D) for pooling."""
+    tokens = [512, 1024] if quick else [1024, 2048, 4096, 8192, 16384]
+    dims = [64, 256] if quick else [64, 256, 576, 1024, 2048, 4096]
+    return {
+        "tokens": [_case(t, 576, device) for t in tokens],
+        "D": [_case(1024 if quick else 4096, d, device) for d in dims],
+    }
