@@ -94,7 +94,8 @@ def _train(
     groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": args.lr}]
     if mta_loss is not None and mta_weight != 0:
         groups.append({"params": list(mta_loss.parameters()), "lr": args.proj_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    # fused: one multi-tensor kernel per step (the unfused CPU AdamW is several x slower here)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0, fused=True)
     student.train()
     history: list[dict[str, float]] = []
     bar = tqdm(batches, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
