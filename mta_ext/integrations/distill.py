@@ -139,7 +139,9 @@ def distillation_loss(
         )
     if use_mta:
         assert mta_loss is not None and teacher_out is not None
-        alignment = batch["alignment"].to(device)
+        alignment = batch["alignment"]
+        if hasattr(alignment, "to"):  # an Alignment; a plain dict of layouts must be on device
+            alignment = alignment.to(device)
         mta, per_pair = mta_loss(student_out, teacher_out, alignment, return_components=True)
         loss = loss + mta_weight * mta
         comps["mta"] = mta.detach()
