@@ -193,8 +193,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     spans: dict[int, Any] = {}
     if phrases == "spacy":
         # spaCy once per passage (the slow part), cached as char spans for the collator
-        for i, s in zip(used, mta_ext.annotate_spans([train_texts[i] for i in used]),
-                        strict=True):
+        for i, s in zip(used, aligner.spans([train_texts[i] for i in used]), strict=True):
             spans[i] = s
     batches = [collator([{"text": train_texts[i], **({"spans": spans[i]} if spans else {})}
                          for i in b]) for b in index_batches]
