@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -54,12 +55,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="also train CE-only for the same steps and seed; compare held-out CE")
     d.add_argument("--phrases", choices=["spacy", "none"], default="spacy",
                    help="phrase units from spaCy; 'none': word units only, all pairs word-level")
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores not busy with other work)")
     return p
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _auto_threads() -> int:
+    """Cores not already busy. OpenMP threads that share a core with other busy processes
+    spin at every barrier: on a loaded 2-core machine one thread ran a demo step ~3-10x faster
+    than two (3.4 s vs 10-60 s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def _seed_all(seed: int) -> None:
@@ -154,8 +169,10 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("steps", "batch_size", "max_length", "eval_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"mta-ext demo: --{name.replace('_', '-')} must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or _auto_threads()
+    torch.set_num_threads(threads)
+    _log(f"torch threads: {threads}" + ("" if args.threads else
+         " (auto: cores minus current load; --threads N to override)"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -199,7 +216,10 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
                          for i in b]) for b in index_batches]
     timings["align_s"] = time.perf_counter() - t0
     first = batches[0]["alignment"]
-    _log("\nalignment of one training example:\n" + first.explain(0) + "\n")
+    lines = first.explain(0).splitlines()
+    more = f"\n  ... ({len(lines) - 40} more lines)" if len(lines) > 40 else ""
+    _log("\nalignment of one training example (Alignment.explain):\n"
+         + "\n".join(lines[:40]) + more + "\n")
     cov = [unit_coverage(b["alignment"]) for b in batches]
     coverage = {side: sum(c[side] for c in cov) / len(cov) for side in ("teacher", "student")}
     _log(f"tokens covered by shared units: teacher {coverage['teacher']:.1%}, "
