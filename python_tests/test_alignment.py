@@ -288,8 +288,11 @@ def test_threads_give_identical_results():
 
 # ----------------------------------------------------------------------------- hypothesis
 
-_PIECES = ["a", "Z", "é", "e\u0301", "ß", "你", "好", "😀", "👩‍👩‍👧", "𝔘", "٣", " ", "  ", "\t", "\n",
-           "\r\n", "\u00a0", "\u3000", "'", ".", ",", "-", "<|im_start|>", "[CLS]", "x" * 40, "0"]
+_PIECES = [
+    "a", "Z", "é", "e\u0301", "ß", "你", "好", "😀", "👩\u200d👩\u200d👧", "𝔘", "٣",
+    " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "'", ".", ",", "-",
+    "<|im_start|>", "[CLS]", "x" * 40, "0",
+]
 _text = st.one_of(
     st.text(max_size=60),
     st.lists(st.sampled_from(_PIECES), max_size=30).map("".join),
@@ -430,8 +433,8 @@ def test_api_errors():
     with pytest.raises(ValueError, match="padding_side"):
         aligner(["a"], padding_side="middle")
     with pytest.raises(ValueError, match="lacks 'offset_mapping'"):
-        align_encoded(["a"], {"input_ids": [[1]]}, {"input_ids": [[1]], "offset_mapping": [[[0, 1]]]},
-                      [{"word": []}])
+        align_encoded(["a"], {"input_ids": [[1]]},
+                      {"input_ids": [[1]], "offset_mapping": [[[0, 1]]]}, [{"word": []}])
     with pytest.raises(ValueError, match=r"units\['word'\] example 0"):
         aligner(["ab"], spans=[{"word": [[0, 5]]}])
     with pytest.raises(TypeError, match="list of str"):
