@@ -4,6 +4,8 @@ truncation, special tokens, chat strings, empty batches and every bad-input erro
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -337,6 +339,73 @@ def test_property_reference_and_invariants(pair, batch, max_length, side, specia
             for a, e in regex_words(x):
                 if x[a:e].isascii() and x[a:e].isalpha() and (a == 0 or x[a - 1] == " "):
                     assert (a, e) in kept or e - a > 12 or "'" in x[max(a - 1, 0):e + 1]
+
+
+@st.composite
+def _synthetic_side(draw, text: str):
+    """A random but valid tokenization of ``text``: random cut points (so whitespace glued to
+    either neighbour), byte-fallback-like repeated / overlapping pieces, (0,0) specials anywhere,
+    uncovered chars (as WordPiece skips), truncation at either end."""
+    n = len(text)
+    cuts = sorted(set([*draw(st.lists(st.integers(0, n), max_size=n + 1)), 0, n]))
+    toks = []
+    for a, b in itertools.pairwise(cuts):
+        kind = draw(st.integers(0, 7))
+        if kind == 7:
+            continue                                          # chars no token covers (gaps)
+        if kind == 0 and b - a == 1:
+            toks += [(a, b)] * draw(st.integers(2, 3))       # identical byte pieces
+        elif kind == 1 and b - a >= 2:
+            toks += [(a, b), (a + 1, b)]                      # ' ü' then 'ü'
+        else:
+            toks.append((a, b))
+        if draw(st.integers(0, 4)) == 0:
+            toks.append((0, 0))                               # a special token in the middle
+    if draw(st.booleans()):
+        toks.insert(0, (0, 0))
+    lo, hi = 0, len(toks)
+    if draw(st.integers(0, 3)) == 0:
+        lo = draw(st.integers(0, len(toks)))
+        hi = draw(st.integers(lo, len(toks)))
+    return toks[lo:hi]
+
+
+@st.composite
+def _synthetic_batch(draw):
+    texts = draw(st.lists(st.lists(st.sampled_from(_PIECES[:22]), max_size=12).map("".join),
+                          max_size=4))
+    sides = []
+    for _ in range(2):
+        rows = [draw(_synthetic_side(x)) for x in texts]
+        T = max((len(r) for r in rows), default=0) + draw(st.integers(0, 2))
+        off = np.zeros((len(texts), T, 2), np.int64)
+        mask = np.zeros((len(texts), T), np.int64)
+        for b, r in enumerate(rows):
+            lo = draw(st.integers(0, T - len(r)))             # left, right or both-side padding
+            off[b, lo:lo + len(r)] = np.asarray(r, np.int64).reshape(-1, 2)
+            mask[b, lo:lo + len(r)] = 1
+        sides += [off, mask]
+    units = []
+    for g in ("word", "phrase"):
+        cu, spans = [0], []
+        for x in texts:
+            k = draw(st.integers(0, 6)) if x else 0
+            for _ in range(k):
+                a = draw(st.integers(0, len(x) - 1))
+                spans.append([a, draw(st.integers(a + 1, len(x)))])
+            cu.append(len(spans))
+        units.append((g, np.array(cu), np.array(spans, np.int64).reshape(-1, 2)))
+    return [texts, *sides, units]
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=_synthetic_batch(), threads=st.sampled_from([1, 2]))
+def test_property_engine_equals_reference_on_synthetic_offsets(args, threads):
+    got = _align.align(*args, threads)
+    ref = align_reference(*args)
+    for g_got, g_ref in zip(got, ref, strict=True):
+        for k in g_got:
+            np.testing.assert_array_equal(g_got[k], g_ref[k], err_msg=k)
 
 
 # ----------------------------------------------------------------------------- bad input

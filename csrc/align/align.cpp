@@ -37,7 +37,8 @@ struct SidePrep {
   std::vector<int64_t> nb_end;     // its end offset
   std::vector<int64_t> nb_start;   // its start after skipping leading whitespace
   std::vector<int32_t> start_k;    // [L+1]: first k with nb_start[k] >= c
-  std::vector<int32_t> special;    // [T+1]: prefix count of empty-offset tokens (specials)
+  std::vector<int32_t> special;    // [n+1]: prefix count of empty-offset tokens from lo on
+  int64_t lo = 0;                  // first real (unpadded) token
   int64_t raw_first = 0;           // first / last char covered by a non-empty token
   int64_t raw_last = 0;
   bool any = false;                // at least one non-empty token
@@ -112,12 +113,12 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
   p.nb_tok.clear();
   p.nb_end.clear();
   p.nb_start.clear();
-  p.special.assign(static_cast<size_t>(T) + 1, 0);
+  p.special.assign(static_cast<size_t>(hi - lo) + 1, 0);
+  p.lo = lo;
   p.any = false;
   int64_t prev_a = -1, prev_e = -1;
-  for (int64_t t = 0; t < T; ++t) {
-    p.special[t + 1] = p.special[t];
-    if (t < lo || t >= hi) continue;
+  for (int64_t t = lo; t < hi; ++t) {
+    p.special[t - lo + 1] = p.special[t - lo];
     const int64_t a = off[2 * t], e = off[2 * t + 1];
     if (a < 0 || e < a || e > L) {
       return where(sv, b) + ": offsets of token " + std::to_string(t) + " are (" +
@@ -125,7 +126,7 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
              "), outside the text of length " + std::to_string(L) + " or start > end";
     }
     if (a == e) {  // special tokens (0,0) and other empty tokens belong to no unit
-      p.special[t + 1] += 1;
+      p.special[t - lo + 1] += 1;
       continue;
     }
     if (p.any && (a < prev_a || e < prev_e)) {
@@ -166,7 +167,7 @@ inline int classify(const SidePrep& p, int64_t a, int64_t b, int64_t* r0, int64_
   if (k1 > k0 && p.nb_end[k1 - 1] > b) return 2;
   if (k1 == k0) return 3;
   const int64_t t0 = p.nb_tok[k0], t1 = p.nb_tok[k1 - 1] + 1;
-  if (p.special[t1] != p.special[t0]) return 4;
+  if (p.special[t1 - p.lo] != p.special[t0 - p.lo]) return 4;
   *r0 = t0;
   *r1 = t1;
   return 0;
@@ -206,7 +207,13 @@ std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, cons
   std::vector<std::string> errors(B);
 
 #ifdef _OPENMP
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  // Small batches run on one thread: waking a team costs more than it saves there (and a lot
+  // on a loaded machine). ~64k chars+tokens per extra thread.
+  int64_t work = B * (teacher.length + student.length);
+  for (const auto& t : texts) work += static_cast<int64_t>(t.size());
+  const int64_t cap = 1 + work / 65536;
+  int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  if (nt > cap) nt = static_cast<int>(cap);
 #pragma omp parallel num_threads(nt)
 #endif
   {
