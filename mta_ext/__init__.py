@@ -1,1 +1,17 @@
-"""mta_ext (alignment branch placeholder; the lead's __init__ replaces this on merge)."""
+"""mta_ext: fast cross-tokenizer MTA distillation losses for PyTorch.
+
+Compiled ops live under ``torch.ops.mta_ext``; this package is the thin, typed Python API.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import (
+    _loader,  # noqa: F401  (import torch, check versions, load the ops)
+    reference,
+)
+from ._info import build_info
+from .ops import segment_pool
+
+__all__ = ["__version__", "build_info", "reference", "segment_pool"]

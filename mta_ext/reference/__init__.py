@@ -4,5 +4,6 @@ Written for clarity straight from DESIGN.md, not for speed.
 """
 
 from .alignment import align_reference
+from .segment_pool import segment_pool
 
-__all__ = ["align_reference"]
+__all__ = ["align_reference", "segment_pool"]
