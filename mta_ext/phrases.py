@@ -48,15 +48,19 @@ def load_spacy():
     try:
         import spacy
     except ImportError as exc:
-        raise ImportError(f"phrases='spacy' needs spaCy and an English model: `{_INSTALL}` "
-                          "(or pass phrases=None / a callable)") from exc
+        raise ImportError(
+            f"phrases='spacy' needs spaCy and an English model: `{_INSTALL}` "
+            "(or pass phrases=None / a callable)"
+        ) from exc
     for name in _MODELS:
         try:
             return spacy.load(name, disable=["ner", "lemmatizer"])
         except OSError:
             continue
-    raise OSError(f"no spaCy English model found: tried {' and '.join(_MODELS)}. "
-                  f"Install one with `{_INSTALL}` (or `python -m spacy download en_core_web_sm`).")
+    raise OSError(
+        f"no spaCy English model found: tried {' and '.join(_MODELS)}. "
+        f"Install one with `{_INSTALL}` (or `python -m spacy download en_core_web_sm`)."
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,8 +68,17 @@ def _verb_matcher():
     from spacy.matcher import Matcher
 
     m = Matcher(load_spacy().vocab)
-    m.add("VP", [[{"POS": "AUX", "OP": "*"}, {"POS": "ADV", "OP": "*"},
-                  {"POS": "VERB", "OP": "+"}, {"POS": "ADV", "OP": "*"}]])
+    m.add(
+        "VP",
+        [
+            [
+                {"POS": "AUX", "OP": "*"},
+                {"POS": "ADV", "OP": "*"},
+                {"POS": "VERB", "OP": "+"},
+                {"POS": "ADV", "OP": "*"},
+            ]
+        ],
+    )
     return m
 
 
@@ -112,8 +125,10 @@ def _check_words(words: str) -> None:
 def _callable_spans(fn: Callable[[str], Any], text: str, words: str) -> dict[str, list[list[int]]]:
     got = fn(text)
     if isinstance(got, dict):
-        return {"word": sorted([int(a), int(b)] for a, b in got.get("word", [])),
-                "phrase": sorted([int(a), int(b)] for a, b in got.get("phrase", []))}
+        return {
+            "word": sorted([int(a), int(b)] for a, b in got.get("word", [])),
+            "phrase": sorted([int(a), int(b)] for a, b in got.get("phrase", [])),
+        }
     phrases = sorted((int(a), int(b)) for a, b in got)
     ws = regex_words(text)
     if words == "in_phrases":

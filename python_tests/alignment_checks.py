@@ -11,13 +11,20 @@ from mta_ext.reference.alignment import align_reference
 def reference_of(al: Alignment) -> dict[str, dict[str, np.ndarray]]:
     packed = [(g, c["cu"], c["spans"]) for g, c in al.candidates.items()]
     t, s = al.teacher, al.student
-    res = align_reference(al.texts, t["offsets"].numpy(), t["attention_mask"].numpy(),
-                          s["offsets"].numpy(), s["attention_mask"].numpy(), packed)
+    res = align_reference(
+        al.texts,
+        t["offsets"].numpy(),
+        t["attention_mask"].numpy(),
+        s["offsets"].numpy(),
+        s["attention_mask"].numpy(),
+        packed,
+    )
     return {g: r for (g, _, _), r in zip(packed, res, strict=True)}
 
 
-def _check_side(text: str, ids_mask: np.ndarray, offs: np.ndarray, row: int, lo: int, hi: int,
-                a: int, b: int) -> None:
+def _check_side(
+    text: str, ids_mask: np.ndarray, offs: np.ndarray, row: int, lo: int, hi: int, a: int, b: int
+) -> None:
     assert lo < hi, "a kept unit owns no token"
     for t in range(lo, hi):
         assert ids_mask[row, t] == 1, "a pad inside a unit's range"

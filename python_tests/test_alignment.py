@@ -38,8 +38,14 @@ TEXTS = [
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝒎𝒂𝒕𝒉 ﬁ ligature Ǆ ǅ",
 ]
 
-PAIRS = [("qwen", "mistral"), ("mistral", "cl100k"), ("cl100k", "qwen"),
-         ("tiny_bpe", "tiny_wordpiece"), ("tiny_unigram", "qwen"), ("mistral", "tiny_wordpiece")]
+PAIRS = [
+    ("qwen", "mistral"),
+    ("mistral", "cl100k"),
+    ("cl100k", "qwen"),
+    ("tiny_bpe", "tiny_wordpiece"),
+    ("tiny_unigram", "qwen"),
+    ("mistral", "tiny_wordpiece"),
+]
 
 
 # ----------------------------------------------------------------------------- engine, by hand
@@ -77,14 +83,14 @@ def test_exact_ranges_leading_space_and_special():
 
 def test_straddle_no_token_and_reason_order():
     text = "don't go"
-    t = [(0, 3), (3, 5), (5, 8)]           # 'don', "'t", ' go'
-    s = [(0, 2), (2, 5), (5, 8)]           # 'do', "n't", ' go'
+    t = [(0, 3), (3, 5), (5, 8)]  # 'don', "'t", ' go'
+    s = [(0, 2), (2, 5), (5, 8)]  # 'do', "n't", ' go'
     r = _run(text, t, s, [(0, 2), (2, 5), (0, 5), (6, 8), (5, 6)])
     # 'do': teacher 'don' crosses its end; "n't": 'don' crosses its start; "don't" fine;
     # 'go' fine; ' ' (a whitespace unit) owns no token on either side.
     assert r["status"].tolist() == [3, 3, 0, 0, 5]
     assert r["teacher_ranges"].tolist() == [[0, 2], [2, 3]]
-    r = _run(text, s, t, [(0, 2)])          # swapped: now the student straddles
+    r = _run(text, s, t, [(0, 2)])  # swapped: now the student straddles
     assert r["status"].tolist() == [4]
 
 
@@ -101,8 +107,8 @@ def test_byte_fallback_overlapping_pieces_are_one_char():
 
 def test_special_token_inside_range_is_dropped_and_pads_ignored():
     text = "ab cd"
-    t = [(0, 2), (0, 0), (2, 5)]             # a special token between the two words
-    s = [(0, 0), (0, 2), (2, 5), (0, 0)]     # left pad, BOS-like (0,0) ... pad at the end
+    t = [(0, 2), (0, 0), (2, 5)]  # a special token between the two words
+    s = [(0, 0), (0, 2), (2, 5), (0, 0)]  # left pad, BOS-like (0,0) ... pad at the end
     r = _run(text, t, s, [(0, 5), (0, 2), (3, 5)], s_mask=[0, 1, 1, 1])
     assert r["status"].tolist() == [7, 0, 0]
     assert r["student_ranges"].tolist() == [[1, 2], [2, 3]]
@@ -111,12 +117,12 @@ def test_special_token_inside_range_is_dropped_and_pads_ignored():
 def test_truncation_either_side():
     text = "one two three"
     t = [(0, 3), (3, 7), (7, 13)]
-    s = [(0, 3), (3, 7)]                     # student cut after 'two'
+    s = [(0, 3), (3, 7)]  # student cut after 'two'
     r = _run(text, t, s, [(0, 3), (4, 7), (8, 13)])
     assert r["status"].tolist() == [0, 0, 2]
     r = _run(text, s, t, [(8, 13)])
     assert r["status"].tolist() == [1]
-    r = _run(text, [(7, 13)], t, [(0, 3), (8, 13)])   # left truncation of the teacher
+    r = _run(text, [(7, 13)], t, [(0, 3), (8, 13)])  # left truncation of the teacher
     assert r["status"].tolist() == [1, 0]
 
 
@@ -172,13 +178,15 @@ def test_left_and_right_padding_give_shifted_ranges(pair):
             cu = lay_l.cu_units.numpy()
             row = np.repeat(np.arange(len(TEXTS)), np.diff(cu))
             shift = (T - n)[row][:, None]
-            np.testing.assert_array_equal(getattr(lay_l, key).numpy(),
-                                          getattr(lay_r, key).numpy() + shift)
+            np.testing.assert_array_equal(
+                getattr(lay_l, key).numpy(), getattr(lay_r, key).numpy() + shift
+            )
             # The pooled tokens are the same ids either way.
             ids_l = getattr(left, side)["input_ids"].reshape(-1)
             ids_r = getattr(right, side)["input_ids"].reshape(-1)
-            for (a, b), (c, d) in zip(getattr(lay_l, key).tolist(), getattr(lay_r, key).tolist(),
-                                      strict=True):
+            for (a, b), (c, d) in zip(
+                getattr(lay_l, key).tolist(), getattr(lay_r, key).tolist(), strict=True
+            ):
                 assert ids_l[a:b].tolist() == ids_r[c:d].tolist()
 
 
@@ -206,13 +214,16 @@ def test_special_tokens_belong_to_no_unit():
     for a, b in with_sp.units["phrase"].teacher_ranges.tolist():
         assert cls_id not in ids[a:b].tolist() and sep_id not in ids[a:b].tolist()
     for g in ("word", "phrase"):
-        np.testing.assert_array_equal(with_sp.units[g].spans.numpy(),
-                                      without.units[g].spans.numpy())
+        np.testing.assert_array_equal(
+            with_sp.units[g].spans.numpy(), without.units[g].spans.numpy()
+        )
 
 
 def test_chat_template_strings_and_pre_tokenized_path():
-    chat = ("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhat is the "
-            "capital of France?<|im_end|>\n<|im_start|>assistant\nParis is the capital.<|im_end|>")
+    chat = (
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhat is the "
+        "capital of France?<|im_end|>\n<|im_start|>assistant\nParis is the capital.<|im_end|>"
+    )
     texts = [chat, "<|im_start|>user\nHi<|im_end|>"]
     q, m = qwen(), mistral()
     t_enc = [q.encode(x, add_special_tokens=False) for x in texts]
@@ -220,22 +231,28 @@ def test_chat_template_strings_and_pre_tokenized_path():
     # Student as padded tensors (left padding, as a trainer's collator would give them).
     s_enc = m(texts, add_special_tokens=False, return_offsets_mapping=True)
     T = max(len(x) for x in s_enc["input_ids"])
-    s = {"input_ids": torch.zeros(2, T, dtype=torch.long),
-         "attention_mask": torch.zeros(2, T, dtype=torch.long),
-         "offset_mapping": torch.zeros(2, T, 2, dtype=torch.long)}
-    for b, (ids, offs) in enumerate(zip(s_enc["input_ids"], s_enc["offset_mapping"],
-                                        strict=True)):
-        s["input_ids"][b, T - len(ids):] = torch.tensor(ids)
-        s["attention_mask"][b, T - len(ids):] = 1
-        s["offset_mapping"][b, T - len(ids):] = torch.tensor(offs)
+    s = {
+        "input_ids": torch.zeros(2, T, dtype=torch.long),
+        "attention_mask": torch.zeros(2, T, dtype=torch.long),
+        "offset_mapping": torch.zeros(2, T, 2, dtype=torch.long),
+    }
+    for b, (ids, offs) in enumerate(zip(s_enc["input_ids"], s_enc["offset_mapping"], strict=True)):
+        s["input_ids"][b, T - len(ids) :] = torch.tensor(ids)
+        s["attention_mask"][b, T - len(ids) :] = 1
+        s["offset_mapping"][b, T - len(ids) :] = torch.tensor(offs)
     spans = [{"word": [list(w) for w in regex_words(x)], "phrase": []} for x in texts]
     al = align_encoded(texts, t, s, spans)
     check_alignment(al)
-    specials = [(a, b) for e, x in zip(t_enc, texts, strict=True) for a, b in e.offsets
-                if x[a:b] in ("<|im_start|>", "<|im_end|>")]
+    specials = [
+        (a, b)
+        for e, x in zip(t_enc, texts, strict=True)
+        for a, b in e.offsets
+        if x[a:b] in ("<|im_start|>", "<|im_end|>")
+    ]
     assert len(specials) == 8
-    kept = {chat[a:b] for a, b in al.units["word"].spans[: int(al.units["word"].cu_units[1])]
-            .tolist()}
+    kept = {
+        chat[a:b] for a, b in al.units["word"].spans[: int(al.units["word"].cu_units[1])].tolist()
+    }
     # Words spelled inside the chat markers are cut by the teacher's special tokens.
     assert "im_start" not in kept and "im_end" not in kept
     assert {"You", "helpful", "capital", "France", "Paris", "assistant"} <= kept
@@ -279,8 +296,10 @@ def test_dataclasses_to_and_explain():
 def test_threads_give_identical_results():
     t, s = qwen(), mistral()
     texts = TEXTS * 30
-    spans = [{"word": [list(w) for w in regex_words(x)], "phrase": [list(p) for p in _phrases(x)]}
-             for x in texts]
+    spans = [
+        {"word": [list(w) for w in regex_words(x)], "phrase": [list(p) for p in _phrases(x)]}
+        for x in texts
+    ]
     a1 = Aligner(t, s, num_threads=1)(texts, spans=spans)
     a2 = Aligner(t, s, num_threads=2)(texts, spans=spans)
     for g in ("word", "phrase"):
@@ -291,9 +310,32 @@ def test_threads_give_identical_results():
 # ----------------------------------------------------------------------------- hypothesis
 
 _PIECES = [
-    "a", "Z", "é", "e\u0301", "ß", "你", "好", "😀", "👩\u200d👩\u200d👧", "𝔘", "٣",
-    " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "'", ".", ",", "-",
-    "<|im_start|>", "[CLS]", "x" * 40, "0",
+    "a",
+    "Z",
+    "é",
+    "e\u0301",
+    "ß",
+    "你",
+    "好",
+    "😀",
+    "👩\u200d👩\u200d👧",
+    "𝔘",
+    "٣",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\u00a0",
+    "\u3000",
+    "'",
+    ".",
+    ",",
+    "-",
+    "<|im_start|>",
+    "[CLS]",
+    "x" * 40,
+    "0",
 ]
 _text = st.one_of(
     st.text(max_size=60),
@@ -322,23 +364,30 @@ _PROP_PAIRS = [("qwen", "mistral"), ("tiny_wordpiece", "tiny_unigram"), ("cl100k
 
 @pytest.mark.parametrize("pair", _PROP_PAIRS, ids=["-".join(p) for p in _PROP_PAIRS])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=_batch(), max_length=st.sampled_from([None, None, 3, 9]),
-       side=st.sampled_from(["left", "right"]), special=st.booleans())
+@given(
+    batch=_batch(),
+    max_length=st.sampled_from([None, None, 3, 9]),
+    side=st.sampled_from(["left", "right"]),
+    special=st.booleans(),
+)
 def test_property_reference_and_invariants(pair, batch, max_length, side, special):
     texts, spans = batch
     aligner = Aligner(ALL[pair[0]](), ALL[pair[1]](), phrases=None)
-    al = aligner(texts, max_length=max_length, padding_side=side, add_special_tokens=special,
-                 spans=spans)
+    al = aligner(
+        texts, max_length=max_length, padding_side=side, add_special_tokens=special, spans=spans
+    )
     check_alignment(al)
     if max_length is None and special is False and pair == ("qwen", "mistral"):
         # Untruncated, every regex word made only of ASCII letters survives these two.
         for b, x in enumerate(texts):
             lay = al.units["word"]
-            kept = {tuple(s) for s in lay.spans[int(lay.cu_units[b]):int(lay.cu_units[b + 1])]
-                    .tolist()}
+            kept = {
+                tuple(s)
+                for s in lay.spans[int(lay.cu_units[b]) : int(lay.cu_units[b + 1])].tolist()
+            }
             for a, e in regex_words(x):
                 if x[a:e].isascii() and x[a:e].isalpha() and (a == 0 or x[a - 1] == " "):
-                    assert (a, e) in kept or e - a > 12 or "'" in x[max(a - 1, 0):e + 1]
+                    assert (a, e) in kept or e - a > 12 or "'" in x[max(a - 1, 0) : e + 1]
 
 
 @st.composite
@@ -352,15 +401,15 @@ def _synthetic_side(draw, text: str):
     for a, b in itertools.pairwise(cuts):
         kind = draw(st.integers(0, 7))
         if kind == 7:
-            continue                                          # chars no token covers (gaps)
+            continue  # chars no token covers (gaps)
         if kind == 0 and b - a == 1:
-            toks += [(a, b)] * draw(st.integers(2, 3))       # identical byte pieces
+            toks += [(a, b)] * draw(st.integers(2, 3))  # identical byte pieces
         elif kind == 1 and b - a >= 2:
-            toks += [(a, b), (a + 1, b)]                      # ' ü' then 'ü'
+            toks += [(a, b), (a + 1, b)]  # ' ü' then 'ü'
         else:
             toks.append((a, b))
         if draw(st.integers(0, 4)) == 0:
-            toks.append((0, 0))                               # a special token in the middle
+            toks.append((0, 0))  # a special token in the middle
     if draw(st.booleans()):
         toks.insert(0, (0, 0))
     lo, hi = 0, len(toks)
@@ -372,8 +421,9 @@ def _synthetic_side(draw, text: str):
 
 @st.composite
 def _synthetic_batch(draw):
-    texts = draw(st.lists(st.lists(st.sampled_from(_PIECES[:22]), max_size=12).map("".join),
-                          max_size=4))
+    texts = draw(
+        st.lists(st.lists(st.sampled_from(_PIECES[:22]), max_size=12).map("".join), max_size=4)
+    )
     sides = []
     for _ in range(2):
         rows = [draw(_synthetic_side(x)) for x in texts]
@@ -381,9 +431,9 @@ def _synthetic_batch(draw):
         off = np.zeros((len(texts), T, 2), np.int64)
         mask = np.zeros((len(texts), T), np.int64)
         for b, r in enumerate(rows):
-            lo = draw(st.integers(0, T - len(r)))             # left, right or both-side padding
-            off[b, lo:lo + len(r)] = np.asarray(r, np.int64).reshape(-1, 2)
-            mask[b, lo:lo + len(r)] = 1
+            lo = draw(st.integers(0, T - len(r)))  # left, right or both-side padding
+            off[b, lo : lo + len(r)] = np.asarray(r, np.int64).reshape(-1, 2)
+            mask[b, lo : lo + len(r)] = 1
         sides += [off, mask]
     units = []
     for g in ("word", "phrase"):
@@ -502,8 +552,12 @@ def test_api_errors():
     with pytest.raises(ValueError, match="padding_side"):
         aligner(["a"], padding_side="middle")
     with pytest.raises(ValueError, match="lacks 'offset_mapping'"):
-        align_encoded(["a"], {"input_ids": [[1]]},
-                      {"input_ids": [[1]], "offset_mapping": [[[0, 1]]]}, [{"word": []}])
+        align_encoded(
+            ["a"],
+            {"input_ids": [[1]]},
+            {"input_ids": [[1]], "offset_mapping": [[[0, 1]]]},
+            [{"word": []}],
+        )
     with pytest.raises(ValueError, match=r"units\['word'\] example 0"):
         aligner(["ab"], spans=[{"word": [[0, 5]]}])
     with pytest.raises(TypeError, match="list of str"):

@@ -38,7 +38,16 @@ def _texts(text: str, spans) -> list[str]:
 def test_regex_words_unicode():
     text = "Don't stop: café e\u0301te\u0301 你好世界 😀 x_y 3.14 rock’n’roll"
     assert _texts(text, regex_words(text)) == [
-        "Don't", "stop", "café", "e\u0301te\u0301", "你好世界", "x_y", "3", "14", "rock’n’roll"]
+        "Don't",
+        "stop",
+        "café",
+        "e\u0301te\u0301",
+        "你好世界",
+        "x_y",
+        "3",
+        "14",
+        "rock’n’roll",
+    ]
     assert regex_words("") == [] and regex_words(" \t\n ") == []
 
 
@@ -77,10 +86,23 @@ def test_phrases_none_and_callable():
 def test_spacy_noun_chunks_and_verb_phrases():
     text = "The quick brown fox has quickly jumped over the lazy dog."
     got = annotate_spans([text])[0]
-    assert _texts(text, got["phrase"]) == ["The quick brown fox", "has quickly jumped",
-                                           "the lazy dog"]
-    assert _texts(text, got["word"]) == ["The", "quick", "brown", "fox", "has", "quickly",
-                                         "jumped", "the", "lazy", "dog"]
+    assert _texts(text, got["phrase"]) == [
+        "The quick brown fox",
+        "has quickly jumped",
+        "the lazy dog",
+    ]
+    assert _texts(text, got["word"]) == [
+        "The",
+        "quick",
+        "brown",
+        "fox",
+        "has",
+        "quickly",
+        "jumped",
+        "the",
+        "lazy",
+        "dog",
+    ]
     every = annotate_spans([text], words="all")[0]
     inside = _texts(text, got["word"])
     assert _texts(text, every["word"]) == [*inside[:7], "over", *inside[7:]]
@@ -93,8 +115,10 @@ def test_spacy_noun_chunks_and_verb_phrases():
 
 @needs_spacy
 def test_spacy_phrases_never_nest():
-    texts = ["The man who was quickly running has been seriously hurt by the falling tree.",
-             "She would have gladly given the old book to her younger brother yesterday."]
+    texts = [
+        "The man who was quickly running has been seriously hurt by the falling tree.",
+        "She would have gladly given the old book to her younger brother yesterday.",
+    ]
     for _text, got in zip(texts, annotate_spans(texts), strict=True):
         ps = got["phrase"]
         assert ps == sorted(ps, key=lambda s: (s[0], -s[1]))
@@ -111,8 +135,9 @@ def test_aligner_uses_cached_spans():
     again = aligner(texts, spans=json.loads(json.dumps(cached)))
     for g in ("word", "phrase"):
         np.testing.assert_array_equal(parsed.units[g].spans.numpy(), again.units[g].spans.numpy())
-        np.testing.assert_array_equal(parsed.units[g].teacher_ranges.numpy(),
-                                      again.units[g].teacher_ranges.numpy())
+        np.testing.assert_array_equal(
+            parsed.units[g].teacher_ranges.numpy(), again.units[g].teacher_ranges.numpy()
+        )
     assert parsed.units["phrase"].num_units >= 4
 
 

@@ -105,9 +105,15 @@ def tiny_bpe():
 
     tk = Tokenizer(models.BPE(unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["[UNK]", "[PAD]"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk.train_from_iterator(
+        _CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["[UNK]", "[PAD]"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return _wrap(tk)
 
 
@@ -118,12 +124,16 @@ def tiny_wordpiece():
     tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.train_from_iterator(_CORPUS, trainers.WordPieceTrainer(
-        vocab_size=200, special_tokens=["[UNK]", "[PAD]", "[CLS]", "[SEP]"],
-        show_progress=False))
+    tk.train_from_iterator(
+        _CORPUS,
+        trainers.WordPieceTrainer(
+            vocab_size=200, special_tokens=["[UNK]", "[PAD]", "[CLS]", "[SEP]"], show_progress=False
+        ),
+    )
     tk.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tk.token_to_id("[CLS]")),
-                                                 ("[SEP]", tk.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tk.token_to_id("[CLS]")), ("[SEP]", tk.token_to_id("[SEP]"))],
+    )
     return _wrap(tk)
 
 
@@ -134,9 +144,15 @@ def tiny_unigram():
 
     tk = Tokenizer(models.Unigram())
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.train_from_iterator(_CORPUS, trainers.UnigramTrainer(
-        vocab_size=150, special_tokens=["[UNK]", "[PAD]"], unk_token="[UNK]",
-        show_progress=False))
+    tk.train_from_iterator(
+        _CORPUS,
+        trainers.UnigramTrainer(
+            vocab_size=150,
+            special_tokens=["[UNK]", "[PAD]"],
+            unk_token="[UNK]",
+            show_progress=False,
+        ),
+    )
     return tk
 
 

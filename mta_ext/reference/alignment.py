@@ -39,8 +39,10 @@ def _side_tokens(text: str, offsets: np.ndarray, mask: np.ndarray, side: str, b:
     for t in ones:
         a, e = int(offsets[t, 0]), int(offsets[t, 1])
         if a < 0 or e < a or e > len(text):
-            raise ValueError(f"{side} example {b}: offsets of token {t} = ({a}, {e}) are "
-                             f"outside the text of length {len(text)}")
+            raise ValueError(
+                f"{side} example {b}: offsets of token {t} = ({a}, {e}) are "
+                f"outside the text of length {len(text)}"
+            )
         if a < e:
             if prev is not None and (a < prev[0] or e < prev[1]):
                 raise ValueError(f"{side} example {b}: offsets not monotone at token {t}")
@@ -98,8 +100,10 @@ def align_reference(
     """
     del num_threads
     sides = []
-    for name, off, mask in (("teacher", teacher_offsets, teacher_mask),
-                            ("student", student_offsets, student_mask)):
+    for name, off, mask in (
+        ("teacher", teacher_offsets, teacher_mask),
+        ("student", student_offsets, student_mask),
+    ):
         off, mask = np.asarray(off, dtype=np.int64), np.asarray(mask, dtype=np.int64)
         if off.ndim != 3 or off.shape[2] != 2:
             raise ValueError(f"{name}_offsets must have shape [B, T, 2]")
@@ -110,8 +114,13 @@ def align_reference(
         sides.append((name, off, mask))
     (_, t_off, t_mask), (_, s_off, s_mask) = sides
     B = len(texts)
-    toks = [(_side_tokens(texts[b], t_off[b], t_mask[b], "teacher", b),
-             _side_tokens(texts[b], s_off[b], s_mask[b], "student", b)) for b in range(B)]
+    toks = [
+        (
+            _side_tokens(texts[b], t_off[b], t_mask[b], "teacher", b),
+            _side_tokens(texts[b], s_off[b], s_mask[b], "student", b),
+        )
+        for b in range(B)
+    ]
 
     out = []
     for name, cu, spans in units:
@@ -126,8 +135,10 @@ def align_reference(
             for j in range(cu[b], cu[b + 1]):
                 a, e = int(spans[j, 0]), int(spans[j, 1])
                 if not 0 <= a < e <= len(text):
-                    raise ValueError(f"units['{name}'] example {b}, span {j - cu[b]} = ({a}, {e})"
-                                     f": need 0 <= a < b <= len(text) = {len(text)}")
+                    raise ValueError(
+                        f"units['{name}'] example {b}, span {j - cu[b]} = ({a}, {e})"
+                        f": need 0 <= a < b <= len(text) = {len(text)}"
+                    )
                 ct, t0, t1 = _classify(text, toks[b][0], a, e)
                 cs, s0, s1 = _classify(text, toks[b][1], a, e)
                 if ct and (not cs or ct <= cs):
@@ -140,12 +151,14 @@ def align_reference(
                     tr.append([b * T_t + t0, b * T_t + t1])
                     sr.append([b * T_s + s0, b * T_s + s1])
             new_cu.append(len(kept))
-        out.append({
-            "cu_units": np.array(new_cu, dtype=np.int64),
-            "spans": spans[kept].reshape(-1, 2),
-            "teacher_ranges": np.array(tr, dtype=np.int64).reshape(-1, 2),
-            "student_ranges": np.array(sr, dtype=np.int64).reshape(-1, 2),
-            "kept_index": np.array(kept, dtype=np.int64),
-            "status": status,
-        })
+        out.append(
+            {
+                "cu_units": np.array(new_cu, dtype=np.int64),
+                "spans": spans[kept].reshape(-1, 2),
+                "teacher_ranges": np.array(tr, dtype=np.int64).reshape(-1, 2),
+                "student_ranges": np.array(sr, dtype=np.int64).reshape(-1, 2),
+                "kept_index": np.array(kept, dtype=np.int64),
+                "status": status,
+            }
+        )
     return out
