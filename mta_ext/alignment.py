@@ -103,7 +103,17 @@ def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_toke
         if max_length is not None:
             for e in encs:
                 e.truncate(max_length)
-        return [e.ids for e in encs], [e.offsets for e in encs]
+        # A Tokenizer with padding enabled pads here; drop those slots, _pad re-pads.
+        keep = [[m == 1 for m in e.attention_mask] for e in encs]
+        ids = [
+            [x for x, k in zip(e.ids, kk, strict=True) if k]
+            for e, kk in zip(encs, keep, strict=True)
+        ]
+        offs = [
+            [o for o, k in zip(e.offsets, kk, strict=True) if k]
+            for e, kk in zip(encs, keep, strict=True)
+        ]
+        return ids, offs
     if not getattr(tok, "is_fast", False):
         raise TypeError(
             f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
@@ -164,6 +174,8 @@ def _side_from_encoding(enc: Mapping[str, Any], name: str, B: int) -> dict[str, 
     ids, offs = enc["input_ids"], enc["offset_mapping"]
     if len(ids) != B or len(offs) != B:
         raise ValueError(f"{name} encoding has {len(ids)} rows for {B} texts")
+    if B == 0:
+        return _pad([], [], 0, "right")
     ragged = not isinstance(ids, torch.Tensor | np.ndarray) and len({len(r) for r in ids}) > 1
     if ragged:
         if "attention_mask" in enc:

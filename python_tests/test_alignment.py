@@ -275,6 +275,24 @@ def test_batch_of_one_and_zero():
         assert lay.batch_size == 0 and lay.num_units == 0
     empty = aligner(["", ""])
     assert empty.units["word"].cu_units.tolist() == [0, 0, 0]
+    none = align_encoded(
+        [], {"input_ids": [], "offset_mapping": []}, {"input_ids": [], "offset_mapping": []}, []
+    )
+    assert none.units["word"].cu_units.tolist() == [0]
+
+
+def test_bare_tokenizer_with_padding_enabled():
+    from tokenizers import Tokenizer
+
+    padded = Tokenizer.from_str(tiny_unigram().to_str())
+    padded.enable_padding(pad_id=1, pad_token="[PAD]", length=64)
+    texts = TEXTS[:4]
+    a = Aligner(padded, tiny_bpe(), phrases=None)(texts)
+    b = Aligner(tiny_unigram(), tiny_bpe(), phrases=None)(texts)
+    check_alignment(a)
+    for k in ("input_ids", "attention_mask", "offsets"):
+        assert torch.equal(a.teacher[k], b.teacher[k])
+    assert torch.equal(a.units["word"].teacher_ranges, b.units["word"].teacher_ranges)
 
 
 def test_dataclasses_to_and_explain():

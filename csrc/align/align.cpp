@@ -207,11 +207,11 @@ std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, cons
   std::vector<std::string> errors(B);
 
 #ifdef _OPENMP
-  // Small batches run on one thread: waking a team costs more than it saves there (and a lot
-  // on a loaded machine). ~64k chars+tokens per extra thread.
+  // A batch of 32 long texts is ~1 ms of work on one core: waking a thread team costs more
+  // than it saves there (far more on a busy machine). One extra thread per ~1M chars + slots.
   int64_t work = B * (teacher.length + student.length);
   for (const auto& t : texts) work += static_cast<int64_t>(t.size());
-  const int64_t cap = 1 + work / 65536;
+  const int64_t cap = 1 + work / (int64_t{1} << 20);
   int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
   if (nt > cap) nt = static_cast<int>(cap);
 #pragma omp parallel num_threads(nt)
