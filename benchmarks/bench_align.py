@@ -6,7 +6,7 @@ Units: spaCy phrases + all words (parse time reported separately). Batches of --
 padded like a training step. Timed: only the merge on ready numpy arrays (tokenizing and spaCy
 are reported on their own lines), best of --repeats.
 
-    python benchmarks/bench_align.py [--batch 32] [--repeats 5] [--ref-limit 0]
+    python -m benchmarks.bench_align [--batch 32] [--repeats 5] [--ref-limit 0] [--quick]
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT / "python_tests"))
 
 from tokenizers_util import mistral, qwen  # noqa: E402
 
+from benchmarks.common import cpu_model  # noqa: E402
 from mta_ext import _align  # noqa: E402
 from mta_ext.alignment import _encode, _pack_spans, _pad, _pad_id  # noqa: E402
 from mta_ext.phrases import annotate_spans  # noqa: E402
@@ -64,7 +64,7 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return wall, best_of.cpu
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
@@ -74,10 +74,17 @@ def main() -> None:
         default=0,
         help="time the Python reference on the first N texts only (0 = all)",
     )
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "align_cpu.json"))
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="smoke: 300 texts, 2 repeats, ref on 96")
+    ap.add_argument("--device", default="cpu", help="ignored: the alignment runs on the CPU")
+    ap.add_argument("--out", default=None, help="JSON path (default results/align_cpu.json)")
+    args = ap.parse_args(argv)
+    name = "align_cpu_quick.json" if args.quick else "align_cpu.json"
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / name)
 
     texts = load_texts()
+    if args.quick:
+        texts, args.repeats = texts[:300], 2
+        args.ref_limit = args.ref_limit or 96
     t_tok, s_tok = qwen(), mistral()
 
     t0 = time.perf_counter()
@@ -159,7 +166,7 @@ def main() -> None:
 
     ref_rate = ref_tok / ref_s
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPU cores",
         "texts": len(texts),
         "chars": n_chars,
         "tokens_teacher_plus_student": n_tok,

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import tokenizers
 import torch
 
 from . import _align
@@ -96,9 +95,17 @@ class Alignment:
 # ----------------------------------------------------------------------------- tokenizing
 
 
+def _is_bare_tokenizer(tok: Any) -> bool:
+    try:  # optional dependency (the `align` extra); HF fast tokenizers bring it anyway
+        import tokenizers
+    except ImportError:
+        return False
+    return isinstance(tok, tokenizers.Tokenizer)
+
+
 def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_tokens: bool):
     """Ragged (ids, offsets) per text from an HF fast tokenizer or a ``tokenizers.Tokenizer``."""
-    if isinstance(tok, tokenizers.Tokenizer):
+    if _is_bare_tokenizer(tok):
         encs = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
         if max_length is not None:
             for e in encs:
