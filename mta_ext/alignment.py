@@ -9,6 +9,19 @@ of either side crosses its border, and returns the ragged layout the pooling ops
     al.units["phrase"].teacher_ranges                         # int64 [N, 2] rows of [B*T_t]
     print(al.explain(0))
 
+Rules (DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` implement them):
+
+* A token's span is its offsets with the leading whitespace dropped (``' world'`` -> ``world``).
+  Whitespace-only tokens belong to no unit by themselves (they may sit inside a phrase's range);
+  tokens with empty offsets (specials such as BOS ``(0,0)``) and pads belong to no unit.
+* A token belongs to unit ``[a, b)`` when its span lies inside it. Byte-fallback pieces of one
+  character (overlapping / identical offsets) are all inside or all outside together.
+* A unit is kept only when, on both sides: it lies within the chars the side's tokens cover
+  (else "truncated"), no token crosses its border ("straddles"; stricter than only ignoring the
+  crossing token: pooling a partial cover would compare different text), it owns >= 1 token
+  ("no token"), and its token range holds no special token. Its range is
+  ``[first owned, last owned + 1)`` on the flattened ``[B*T]`` axis (left or right padding).
+
 Already tokenized (e.g. chat-formatted strings, offsets into the full string)?
 ``aligner.align_encoded(texts, teacher_encoding, student_encoding)`` or the module-level
 :func:`align_encoded`, which needs no tokenizer.
