@@ -325,6 +325,37 @@ def test_threads_give_identical_results():
             assert torch.equal(getattr(a1.units[g], f), getattr(a2.units[g], f))
 
 
+def test_parallel_path_matches_serial_and_reports_lowest_bad_example():
+    """A batch big enough for the engine to use 2 threads (small ones run on one)."""
+    al = Aligner(qwen(), mistral(), phrases=_phrases, words="all")(TEXTS * 70)
+    B, T = len(al.texts), 1100  # pad both sides to T: work = B * 2T > 1M -> 2 threads
+    assert _align.choose_threads(B * 2 * T, 2) == 2 and _align.choose_threads(1000, 2) == 1
+
+    def widen(side):
+        off, mask = side["offsets"].numpy(), side["attention_mask"].numpy()
+        pad = T - off.shape[1]
+        return np.pad(off, ((0, 0), (0, pad), (0, 0))), np.pad(mask, ((0, 0), (0, pad)))
+
+    (to, tm), (so, sm) = widen(al.teacher), widen(al.student)
+    packed = [(g, c["cu"], c["spans"]) for g, c in al.candidates.items()]
+    one = _align.align(al.texts, to, tm, so, sm, packed, 1)
+    two = _align.align(al.texts, to, tm, so, sm, packed, 2)
+    for r1, r2, g in zip(one, two, al.units, strict=True):
+        for k in r1:
+            np.testing.assert_array_equal(r1[k], r2[k], err_msg=k)
+        # Same units as the narrow batch; rows re-based from b*T_t to b*T.
+        lay = al.units[g]
+        rows = np.repeat(np.arange(B), np.diff(lay.cu_units.numpy()))[:, None]
+        T_t = al.teacher["offsets"].shape[1]
+        np.testing.assert_array_equal(
+            r2["teacher_ranges"] - rows * T, lay.teacher_ranges.numpy() - rows * T_t
+        )
+    for b in (400, 10):  # two bad examples: the lowest index is reported
+        so[b, int(sm[b].argmax())] = [5, 2]
+    with pytest.raises(ValueError, match=f"student example 10: offsets of token {sm[10].argmax()}"):
+        _align.align(al.texts, to, tm, so, sm, packed, 2)
+
+
 # ----------------------------------------------------------------------------- hypothesis
 
 _PIECES = [

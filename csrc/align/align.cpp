@@ -29,6 +29,20 @@ bool has_openmp() {
 #endif
 }
 
+int choose_threads(int64_t work, int requested) {
+#ifdef _OPENMP
+  // A batch of 32 long texts is ~1 ms of work on one core: waking a thread team costs more
+  // than it saves there (far more on a busy machine). One extra thread per ~1M chars + slots.
+  const int64_t cap = 1 + work / (int64_t{1} << 20);
+  int64_t nt = requested > 0 ? requested : omp_get_max_threads();
+  return static_cast<int>(nt < cap ? nt : cap);
+#else
+  (void)work;
+  (void)requested;
+  return 1;
+#endif
+}
+
 namespace {
 
 // Per-side working arrays of one example; reused across examples by one thread.
@@ -207,13 +221,9 @@ std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, cons
   std::vector<std::string> errors(B);
 
 #ifdef _OPENMP
-  // A batch of 32 long texts is ~1 ms of work on one core: waking a thread team costs more
-  // than it saves there (far more on a busy machine). One extra thread per ~1M chars + slots.
   int64_t work = B * (teacher.length + student.length);
   for (const auto& t : texts) work += static_cast<int64_t>(t.size());
-  const int64_t cap = 1 + work / (int64_t{1} << 20);
-  int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
-  if (nt > cap) nt = static_cast<int>(cap);
+  const int nt = choose_threads(work, num_threads);
 #pragma omp parallel num_threads(nt)
 #endif
   {

@@ -60,6 +60,10 @@ std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, cons
                                      const SideView& student,
                                      const std::vector<UnitsView>& units, int num_threads);
 
+// Threads align_batch uses for `work` = B * (T_teacher + T_student) + UTF-8 bytes of the texts
+// when `requested` are asked for (<= 0: the OpenMP default): small batches run on one thread.
+int choose_threads(int64_t work, int requested);
+
 // Python's str.isspace() for one code point (the whitespace skipped at a token's start).
 bool is_space(uint32_t cp);
 

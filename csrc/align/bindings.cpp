@@ -133,4 +133,6 @@ Raises ValueError naming the argument and the example index on bad input.)doc");
   m.def("is_space", [](uint32_t cp) { return mta_align::is_space(cp); }, py::arg("codepoint"),
         "Python's str.isspace() for one code point, as the engine sees it.");
   m.def("has_openmp", &mta_align::has_openmp);
+  m.def("choose_threads", &mta_align::choose_threads, py::arg("work"), py::arg("requested"),
+        "Threads align() uses for work = B*(T_teacher+T_student) + UTF-8 bytes of the texts.");
 }
