@@ -154,6 +154,11 @@ def annotate_spans(
 
     Returns:
         ``[{"word": [[a, b], ...], "phrase": [[a, b], ...]}, ...]``, one per text, sorted.
+
+    Example (cache once, align every epoch without parsing)::
+
+        ds = ds.map(lambda b: {"spans": annotate_spans(b["text"])}, batched=True)
+        alignment = aligner(batch["text"], spans=batch["spans"])
     """
     _check_words(words)
     texts = list(texts)
