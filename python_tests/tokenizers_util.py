@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -74,6 +75,9 @@ def mistral():
     """Mistral v1 SentencePiece BPE with byte fallback (32,000 pieces), BOS added."""
     from transformers import AutoTokenizer
 
+    for mod in ("sentencepiece", "google.protobuf"):  # transformers reads tokenizer.model so
+        if importlib.util.find_spec(mod.split(".")[0]) is None:
+            pytest.skip(f"loading the Mistral tokenizer needs `pip install {mod.split('.')[-1]}`")
     src = _package_file("mistral_common", "data/tokenizer.model.v1")
     d = Path(tempfile.mkdtemp(prefix="mta_mistral_tok_"))
     shutil.copy(src, d / "tokenizer.model")
