@@ -75,9 +75,13 @@ def mistral():
     """Mistral v1 SentencePiece BPE with byte fallback (32,000 pieces), BOS added."""
     from transformers import AutoTokenizer
 
-    for mod in ("sentencepiece", "google.protobuf"):  # transformers reads tokenizer.model so
-        if importlib.util.find_spec(mod.split(".")[0]) is None:
-            pytest.skip(f"loading the Mistral tokenizer needs `pip install {mod.split('.')[-1]}`")
+    for mod, pkg in (("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")):
+        try:  # transformers needs both to read tokenizer.model
+            found = importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            pytest.skip(f"loading the Mistral tokenizer needs `pip install {pkg}`")
     src = _package_file("mistral_common", "data/tokenizer.model.v1")
     d = Path(tempfile.mkdtemp(prefix="mta_mistral_tok_"))
     shutil.copy(src, d / "tokenizer.model")
