@@ -77,6 +77,29 @@ def _auto_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
+def _trim_explain(text: str, per_section: int = 8) -> str:
+    """Keep the header and the first ``per_section`` units of each granularity section."""
+    out: list[str] = []
+    units = hidden = 0
+    for line in text.splitlines():
+        if not line.startswith(" ") and " units:" in line:  # a section header
+            if hidden:
+                out.append(f"  ... ({hidden} more units)")
+            units = hidden = 0
+            out.append(line)
+        elif line.startswith("  [") and not line.startswith("   "):  # one unit's first line
+            units += 1
+            if units > per_section:
+                hidden += 1
+                continue
+            out.append(line)
+        elif units <= per_section:
+            out.append(line)
+    if hidden:
+        out.append(f"  ... ({hidden} more units)")
+    return "\n".join(out)
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -216,10 +239,9 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
                          for i in b]) for b in index_batches]
     timings["align_s"] = time.perf_counter() - t0
     first = batches[0]["alignment"]
-    lines = first.explain(0).splitlines()
-    more = f"\n  ... ({len(lines) - 40} more lines)" if len(lines) > 40 else ""
+    shortest = min(range(len(first.texts)), key=lambda i: len(first.texts[i]))
     _log("\nalignment of one training example (Alignment.explain):\n"
-         + "\n".join(lines[:40]) + more + "\n")
+         + _trim_explain(first.explain(shortest)) + "\n")
     cov = [unit_coverage(b["alignment"]) for b in batches]
     coverage = {side: sum(c[side] for c in cov) / len(cov) for side in ("teacher", "student")}
     _log(f"tokens covered by shared units: teacher {coverage['teacher']:.1%}, "

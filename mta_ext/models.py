@@ -89,7 +89,7 @@ def _convert_gguf(source: _GGUFSource, target: Path, log: Callable[[str], None])
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         work = Path(tmp)
         gguf_path = source.locate(work)
-        log(f"converting {gguf_path.name} -> {target} (one time, ~1 min)")
+        log(f"converting {gguf_path.name} -> {target} (one time, 1-2 min)")
         kw: dict[str, Any] = {"gguf_file": gguf_path.name}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
         gguf_model = AutoModelForCausalLM.from_pretrained(
