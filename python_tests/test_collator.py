@@ -11,7 +11,7 @@ import mta_ext
 
 @pytest.fixture(scope="module")
 def setup():
-    require_mta_api()
+    require_mta_api("Aligner", "annotate_spans")
     require("spacy")
     from mta_ext.integrations import MTACollator
 

@@ -112,7 +112,7 @@ def test_distillation_loss_composition(parts):
         distillation_loss(student, teacher, batch, None)
 
 
-def test_same_vocab_kl_zero_for_identical_models(parts):
+def test_same_vocab_kl_zero_for_identical_models():
     from types import SimpleNamespace
 
     from mta_ext.integrations import same_vocab_kl
