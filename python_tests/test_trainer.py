@@ -67,6 +67,9 @@ def test_trainer_three_steps(parts, tmp_path):
         assert torch.equal(v, t_before[k]), k
     assert not any(p.requires_grad for p in teacher.parameters())
 
+    metrics = trainer.evaluate(eval_dataset=TextDataset(TEXTS[:3]))
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
+
     out = tmp_path / "saved"
     trainer.save_model(str(out))
     from safetensors.torch import load_file

@@ -106,7 +106,10 @@ class MTADistillationTrainer(Trainer):
                 if k in comps:
                     self._component_sums[k] = self._component_sums.get(k, 0.0) + float(comps[k])
             self._component_count += 1
-        return (loss, student_out) if return_outputs else loss
+        if not return_outputs:
+            return loss
+        # Only the logits: the Trainer's eval loop would otherwise concatenate every hidden state.
+        return loss, {"logits": student_out.logits}
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self._component_count and "loss" in logs:  # a training log, not an eval one
