@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -306,17 +305,11 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         "timings": timings,
         "torch_threads": torch.get_num_threads(),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_jsonable))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _plot(out / "loss_curve.png", runs)
     _log(f"\nwrote {out / 'metrics.json'}, {out / 'loss_curve.png'}, {out / 'student'} "
          f"(with mta_projectors.safetensors); total {timings['total_s']:.0f}s")
     return metrics
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

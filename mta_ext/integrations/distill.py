@@ -12,8 +12,9 @@ Distributed semantics: every term is a mean over the *local* micro-batch (CE ove
 DSA/Hid normalised by its units' salience weights). DDP averages gradients over ranks, so a DDP
 step optimises the mean of per-rank losses, which equals the full-batch loss only when every
 rank has the same normalisers; nothing is gathered across ranks. The same holds under FSDP and
-DeepSpeed: the loss is computed per rank on full (unsharded) activations, and the projectors are
-ordinary parameters of the wrapped student.
+DeepSpeed: the loss is computed per rank on full (unsharded) activations. Attach the MTALoss to
+the student (``student.mta_loss``) so the wrapper syncs the projectors; they are called through
+their own ``forward`` (see examples/README.md for FSDP/ZeRO-3 notes).
 """
 
 from __future__ import annotations
