@@ -49,10 +49,12 @@ dataset = TextDataset(texts[:n], mta_ext.annotate_spans(texts[:n]))
 collator = MTACollator(mta_ext.Aligner(t_tok, s_tok), max_length=args.max_length)
 loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collator)
 proj = set(map(id, mta_loss.parameters()))
-optimizer = torch.optim.AdamW([
-    {"params": [q for q in student.parameters() if id(q) not in proj], "lr": 5e-5},
-    {"params": list(mta_loss.parameters()), "lr": 1e-3},
-])
+optimizer = torch.optim.AdamW(
+    [
+        {"params": [q for q in student.parameters() if id(q) not in proj], "lr": 5e-5},
+        {"params": list(mta_loss.parameters()), "lr": 1e-3},
+    ]
+)
 student, optimizer, loader = acc.prepare(student, optimizer, loader)
 student.train()
 
@@ -64,8 +66,10 @@ for step, batch in enumerate(loader, 1):
             acc.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    acc.print(f"step {step}: " + " ".join(f"{k} {float(parts[k]):.4f}"
-                                          for k in ("loss", "ce", "dsa", "hid")))
+    acc.print(
+        f"step {step}: "
+        + " ".join(f"{k} {float(parts[k]):.4f}" for k in ("loss", "ce", "dsa", "hid"))
+    )
 
 acc.wait_for_everyone()
 if acc.is_main_process:

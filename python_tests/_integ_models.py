@@ -62,10 +62,12 @@ def tiny_pair() -> tuple[Path, Path]:
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".test-tiny-", dir=root.parent))
         try:
-            build_tiny_model(tmp / "teacher", tiny_tokenizer("mistral"), num_layers=4,
-                             hidden_size=48, seed=1)
-            build_tiny_model(tmp / "student", tiny_tokenizer("qwen"), num_layers=3,
-                             hidden_size=32, seed=2)
+            build_tiny_model(
+                tmp / "teacher", tiny_tokenizer("mistral"), num_layers=4, hidden_size=48, seed=1
+            )
+            build_tiny_model(
+                tmp / "student", tiny_tokenizer("qwen"), num_layers=3, hidden_size=32, seed=2
+            )
             (tmp / "done").write_text("ok")
             if root.exists():
                 shutil.rmtree(root, ignore_errors=True)

@@ -20,9 +20,28 @@ def test_demo_end_to_end(tmp_path, capsys):
     rows = [{"prompt": "p", "response": t} for t in TEXTS] + [{"text": t} for t in TEXTS]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
-    rc = main(["demo", "--teacher", str(t_dir), "--student", str(s_dir), "--data", str(data),
-               "--steps", "1", "--batch-size", "2", "--max-length", "24", "--eval-size", "2",
-               "--out", str(out), "--compare"])
+    rc = main(
+        [
+            "demo",
+            "--teacher",
+            str(t_dir),
+            "--student",
+            str(s_dir),
+            "--data",
+            str(data),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "24",
+            "--eval-size",
+            "2",
+            "--out",
+            str(out),
+            "--compare",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "tokens covered by shared units" in printed and "held-out" in printed

@@ -47,15 +47,18 @@ def _plain(batch: dict) -> dict:
     needed in the workers; the losses accept this form)."""
     al = batch["alignment"]
     fields = ("cu_units", "teacher_ranges", "student_ranges")
-    return {**batch, "alignment": {
-        "teacher": dict(al.teacher), "student": dict(al.student),
-        "units": {g: {f: getattr(lay, f) for f in fields} for g, lay in al.units.items()},
-    }}
+    return {
+        **batch,
+        "alignment": {
+            "teacher": dict(al.teacher),
+            "student": dict(al.student),
+            "units": {g: {f: getattr(lay, f) for f in fields} for g, lay in al.units.items()},
+        },
+    }
 
 
 def _grads(module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.detach().clone() for n, p in module.named_parameters()
-            if p.grad is not None}
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 def _ddp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) -> None:
@@ -68,8 +71,13 @@ def _ddp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) ->
     from mta_ext.integrations import distillation_loss
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=90))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=90),
+    )
     try:
         teacher, student, mta_loss = _models(t_dir, s_dir)
         ddp = DDP(student)

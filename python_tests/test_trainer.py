@@ -42,13 +42,24 @@ def test_trainer_three_steps(parts, tmp_path):
     p_before = {k: v.clone() for k, v in mta_loss.state_dict().items()}
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=2,
-        learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-        disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )  # remove_unused_columns defaults to True: the trainer must turn it off itself
     trainer = MTADistillationTrainer(
-        model=student, args=args, teacher_model=teacher, mta_loss=mta_loss,
-        train_dataset=TextDataset(TEXTS), data_collator=collator,
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        mta_loss=mta_loss,
+        train_dataset=TextDataset(TEXTS),
+        data_collator=collator,
     )
     assert args.remove_unused_columns is False
     trainer.train()
@@ -58,8 +69,11 @@ def test_trainer_three_steps(parts, tmp_path):
         for k in ("loss", "ce", "mta", "dsa", "hid"):
             assert math.isfinite(h[k]), (k, h)
         assert h["dsa"] >= 0 and 0 <= h["hid"] <= 2
-    changed = [k for k, v in student.state_dict().items()
-               if not k.startswith("mta_loss.") and not torch.equal(v, s_before[k])]
+    changed = [
+        k
+        for k, v in student.state_dict().items()
+        if not k.startswith("mta_loss.") and not torch.equal(v, s_before[k])
+    ]
     assert len(changed) > 0.5 * len(s_before)
     for k, v in mta_loss.state_dict().items():  # projectors trained
         assert not torch.equal(v, p_before[k]), k
@@ -100,8 +114,9 @@ def test_distillation_loss_composition(parts):
     hid = torch.stack([comps[f"hid/{i}"] for i in range(n_pairs)]).mean()
     torch.testing.assert_close(comps["dsa"], dsa)
     # L_MTA = w_span * mean_pairs(DSA + λ_hid Hid)
-    torch.testing.assert_close(comps["mta"], mta_loss.span_weight * (dsa + mta_loss.hid_weight
-                                                                     * hid), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        comps["mta"], mta_loss.span_weight * (dsa + mta_loss.hid_weight * hid), rtol=1e-5, atol=1e-6
+    )
     # CE-only: no teacher needed at all
     loss0, comps0, _ = distillation_loss(student, None, batch, None, mta_weight=0.0)
     torch.testing.assert_close(loss0.detach(), comps["ce"])
@@ -109,8 +124,9 @@ def test_distillation_loss_composition(parts):
     with pytest.raises(ValueError, match="logit_kd"):
         distillation_loss(student, teacher, batch, mta_loss, kd_weight=0.5)
     with pytest.raises(ValueError, match="shared tokenizer"):  # the two tokenizers differ
-        distillation_loss(student, teacher, batch, mta_loss, kd_weight=0.5,
-                          logit_kd=same_vocab_kl())
+        distillation_loss(
+            student, teacher, batch, mta_loss, kd_weight=0.5, logit_kd=same_vocab_kl()
+        )
     with pytest.raises(ValueError, match="needs an mta_loss"):
         distillation_loss(student, teacher, batch, None)
 
@@ -136,15 +152,18 @@ def test_unit_coverage_counts_tokens_in_any_unit():
 
     def lay(tr, sr, cu):
         t = torch.tensor
-        return SimpleNamespace(cu_units=t(cu), teacher_ranges=t(tr).reshape(-1, 2),
-                               student_ranges=t(sr).reshape(-1, 2))
+        return SimpleNamespace(
+            cu_units=t(cu), teacher_ranges=t(tr).reshape(-1, 2), student_ranges=t(sr).reshape(-1, 2)
+        )
 
     al = SimpleNamespace(
         teacher={"attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])},
         student={"attention_mask": torch.tensor([[1, 1, 1], [1, 1, 1]])},
         # overlapping units count once; example 1's teacher token 2 is padding
-        units={"word": lay([[1, 2], [4, 5]], [[0, 1], [3, 4]], [0, 1, 2]),
-               "phrase": lay([[1, 3]], [[0, 2]], [0, 1, 1])},
+        units={
+            "word": lay([[1, 2], [4, 5]], [[0, 1], [3, 4]], [0, 1, 2]),
+            "phrase": lay([[1, 3]], [[0, 2]], [0, 1, 1]),
+        },
     )
     cov = unit_coverage(al)
     assert cov["teacher"] == pytest.approx(3 / 6)  # tokens 1, 2 and 4 of 6 valid

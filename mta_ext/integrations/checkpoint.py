@@ -38,7 +38,7 @@ def split_state_dict(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Split a student state dict into (student keys, MTA keys without the prefix)."""
     student = {k: v for k, v in state_dict.items() if not k.startswith(MTA_PREFIX)}
-    mta = {k[len(MTA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(MTA_PREFIX)}
+    mta = {k[len(MTA_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(MTA_PREFIX)}
     return student, mta
 
 
@@ -55,7 +55,8 @@ def _mta_config(mta_loss: nn.Module) -> dict[str, Any]:
 
 
 def save_mta_loss(
-    mta_loss: nn.Module, out_dir: str | os.PathLike[str],
+    mta_loss: nn.Module,
+    out_dir: str | os.PathLike[str],
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``mta_projectors.safetensors`` + ``mta_config.json`` for ``mta_loss`` to ``out_dir``.
@@ -68,8 +69,11 @@ def save_mta_loss(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = mta_loss.state_dict() if state_dict is None else state_dict
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in sd.items()},
-              str(out / PROJECTORS_FILE), metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in sd.items()},
+        str(out / PROJECTORS_FILE),
+        metadata={"format": "pt"},
+    )
     (out / MTA_CONFIG_FILE).write_text(json.dumps(_mta_config(mta_loss), indent=2))
 
 

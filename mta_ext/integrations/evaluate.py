@@ -38,15 +38,22 @@ def heldout_ce(
     try:
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(
-                list(texts[i : i + batch_size]), return_tensors="pt", padding=True,
-                truncation=max_length is not None, max_length=max_length,
+                list(texts[i : i + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
             ).to(device)
             logits = model(**enc, use_cache=False).logits[:, :-1].float()
             target = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
-            total += float(F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            ))
+            total += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    target.reshape(-1),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+            )
             count += int((target != -100).sum())
     finally:
         tokenizer.padding_side = side
