@@ -1,0 +1,185 @@
+// token_salience: schema, argument checks and the CPU kernel.
+//
+// w_t = (1/T_valid) sum_s softmax_t(S)[s,t], S = Ĥ Ĥᵀ / sqrt(D) with padding keys and the diagonal
+// masked (DESIGN.md §2). The T x T matrix is never materialised: each example's valid rows are
+// compacted, then processed in row tiles of kRowTile queries against either the whole key set
+// (a kRowTile x T_valid tile, when that is small) or key blocks with an online softmax
+// (pass 1: running row max and sum; pass 2: recompute the block and accumulate the received
+// attention). Work items are (example, group of row tiles); each writes its column sums into its
+// own buffer and the buffers are reduced in a fixed order, so the result is bit-identical across
+// runs and thread counts.
+#include "ops/token_salience.h"
+
+#include "common/checks.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace mta_ext {
+
+at::Tensor check_token_salience_args(const char* op, const at::Tensor& hidden,
+                                     const at::Tensor& attention_mask, int64_t key_block) {
+  check_float(op, "hidden", hidden);
+  check_dim(op, "hidden", hidden, 3, "[B, T, D]");
+  check_dim(op, "attention_mask", attention_mask, 2, "[B, T]");
+  const auto mt = attention_mask.scalar_type();
+  TORCH_CHECK_TYPE(mt == at::kBool || at::isIntegralType(mt, /*includeBool=*/false), op,
+                   ": attention_mask must be a bool or integer tensor, got ", mt);
+  TORCH_CHECK_VALUE(attention_mask.size(0) == hidden.size(0) &&
+                        attention_mask.size(1) == hidden.size(1),
+                    op, ": attention_mask must have shape [B, T] = ",
+                    hidden.sizes().slice(0, 2), " like hidden, got ", attention_mask.sizes());
+  check_same_device(op, "attention_mask", attention_mask, "hidden", hidden);
+  TORCH_CHECK_VALUE(key_block >= 0, op, ": key_block must be >= 0 (0 = automatic), got ",
+                    key_block);
+  return mt == at::kBool ? attention_mask.contiguous() : attention_mask.ne(0).contiguous();
+}
+
+namespace {
+
+constexpr const char* kOp = "token_salience";
+constexpr int64_t kRowTile = 64;          // queries per tile
+constexpr int64_t kMaxGroupsPerExample = 16;  // work items per example (fixed: determinism)
+constexpr int64_t kWholeRowMaxKeys = 8192;    // above this, stream over key blocks
+constexpr int64_t kAutoKeyBlock = 1024;
+
+// One work item: rows [r0, r1) (compacted indices) of example b; writes partial column sums.
+struct Item {
+  int64_t b, r0, r1;
+  int64_t part_offset;  // into the partial buffer, length n_valid[b]
+};
+
+// Adds the received attention of rows [r0, r1) of one example to col[0..n).
+// hn: [n, D] normalised rows of the example, already scaled by D^-1/4.
+void rows_whole(const at::Tensor& hn, int64_t r0, int64_t r1, const at::Tensor& col) {
+  auto s = at::mm(hn.slice(0, r0, r1), hn.t());  // [rows, n]
+  s.diagonal(r0).fill_(-std::numeric_limits<double>::infinity());
+  auto m = std::get<0>(s.max(1, /*keepdim=*/true));
+  s.sub_(m).exp_();
+  auto inv_l = s.sum(1).reciprocal_();
+  col.add_(at::mv(s.t(), inv_l));
+}
+
+void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, const at::Tensor& col) {
+  const int64_t n = hn.size(0);
+  const auto q = hn.slice(0, r0, r1);
+  const double lowest = std::numeric_limits<double>::lowest();
+  // Running max starts at the lowest finite value (not -inf) so that a block whose only key is
+  // the masked diagonal gives exp(-inf) = 0 instead of exp(-inf - -inf) = NaN.
+  auto m = at::full({r1 - r0}, at::Scalar(hn.scalar_type() == at::kDouble
+                                                  ? lowest
+                                                  : double(std::numeric_limits<float>::lowest())),
+                    hn.options());
+  auto l = at::zeros({r1 - r0}, hn.options());
+  const double ninf = -std::numeric_limits<double>::infinity();
+  for (int64_t k0 = 0; k0 < n; k0 += kb) {  // pass 1: row max and normaliser
+    const int64_t k1 = std::min(n, k0 + kb);
+    auto s = at::mm(q, hn.slice(0, k0, k1).t());
+    s.diagonal(r0 - k0).fill_(ninf);
+    auto m_new = at::maximum(m, std::get<0>(s.max(1)));
+    l.mul_((m - m_new).exp_()).add_(s.sub_(m_new.unsqueeze(1)).exp_().sum(1));
+    m = m_new;
+  }
+  auto inv_l = l.reciprocal_();
+  for (int64_t k0 = 0; k0 < n; k0 += kb) {  // pass 2: received attention
+    const int64_t k1 = std::min(n, k0 + kb);
+    auto s = at::mm(q, hn.slice(0, k0, k1).t());
+    s.diagonal(r0 - k0).fill_(ninf);
+    s.sub_(m.unsqueeze(1)).exp_();
+    col.slice(0, k0, k1).add_(at::mv(s.t(), inv_l));
+  }
+}
+
+at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attention_mask,
+                              int64_t key_block) {
+  const auto mask = check_token_salience_args(kOp, hidden, attention_mask, key_block);
+  const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
+  auto out = at::zeros({B, T}, hidden.options().dtype(at::kFloat));
+  if (B == 0 || T == 0 || D == 0) return out;
+  const auto acc = hidden.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+
+  // Valid token indices per example (flattened), and the compacted normalised rows.
+  const bool* mp = mask.const_data_ptr<bool>();
+  std::vector<int64_t> valid_idx;
+  std::vector<int64_t> start(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t)
+      if (mp[b * T + t]) valid_idx.push_back(b * T + t);
+    start[b + 1] = static_cast<int64_t>(valid_idx.size());
+  }
+  const int64_t total = start[B];
+  if (total == 0) return out;
+  auto idx = at::from_blob(valid_idx.data(), {total}, at::kLong).clone();
+  auto h = hidden.detach().reshape({B * T, D}).index_select(0, idx).to(acc);
+  // Bessel-corrected std over the hidden dim (undefined for D == 1: taken as 0).
+  auto stdv = D > 1 ? h.std(1, /*unbiased=*/true, /*keepdim=*/true) : at::zeros({total, 1}, h.options());
+  // Fold 1/sqrt(D) into both operands: (Ĥ D^-1/4)(Ĥ D^-1/4)ᵀ = Ĥ Ĥᵀ / sqrt(D).
+  auto hn = (h / (stdv + kSalienceStdEps)).mul_(std::pow(double(D), -0.25)).contiguous();
+
+  // Work items: per example with >= 2 valid rows, ceil(n / kRowTile) tiles in <= 16 groups.
+  std::vector<Item> items;
+  std::vector<int64_t> first_item(B + 1, 0);
+  int64_t part_len = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    first_item[b] = static_cast<int64_t>(items.size());
+    const int64_t n = start[b + 1] - start[b];
+    if (n >= 2) {
+      const int64_t tiles = (n + kRowTile - 1) / kRowTile;
+      const int64_t groups = std::min(tiles, kMaxGroupsPerExample);
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t t0 = tiles * g / groups, t1 = tiles * (g + 1) / groups;
+        items.push_back({b, t0 * kRowTile, std::min(n, t1 * kRowTile), part_len});
+        part_len += n;
+      }
+    }
+  }
+  first_item[B] = static_cast<int64_t>(items.size());
+  auto partial = at::zeros({part_len}, h.options());
+
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const Item& it = items[i];
+      const int64_t n = start[it.b + 1] - start[it.b];
+      const auto ex = hn.slice(0, start[it.b], start[it.b + 1]);
+      const auto col = partial.slice(0, it.part_offset, it.part_offset + n);
+      const bool whole = key_block == 0 && n <= kWholeRowMaxKeys;
+      const int64_t kb = key_block > 0 ? key_block : kAutoKeyBlock;
+      for (int64_t r = it.r0; r < it.r1; r += kRowTile) {
+        const int64_t re = std::min(it.r1, r + kRowTile);
+        if (whole)
+          rows_whole(ex, r, re, col);
+        else
+          rows_streamed(ex, r, re, kb, col);
+      }
+    }
+  });
+
+  // Fixed-order reduction of the partial column sums, scaled by 1/T_valid, scattered back.
+  auto w = at::zeros({total}, h.options());
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = start[b + 1] - start[b];
+    if (first_item[b] == first_item[b + 1]) continue;
+    auto wb = w.slice(0, start[b], start[b + 1]);
+    for (int64_t i = first_item[b]; i < first_item[b + 1]; ++i)
+      wb.add_(partial.slice(0, items[i].part_offset, items[i].part_offset + n));
+    wb.div_(double(n));
+  }
+  out.view({B * T}).index_copy_(0, idx, w.to(at::kFloat));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
+  m.def("token_salience(Tensor hidden, Tensor attention_mask, int key_block=0) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(mta_ext, CPU, m) { m.impl("token_salience", &token_salience_cpu); }
+
+}  // namespace mta_ext
