@@ -283,7 +283,9 @@ def structural_loss(
 
 
 def _hidden_states(out: Any, side: str) -> tuple[torch.Tensor, ...]:
-    hs = out.get("hidden_states") if isinstance(out, Mapping) else getattr(out, "hidden_states", out)
+    hs = (
+        out.get("hidden_states") if isinstance(out, Mapping) else getattr(out, "hidden_states", out)
+    )
     if hs is None:
         raise ValueError(
             f"{side} output has no hidden_states: call the model with output_hidden_states=True"
@@ -336,7 +338,11 @@ class MTALoss(nn.Module):
         if hid not in _HID_LEVELS:
             raise ValueError(f"hid must be one of {_HID_LEVELS}, got {hid!r}")
         self.weighting, self.hid, self.hid_weight, self.span_weight = (
-            weighting, hid, float(hid_weight), float(span_weight))
+            weighting,
+            hid,
+            float(hid_weight),
+            float(span_weight),
+        )
         if (student_hidden_size is None) != (teacher_hidden_size is None):
             raise ValueError("give both student_hidden_size and teacher_hidden_size, or neither")
         self.projectors: nn.ModuleList | None = None
@@ -357,7 +363,10 @@ class MTALoss(nn.Module):
 
     @classmethod
     def from_configs(
-        cls, student_config: Any, teacher_config: Any, schedule: LayerSchedule | None = None,
+        cls,
+        student_config: Any,
+        teacher_config: Any,
+        schedule: LayerSchedule | None = None,
         **kwargs: Any,
     ) -> MTALoss:
         """Build from HF configs (``num_hidden_layers``, ``hidden_size``); the schedule defaults
@@ -398,5 +407,7 @@ class MTALoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (f"schedule={self.schedule!r}, weighting={self.weighting!r}, hid={self.hid!r}, "
-                f"hid_weight={self.hid_weight}, span_weight={self.span_weight}")
+        return (
+            f"schedule={self.schedule!r}, weighting={self.weighting!r}, hid={self.hid!r}, "
+            f"hid_weight={self.hid_weight}, span_weight={self.span_weight}"
+        )

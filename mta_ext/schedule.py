@@ -77,7 +77,8 @@ class LayerSchedule:
         use word units, the rest phrase units.
 
         Args:
-            teacher_layers: number of transformer layers of the teacher (``config.num_hidden_layers``).
+            teacher_layers: the teacher's number of transformer layers
+                (``config.num_hidden_layers``).
             student_layers: same for the student.
         """
         if pairs < 1:
@@ -86,13 +87,9 @@ class LayerSchedule:
             raise ValueError(f"LayerSchedule.uniform: word_pairs must be in [0, {pairs}]")
         for name, n in (("teacher_layers", teacher_layers), ("student_layers", student_layers)):
             if n < pairs:
-                raise ValueError(
-                    f"LayerSchedule.uniform: {name}={n} is fewer than pairs={pairs}"
-                )
+                raise ValueError(f"LayerSchedule.uniform: {name}={n} is fewer than pairs={pairs}")
         t, s = _spread(teacher_layers, pairs), _spread(student_layers, pairs)
-        return cls(
-            (t[k], s[k], "word" if k < word_pairs else "phrase") for k in range(pairs)
-        )
+        return cls((t[k], s[k], "word" if k < word_pairs else "phrase") for k in range(pairs))
 
     @classmethod
     def paper_gpt2(cls) -> LayerSchedule:
@@ -117,8 +114,9 @@ class LayerSchedule:
         return hash(self._pairs)
 
     def __repr__(self) -> str:
-        body = ", ".join(f"({p.teacher_layer}, {p.student_layer}, {p.granularity!r})"
-                         for p in self._pairs)
+        body = ", ".join(
+            f"({p.teacher_layer}, {p.student_layer}, {p.granularity!r})" for p in self._pairs
+        )
         return f"LayerSchedule([{body}])"
 
     @property

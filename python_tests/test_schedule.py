@@ -30,9 +30,9 @@ def test_uniform_reproduces_paper_and_ends_at_last_layer():
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(teacher_layers=2, student_layers=12, pairs=3), "teacher_layers=2"),
-        (dict(teacher_layers=12, student_layers=12, pairs=0), "pairs must be >= 1"),
-        (dict(teacher_layers=12, student_layers=12, pairs=2, word_pairs=3), "word_pairs"),
+        ({"teacher_layers": 2, "student_layers": 12, "pairs": 3}, "teacher_layers=2"),
+        ({"teacher_layers": 12, "student_layers": 12, "pairs": 0}, "pairs must be >= 1"),
+        ({"teacher_layers": 12, "student_layers": 12, "pairs": 2, "word_pairs": 3}, "word_pairs"),
     ],
 )
 def test_uniform_errors(kwargs, msg):
@@ -57,7 +57,9 @@ def test_explicit_and_bad_pairs():
 def test_validate_names_the_pair():
     s = LayerSchedule([(1, 1, "word"), (4, 2, "phrase")])
     s.validate(5, 3)
-    with pytest.raises(ValueError, match=r"pair 1 \(4, 2, 'phrase'\): teacher layer 4 out of range"):
+    with pytest.raises(
+        ValueError, match=r"pair 1 \(4, 2, 'phrase'\): teacher layer 4 out of range"
+    ):
         s.validate(4, 3)
     with pytest.raises(ValueError, match="student layer 2 out of range; the student has 2"):
         s.validate(5, 2)
@@ -69,7 +71,9 @@ def test_repr_and_serialisation_roundtrip():
     assert eval(repr(s), {"LayerSchedule": LayerSchedule}) == s
     assert LayerSchedule.from_dict(s.to_dict()) == s
     assert LayerSchedule.from_json(s.to_json()) == s
-    assert json.loads(s.to_json()) == {"pairs": [[24, 6, "word"], [36, 9, "phrase"], [48, 12, "phrase"]]}
+    assert json.loads(s.to_json()) == {
+        "pairs": [[24, 6, "word"], [36, 9, "phrase"], [48, 12, "phrase"]]
+    }
     assert hash(s) == hash(LayerSchedule.paper_gpt2())
     with pytest.raises(ValueError, match="pairs"):
         LayerSchedule.from_dict({"layers": []})

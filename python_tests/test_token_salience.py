@@ -19,13 +19,15 @@ def _mask(B: int, T: int, g: torch.Generator, kind: str) -> torch.Tensor:
         if kind == "right":
             m[b, :n] = 1
         elif kind == "left":
-            m[b, T - n:] = 1
+            m[b, T - n :] = 1
         else:  # scattered
             m[b] = (torch.rand(T, generator=g) < 0.6).long()
     return m
 
 
-@pytest.mark.parametrize("B,T,D", [(1, 1, 4), (2, 2, 3), (3, 17, 1), (3, 17, 7), (2, 70, 576), (4, 130, 16)])
+@pytest.mark.parametrize(
+    "B,T,D", [(1, 1, 4), (2, 2, 3), (3, 17, 1), (3, 17, 7), (2, 70, 576), (4, 130, 16)]
+)
 @pytest.mark.parametrize("kind", ["right", "left", "scattered"])
 @pytest.mark.parametrize("key_block", [0, 5, 64])
 def test_matches_reference_fp64(B, T, D, kind, key_block):

@@ -17,8 +17,11 @@ def _check(u_student, u_teacher, unit_weights, cu_units) -> None:
     # Metadata checks (they also run on fake tensors under torch.compile). The kernels repeat
     # them and check the values: cu_units[0] == 0, non-decreasing, cu_units[-1] == N, and
     # finite non-negative weights.
-    for name, t in (("u_student", u_student), ("u_teacher", u_teacher),
-                    ("unit_weights", unit_weights)):
+    for name, t in (
+        ("u_student", u_student),
+        ("u_teacher", u_teacher),
+        ("unit_weights", unit_weights),
+    ):
         if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS:
             raise TypeError(
                 f"{_OP}: {name} must be a float32/float64/float16/bfloat16 tensor, got "
@@ -29,10 +32,12 @@ def _check(u_student, u_teacher, unit_weights, cu_units) -> None:
             f"{_OP}: cu_units must be an int64 or int32 tensor, got "
             f"{getattr(cu_units, 'dtype', type(cu_units))}"
         )
-    for name, t, rank, shape in (("u_student", u_student, 2, "[N, Ds]"),
-                                 ("u_teacher", u_teacher, 2, "[N, Dt]"),
-                                 ("unit_weights", unit_weights, 1, "[N]"),
-                                 ("cu_units", cu_units, 1, "[B + 1]")):
+    for name, t, rank, shape in (
+        ("u_student", u_student, 2, "[N, Ds]"),
+        ("u_teacher", u_teacher, 2, "[N, Dt]"),
+        ("unit_weights", unit_weights, 1, "[N]"),
+        ("cu_units", cu_units, 1, "[B + 1]"),
+    ):
         if t.dim() != rank:
             raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
     n = u_student.shape[0]
@@ -47,8 +52,11 @@ def _check(u_student, u_teacher, unit_weights, cu_units) -> None:
         )
     if cu_units.shape[0] < 1:
         raise ValueError(f"{_OP}: cu_units must have B + 1 >= 1 entries")
-    for name, t in (("u_teacher", u_teacher), ("unit_weights", unit_weights),
-                    ("cu_units", cu_units)):
+    for name, t in (
+        ("u_teacher", u_teacher),
+        ("unit_weights", unit_weights),
+        ("cu_units", cu_units),
+    ):
         if t.device != u_student.device:
             raise ValueError(
                 f"{_OP}: {name} is on {t.device} but u_student is on {u_student.device}; "
@@ -120,6 +128,4 @@ def _backward(ctx, grad):
     return (gs if need_s else None), (gt if need_t else None), None, None
 
 
-torch.library.register_autograd(
-    "mta_ext::relational_loss", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("mta_ext::relational_loss", _backward, setup_context=_setup_context)

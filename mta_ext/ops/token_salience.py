@@ -21,9 +21,13 @@ def _check(hidden: torch.Tensor, attention_mask: torch.Tensor, key_block: int) -
             f"{getattr(hidden, 'dtype', type(hidden))}"
         )
     if hidden.dim() != 3:
-        raise ValueError(f"token_salience: hidden must be [B, T, D], got shape {tuple(hidden.shape)}")
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point() or (
-        attention_mask.is_complex()
+        raise ValueError(
+            f"token_salience: hidden must be [B, T, D], got shape {tuple(hidden.shape)}"
+        )
+    if (
+        not isinstance(attention_mask, torch.Tensor)
+        or attention_mask.is_floating_point()
+        or (attention_mask.is_complex())
     ):
         raise TypeError(
             "token_salience: attention_mask must be a bool or integer tensor, got "

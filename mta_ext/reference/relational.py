@@ -94,8 +94,10 @@ def segment_pool(
     rows = []
     for s, e in ranges.tolist():
         h = hidden[s:e].to(acc)
-        w = torch.ones(e - s, dtype=acc, device=hidden.device) if weights is None else (
-            weights[s:e].to(acc)
+        w = (
+            torch.ones(e - s, dtype=acc, device=hidden.device)
+            if weights is None
+            else (weights[s:e].to(acc))
         )
         rows.append((w[:, None] * h).sum(0) / w.sum().clamp_min(1e-5))
     if not rows:
