@@ -257,7 +257,9 @@ def structural_loss(
         lay = lays[p.granularity]
         ut = segment_pool(ht.reshape(B * Tt, Dt), lay.teacher_ranges, wt)
         us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws)
-        W = unit_weights(wt, lay.teacher_ranges, lay.cu_units)
+        # W in the accumulation type of the units (float64 only for float64 hidden states).
+        acc64 = torch.float64 in (ht.dtype, hs.dtype)
+        W = unit_weights(wt.double() if acc64 else wt, lay.teacher_ranges, lay.cu_units)
         term = relational_loss(us, ut, W, lay.cu_units)
         comps[f"dsa/{i}"] = term.detach()
         if projectors is not None:

@@ -87,7 +87,8 @@ def structural_loss(
         ws = _weights(weighting, hs, ms, None, False).reshape(-1)
         ut = segment_pool(ht.reshape(B * Tt, Dt), lay.teacher_ranges, wt)
         us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws)
-        W = unit_weights(wt, lay.teacher_ranges, lay.cu_units)
+        acc64 = torch.float64 in (ht.dtype, hs.dtype)
+        W = unit_weights(wt.double() if acc64 else wt, lay.teacher_ranges, lay.cu_units)
         dsa = relational_loss(us, ut, W, lay.cu_units)
         term = dsa
         comps[f"dsa/{i}"] = dsa.detach()

@@ -69,8 +69,8 @@ def unit_weights(
         ``[N]`` float32 (float64 for float64 weights); an example whose units hold zero total
         weight gets ``W = 0`` for all its units.
     """
-    acc = _acc_dtype(token_weights_flat.dtype)
-    w = token_weights_flat.to(acc)
+    out_dtype = _acc_dtype(token_weights_flat.dtype)
+    w = token_weights_flat.to(torch.float64)  # sums in float64, rounded once at the end
     sums = torch.stack([w[s:e].sum() for s, e in ranges.tolist()]) if len(ranges) else w[:0]
     out = torch.zeros_like(sums)
     cu = cu_units.tolist()
@@ -79,7 +79,7 @@ def unit_weights(
         tot = sums[a:e].sum()
         if e > a and tot > 0:
             out[a:e] = sums[a:e] / tot
-    return out
+    return out.to(out_dtype)
 
 
 def segment_pool(
