@@ -1,5 +1,20 @@
-"""Pure-PyTorch / pure-Python twins of every mta_ext op and loss (the tests' oracle)."""
+"""Pure-PyTorch / pure-Python twins of every mta_ext op: the test oracle and benchmark baseline.
 
-from .losses import structural_loss, structural_loss_original  # noqa: F401
-from .relational import relational_loss, unit_weights  # noqa: F401
-from .salience import entropy_weights, token_salience, uniform_weights  # noqa: F401
+Written for clarity straight from DESIGN.md, not for speed.
+"""
+
+from .losses import structural_loss, structural_loss_original
+from .relational import relational_loss, unit_weights
+from .salience import entropy_weights, token_salience, uniform_weights
+from .segment_pool import segment_pool
+
+__all__ = [
+    "entropy_weights",
+    "relational_loss",
+    "segment_pool",
+    "structural_loss",
+    "structural_loss_original",
+    "token_salience",
+    "uniform_weights",
+    "unit_weights",
+]

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .._layout import get_layout, get_masks
-from .relational import relational_loss, segment_pool, unit_weights
+from .relational import relational_loss, unit_weights
 from .salience import entropy_weights, token_salience, uniform_weights
+from .segment_pool import segment_pool
 
 __all__ = ["structural_loss", "structural_loss_original"]
 

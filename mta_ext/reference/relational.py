@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["relational_loss", "segment_pool", "unit_weights"]
+__all__ = ["relational_loss", "unit_weights"]
 
 
 def _acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -80,26 +80,3 @@ def unit_weights(
         if e > a and tot > 0:
             out[a:e] = sums[a:e] / tot
     return out.to(out_dtype)
-
-
-def segment_pool(
-    hidden: torch.Tensor, ranges: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Local twin of the lead's segment_pool (used until main's reference lands).
-
-    ``out[k] = Σ_{t∈[s_k,e_k)} w_t h_t / max(Σ w_t, 1e-5)``; empty range -> 0; ``weights=None``
-    means all ones. ``hidden [M, D]``, ``ranges [N, 2]``, ``weights [M]`` -> ``[N, D]``.
-    """
-    acc = _acc_dtype(hidden.dtype)
-    rows = []
-    for s, e in ranges.tolist():
-        h = hidden[s:e].to(acc)
-        w = (
-            torch.ones(e - s, dtype=acc, device=hidden.device)
-            if weights is None
-            else (weights[s:e].to(acc))
-        )
-        rows.append((w[:, None] * h).sum(0) / w.sum().clamp_min(1e-5))
-    if not rows:
-        return hidden.new_zeros((0, hidden.shape[-1]), dtype=acc)
-    return torch.stack(rows)

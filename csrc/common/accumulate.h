@@ -1,0 +1,41 @@
+// The one reduction abstraction every CPU kernel shares: rows of any float type are
+// accumulated in `acc_t` (float for fp16/bf16/fp32, double for fp64), then scaled and stored
+// back in the input type. Loops are written so that gcc vectorises them at -O3.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace mta_ext {
+
+template <typename scalar_t>
+using acc_type = at::opmath_type<scalar_t>;
+
+// acc[d] += a * x[d]
+template <typename acc_t, typename scalar_t>
+C10_ALWAYS_INLINE void axpy_row(acc_t* __restrict acc, const scalar_t* __restrict x, acc_t a,
+                                int64_t n) {
+  for (int64_t d = 0; d < n; ++d) acc[d] += a * static_cast<acc_t>(x[d]);
+}
+
+// out[d] = a * acc[d]
+template <typename acc_t, typename scalar_t>
+C10_ALWAYS_INLINE void store_scaled_row(scalar_t* __restrict out, const acc_t* __restrict acc,
+                                        acc_t a, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) out[d] = static_cast<scalar_t>(a * acc[d]);
+}
+
+template <typename scalar_t>
+C10_ALWAYS_INLINE void zero_row(scalar_t* __restrict out, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) out[d] = static_cast<scalar_t>(0);
+}
+
+// The pooling denominator of DESIGN.md: max(sum of weights, 1e-5).
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t safe_denominator(acc_t wsum) {
+  return wsum > acc_t(1e-5) ? wsum : acc_t(1e-5);
+}
+
+}  // namespace mta_ext

@@ -1,0 +1,163 @@
+// segment_pool: schema, argument checks and the CPU kernels (forward and backward).
+//
+// Forward is unit-parallel: each unit owns one output row. Backward is token-parallel: each
+// token gathers the units that contain it from a CSR incidence list built in unit order, so
+// every grad row is written by one thread in a fixed order -- bit-identical across runs even
+// when ranges overlap, with no atomics.
+#include "ops/segment_pool.h"
+
+#include "common/accumulate.h"
+#include "common/checks.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace mta_ext {
+
+SegmentPoolArgs prepare_segment_pool(const char* op, const at::Tensor& hidden_or_grad,
+                                     const at::Tensor& ranges,
+                                     const std::optional<at::Tensor>& weights, int64_t num_rows,
+                                     const char* rows_name) {
+  check_index(op, "ranges", ranges);
+  check_dim(op, "ranges", ranges, 2, "[N, 2]");
+  TORCH_CHECK_VALUE(ranges.size(1) == 2, op, ": ranges must have shape [N, 2], got ",
+                    ranges.sizes());
+  check_same_device(op, "ranges", ranges, "hidden", hidden_or_grad);
+  SegmentPoolArgs out;
+  out.hidden = hidden_or_grad.contiguous();
+  out.ranges = ranges.to(at::kLong).contiguous();
+  check_ranges_values(op, "ranges", out.ranges, num_rows, rows_name);
+  if (weights.has_value()) {
+    const auto& w = *weights;
+    check_float(op, "weights", w);
+    check_dim(op, "weights", w, 1, "[M]");
+    TORCH_CHECK_VALUE(w.size(0) == num_rows, op, ": weights must have one entry per row of hidden (",
+                      num_rows, "), got ", w.size(0));
+    check_same_device(op, "weights", w, "hidden", hidden_or_grad);
+    check_nonnegative(op, "weights", w);
+    const auto acc = hidden_or_grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    out.weights = w.detach().to(acc).contiguous();
+  }
+  return out;
+}
+
+namespace {
+
+constexpr const char* kFwd = "segment_pool";
+constexpr const char* kBwd = "segment_pool_backward";
+
+at::Tensor segment_pool_cpu(const at::Tensor& hidden, const at::Tensor& ranges,
+                            const std::optional<at::Tensor>& weights) {
+  check_float(kFwd, "hidden", hidden);
+  check_dim(kFwd, "hidden", hidden, 2, "[M, D]");
+  const int64_t M = hidden.size(0), D = hidden.size(1);
+  auto a = prepare_segment_pool(kFwd, hidden, ranges, weights, M, "hidden.size(0)");
+  const int64_t N = a.ranges.size(0);
+  auto out = at::empty({N, D}, hidden.options());
+  if (N == 0 || D == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
+    const int64_t* r = a.ranges.const_data_ptr<int64_t>();
+    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+    at::parallel_for(0, N, grain, [&](int64_t k0, int64_t k1) {
+      std::vector<acc_t> acc(D);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t s = r[2 * k], e = r[2 * k + 1];
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        acc_t wsum = 0;
+        for (int64_t t = s; t < e; ++t) {
+          const acc_t wt = w ? w[t] : acc_t(1);
+          wsum += wt;
+          axpy_row(acc.data(), h + t * D, wt, D);
+        }
+        store_scaled_row(o + k * D, acc.data(), acc_t(1) / safe_denominator(wsum), D);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor segment_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& ranges,
+                                     const std::optional<at::Tensor>& weights, int64_t num_rows) {
+  check_float(kBwd, "grad_out", grad_out);
+  check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
+  TORCH_CHECK_VALUE(num_rows >= 0, kBwd, ": num_rows must be >= 0, got ", num_rows);
+  auto a = prepare_segment_pool(kBwd, grad_out, ranges, weights, num_rows, "num_rows");
+  const int64_t N = a.ranges.size(0), D = grad_out.size(1), M = num_rows;
+  TORCH_CHECK_VALUE(grad_out.size(0) == N, kBwd, ": grad_out has ", grad_out.size(0),
+                    " rows but ranges has ", N, " units");
+  auto grad_hidden = at::empty({M, D}, grad_out.options());
+  if (M == 0 || D == 0) return grad_hidden;
+
+  // CSR incidence token -> units, in increasing unit order (the fixed summation order).
+  const int64_t* r = a.ranges.const_data_ptr<int64_t>();
+  std::vector<int64_t> row_ptr(M + 1, 0);
+  for (int64_t k = 0; k < N; ++k)
+    for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) ++row_ptr[t + 1];
+  for (int64_t t = 0; t < M; ++t) row_ptr[t + 1] += row_ptr[t];
+  std::vector<int64_t> units(row_ptr[M]);
+  {
+    std::vector<int64_t> cursor(row_ptr.begin(), row_ptr.end() - 1);
+    for (int64_t k = 0; k < N; ++k)
+      for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) units[cursor[t]++] = k;
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
+    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+    scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
+    // 1 / max(sum_{t in k} w_t, 1e-5) per unit, exactly as the forward computes it.
+    std::vector<acc_t> inv(N);
+    at::parallel_for(0, N, 1024, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        acc_t wsum = 0;
+        for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) wsum += w ? w[t] : acc_t(1);
+        inv[k] = acc_t(1) / safe_denominator(wsum);
+      }
+    });
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+    at::parallel_for(0, M, grain, [&](int64_t t0, int64_t t1) {
+      std::vector<acc_t> acc(D);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
+        if (j0 == j1) {
+          zero_row(gh + t * D, D);
+          continue;
+        }
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t k = units[j];
+          axpy_row(acc.data(), g + k * D, inv[k], D);
+        }
+        store_scaled_row(gh + t * D, acc.data(), w ? w[t] : acc_t(1), D);
+      }
+    });
+  });
+  return grad_hidden;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
+  m.def("segment_pool(Tensor hidden, Tensor ranges, Tensor? weights=None) -> Tensor");
+  m.def(
+      "segment_pool_backward(Tensor grad_out, Tensor ranges, Tensor? weights, SymInt num_rows) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
+  m.impl("segment_pool", &segment_pool_cpu);
+  m.impl("segment_pool_backward", &segment_pool_backward_cpu);
+}
+
+}  // namespace mta_ext

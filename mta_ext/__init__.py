@@ -1,0 +1,30 @@
+"""mta_ext: fast cross-tokenizer MTA distillation losses for PyTorch.
+
+Compiled ops live under ``torch.ops.mta_ext``; this package is the thin, typed Python API.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import (
+    _loader,  # noqa: F401  (import torch, check versions, load the ops)
+    reference,
+)
+from ._info import build_info
+from .losses import MTALoss, structural_loss
+from .ops import relational_loss, segment_pool, token_salience
+from .schedule import LayerPair, LayerSchedule
+
+__all__ = [
+    "LayerPair",
+    "LayerSchedule",
+    "MTALoss",
+    "__version__",
+    "build_info",
+    "reference",
+    "relational_loss",
+    "segment_pool",
+    "structural_loss",
+    "token_salience",
+]
