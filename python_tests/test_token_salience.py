@@ -121,3 +121,15 @@ def test_bad_inputs():
 
 def test_public_name():
     assert mta_ext.token_salience is token_salience
+
+
+def test_all_three_paths_agree():
+    # n <= 2048: symmetric full S; 2048 < n <= 8192: row tiles over all keys; key_block > 0:
+    # online-softmax streaming. Example 0 has 2100 valid tokens, example 1 has 1500.
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(2, 2100, 16, generator=g, dtype=torch.float64)
+    m = torch.ones(2, 2100, dtype=torch.long)
+    m[1, 1500:] = 0
+    exp = ref.token_salience(h, m)
+    for kb in (0, 700):
+        torch.testing.assert_close(token_salience(h, m, key_block=kb), exp, rtol=1e-6, atol=1e-9)

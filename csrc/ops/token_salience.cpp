@@ -1,18 +1,25 @@
 // token_salience: schema, argument checks and the CPU kernel.
 //
 // w_t = (1/T_valid) sum_s softmax_t(S)[s,t], S = Ĥ Ĥᵀ / sqrt(D) with padding keys and the diagonal
-// masked (DESIGN.md §2). The T x T matrix is never materialised: each example's valid rows are
-// compacted, then processed in row tiles of kRowTile queries against either the whole key set
-// (a kRowTile x T_valid tile, when that is small) or key blocks with an online softmax
-// (pass 1: running row max and sum; pass 2: recompute the block and accumulate the received
-// attention). Work items are (example, group of row tiles); each writes its column sums into its
-// own buffer and the buffers are reduced in a fixed order, so the result is bit-identical across
-// runs and thread counts.
+// masked (DESIGN.md §2). Each example's valid rows are first compacted and normalised (one fused
+// pass). Then, per example with n valid tokens:
+//  * n <= kSymmetricMaxKeys (2048): S (at most 16 MB) is built from its upper block triangle only
+//    (S is symmetric: half the matmul FLOPs), exponentiated in place and reduced with one gemv;
+//  * larger n: never a T x T matrix. Row tiles of kRowTile queries against the whole key set
+//    (a kRowTile x n tile) while n <= kWholeRowMaxKeys, beyond that key blocks with an online
+//    softmax (pass 1: running row max and sum; pass 2: recompute and accumulate the received
+//    attention). key_block > 0 forces this streaming path (tests, memory-bound callers).
+// Work items are (example) or (example, group of row tiles); each writes column sums into its own
+// buffer and the buffers are reduced in a fixed order: bit-identical across runs and thread
+// counts.
 #include "ops/token_salience.h"
 
 #include "common/checks.h"
 
+#include "common/accumulate.h"
+
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -48,6 +55,9 @@ constexpr int64_t kRowTile = 64;          // queries per tile
 constexpr int64_t kMaxGroupsPerExample = 16;  // work items per example (fixed: determinism)
 constexpr int64_t kWholeRowMaxKeys = 8192;    // above this, stream over key blocks
 constexpr int64_t kAutoKeyBlock = 1024;
+constexpr int64_t kLanes = 16;  // partial sums in the normalisation loop
+constexpr int64_t kSymmetricMaxKeys = 2048;   // up to this, build S once from its upper half
+constexpr int64_t kSymmetricBlock = 64;  // upper triangle ~ (1 + 64/n)/2 of the FLOPs
 
 // One work item: rows [r0, r1) (compacted indices) of example b; writes partial column sums.
 struct Item {
@@ -55,15 +65,39 @@ struct Item {
   int64_t part_offset;  // into the partial buffer, length n_valid[b]
 };
 
+// Column sums of diag(inv_l) E, i.e. inv_lᵀ E, as a [1, rows] x [rows, cols] product (much
+// faster than a gemv on the transposed view).
+at::Tensor received(const at::Tensor& e, const at::Tensor& inv_l) {
+  return at::mm(inv_l.unsqueeze(0), e).squeeze(0);
+}
+
 // Adds the received attention of rows [r0, r1) of one example to col[0..n).
 // hn: [n, D] normalised rows of the example, already scaled by D^-1/4.
 void rows_whole(const at::Tensor& hn, int64_t r0, int64_t r1, const at::Tensor& col) {
   auto s = at::mm(hn.slice(0, r0, r1), hn.t());  // [rows, n]
   s.diagonal(r0).fill_(-std::numeric_limits<double>::infinity());
-  auto m = std::get<0>(s.max(1, /*keepdim=*/true));
+  auto m = s.amax(1, /*keepdim=*/true);  // amax: max(dim) also computes indices (slow)
   s.sub_(m).exp_();
   auto inv_l = s.sum(1).reciprocal_();
-  col.add_(at::mv(s.t(), inv_l));
+  col.add_(received(s, inv_l));
+}
+
+// The whole example at once: S from its upper block triangle (S = Sᵀ), softmax rows in place,
+// received attention by one [1, n] x [n, n] product.
+void example_symmetric(const at::Tensor& hn, const at::Tensor& col) {
+  const int64_t n = hn.size(0);
+  auto s = at::empty({n, n}, hn.options());
+  for (int64_t i0 = 0; i0 < n; i0 += kSymmetricBlock) {
+    const int64_t i1 = std::min(n, i0 + kSymmetricBlock);
+    auto upper = s.slice(0, i0, i1).slice(1, i0, n);
+    at::mm_out(upper, hn.slice(0, i0, i1), hn.slice(0, i0, n).t());
+    if (i1 < n) s.slice(0, i1, n).slice(1, i0, i1).copy_(s.slice(0, i0, i1).slice(1, i1, n).t());
+  }
+  s.diagonal().fill_(-std::numeric_limits<double>::infinity());
+  auto m = s.amax(1, /*keepdim=*/true);  // amax: max(dim) also computes indices (slow)
+  s.sub_(m).exp_();
+  auto inv_l = s.sum(1).reciprocal_();
+  col.add_(received(s, inv_l));
 }
 
 void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, const at::Tensor& col) {
@@ -82,7 +116,7 @@ void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, con
     const int64_t k1 = std::min(n, k0 + kb);
     auto s = at::mm(q, hn.slice(0, k0, k1).t());
     s.diagonal(r0 - k0).fill_(ninf);
-    auto m_new = at::maximum(m, std::get<0>(s.max(1)));
+    auto m_new = at::maximum(m, s.amax(1));
     l.mul_((m - m_new).exp_()).add_(s.sub_(m_new.unsqueeze(1)).exp_().sum(1));
     m = m_new;
   }
@@ -92,7 +126,7 @@ void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, con
     auto s = at::mm(q, hn.slice(0, k0, k1).t());
     s.diagonal(r0 - k0).fill_(ninf);
     s.sub_(m.unsqueeze(1)).exp_();
-    col.slice(0, k0, k1).add_(at::mv(s.t(), inv_l));
+    col.slice(0, k0, k1).add_(received(s, inv_l));
   }
 }
 
@@ -116,11 +150,51 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   const int64_t total = start[B];
   if (total == 0) return out;
   auto idx = at::from_blob(valid_idx.data(), {total}, at::kLong).clone();
-  auto h = hidden.detach().reshape({B * T, D}).index_select(0, idx).to(acc);
-  // Bessel-corrected std over the hidden dim (undefined for D == 1: taken as 0).
-  auto stdv = D > 1 ? h.std(1, /*unbiased=*/true, /*keepdim=*/true) : at::zeros({total, 1}, h.options());
-  // Fold 1/sqrt(D) into both operands: (Ĥ D^-1/4)(Ĥ D^-1/4)ᵀ = Ĥ Ĥᵀ / sqrt(D).
-  auto hn = (h / (stdv + kSalienceStdEps)).mul_(std::pow(double(D), -0.25)).contiguous();
+  // Fused gather + normalisation: hn[r] = h[idx[r]] / (std(h[idx[r]]) + eps) * D^-1/4 (the
+  // 1/sqrt(D) of S folded into both operands). Mean and variance accumulate in the accumulation
+  // type over kLanes partial sums, combined in double.
+  const auto hc = hidden.detach().contiguous();
+  auto hn = at::empty({total, D}, hidden.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "token_salience_norm", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* hp = hc.const_data_ptr<scalar_t>();
+    acc_t* op = hn.mutable_data_ptr<acc_t>();
+    const double quarter = std::pow(double(D), -0.25);
+    const int64_t grain = std::max<int64_t>(1, 16384 / D);
+    at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* x = hp + valid_idx[r] * D;
+        acc_t* y = op + r * D;
+        // kLanes independent partial sums: vectorisable without reassociation flags, and
+        // more accurate than one running sum.
+        acc_t lanes[kLanes] = {};
+        int64_t d = 0;
+        for (; d + kLanes <= D; d += kLanes)
+          for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(x[d + j]);
+        double sum = 0;
+        for (; d < D; ++d) sum += static_cast<double>(x[d]);
+        for (int64_t j = 0; j < kLanes; ++j) sum += lanes[j];
+        const acc_t mean = static_cast<acc_t>(sum / D);
+        acc_t sq[kLanes] = {};
+        d = 0;
+        for (; d + kLanes <= D; d += kLanes)
+          for (int64_t j = 0; j < kLanes; ++j) {
+            const acc_t c = static_cast<acc_t>(x[d + j]) - mean;
+            sq[j] += c * c;
+          }
+        double ss = 0;
+        for (; d < D; ++d) {
+          const double c = static_cast<double>(x[d]) - mean;
+          ss += c * c;
+        }
+        for (int64_t j = 0; j < kLanes; ++j) ss += sq[j];
+        // Bessel-corrected std; undefined for D == 1 (0/0): taken as 0.
+        const double sd = D > 1 ? std::sqrt(ss / (D - 1)) : 0.0;
+        const acc_t scale = static_cast<acc_t>(quarter / (sd + kSalienceStdEps));
+        for (int64_t d = 0; d < D; ++d) y[d] = static_cast<acc_t>(x[d]) * scale;
+      }
+    });
+  });
 
   // Work items: per example with >= 2 valid rows, ceil(n / kRowTile) tiles in <= 16 groups.
   std::vector<Item> items;
@@ -129,7 +203,10 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   for (int64_t b = 0; b < B; ++b) {
     first_item[b] = static_cast<int64_t>(items.size());
     const int64_t n = start[b + 1] - start[b];
-    if (n >= 2) {
+    if (n >= 2 && key_block == 0 && n <= kSymmetricMaxKeys) {
+      items.push_back({b, 0, 0, part_len});  // whole example, r0 == r1 == 0 marks it
+      part_len += n;
+    } else if (n >= 2) {
       const int64_t tiles = (n + kRowTile - 1) / kRowTile;
       const int64_t groups = std::min(tiles, kMaxGroupsPerExample);
       for (int64_t g = 0; g < groups; ++g) {
@@ -140,7 +217,7 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
     }
   }
   first_item[B] = static_cast<int64_t>(items.size());
-  auto partial = at::zeros({part_len}, h.options());
+  auto partial = at::zeros({part_len}, hn.options());
 
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -148,6 +225,10 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
       const int64_t n = start[it.b + 1] - start[it.b];
       const auto ex = hn.slice(0, start[it.b], start[it.b + 1]);
       const auto col = partial.slice(0, it.part_offset, it.part_offset + n);
+      if (it.r0 == it.r1) {
+        example_symmetric(ex, col);
+        continue;
+      }
       const bool whole = key_block == 0 && n <= kWholeRowMaxKeys;
       const int64_t kb = key_block > 0 ? key_block : kAutoKeyBlock;
       for (int64_t r = it.r0; r < it.r1; r += kRowTile) {
@@ -161,7 +242,7 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   });
 
   // Fixed-order reduction of the partial column sums, scaled by 1/T_valid, scattered back.
-  auto w = at::zeros({total}, h.options());
+  auto w = at::zeros({total}, hn.options());
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = start[b + 1] - start[b];
     if (first_item[b] == first_item[b + 1]) continue;
