@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--name", default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = min(args.repeats, 3) if args.quick else args.repeats
     info = machine_info(args.device)
     info["loadavg_before"] = os.getloadavg()

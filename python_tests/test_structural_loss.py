@@ -373,3 +373,50 @@ def test_torch_compile_inductor_fullgraph(models):
         torch.autograd.grad(got, s_comp[1:]), torch.autograd.grad(exp, s_eager[1:]), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_with_real_alignment(models):
+    """End to end with the real aligner (tiny trained tokenizers), when it is available."""
+    alignment = pytest.importorskip("mta_ext.alignment")
+    tk = pytest.importorskip("tokenizers")
+    import re
+
+    corpus = [
+        "the cat sat on the mat",
+        "a dog ran in the park",
+        "birds sing at dawn today",
+        "the quick brown fox jumps over the lazy dog",
+    ] * 5
+
+    def train(model, trainer):
+        tok = tk.Tokenizer(model)
+        tok.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+        tok.train_from_iterator(corpus, trainer)
+        return tok
+
+    t_tok = train(
+        tk.models.BPE(unk_token="[UNK]"),
+        tk.trainers.BpeTrainer(vocab_size=90, special_tokens=["[UNK]", "[PAD]"]),
+    )
+    s_tok = train(
+        tk.models.WordPiece(unk_token="[UNK]"),
+        tk.trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[UNK]", "[PAD]"]),
+    )
+    assert t_tok.get_vocab_size() <= 97 and s_tok.get_vocab_size() <= 131
+
+    def two_words(text):
+        return [(m.start(), m.end()) for m in re.finditer(r"\w+ \w+", text)]
+
+    aligner = alignment.Aligner(t_tok, s_tok, phrases=two_words, words="all")
+    al = aligner(["the cat sat on the mat today", "a quick dog", "birds"])
+    assert al.units["word"].cu_units[-1] > 0 and al.units["phrase"].cu_units[-1] > 0
+    teacher, student = models
+    enc_t = {k: al.teacher[k] for k in ("input_ids", "attention_mask")}
+    enc_s = {k: al.student[k] for k in ("input_ids", "attention_mask")}
+    t_hs = tuple(h.double() for h in _run(teacher, enc_t).hidden_states)
+    s_hs = _leaf(_run(student, enc_s).hidden_states, torch.float64)
+    projs = _projectors(dtype=torch.float64)
+    got = structural_loss(s_hs, t_hs, al, SCHED, projectors=projs)
+    exp = ref.structural_loss(s_hs, t_hs, al, SCHED, projectors=projs)
+    torch.testing.assert_close(got, exp, rtol=1e-7, atol=1e-10)
+    assert got.item() > 0
