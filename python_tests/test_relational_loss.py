@@ -136,6 +136,34 @@ def test_opcheck():
         )
 
 
+def test_fused_and_recompute_paths_agree():
+    # The public function uses relational_loss_and_grad (gradients computed in the forward);
+    # calling the plain op under autograd uses relational_loss_backward (recomputes).
+    us, ut, w, cu = _inputs([5, 0, 7, 1], 12, 9, dtype=torch.float32, seed=11)
+    lf, gsf, gtf = _grads(relational_loss, us, ut, w, cu)
+    lr, gsr, gtr = _grads(torch.ops.mta_ext.relational_loss, us, ut, w, cu)
+    assert torch.equal(lf, lr)
+    torch.testing.assert_close(gsf, gsr, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(gtf, gtr, rtol=1e-6, atol=1e-8)
+    loss = relational_loss(us, ut, w, cu)
+    (g2,) = torch.autograd.grad(loss * 3.0, [us])
+    torch.testing.assert_close(g2, 3.0 * gsf)
+    with torch.no_grad():
+        assert torch.equal(relational_loss(us, ut, w, cu), lf.detach())
+
+
+def test_opcheck_fused():
+    for counts, dtype, need in (
+        ([3, 0, 2], torch.float64, (True, True)),
+        ([2, 5], torch.float32, (True, False)),
+        ([], torch.float32, (False, True)),
+    ):
+        us, ut, w, cu = _inputs(counts, 6, 4, dtype=dtype, seed=12)
+        torch.library.opcheck(
+            torch.ops.mta_ext.relational_loss_and_grad.default, (us, ut, w, cu, *need)
+        )
+
+
 def test_bad_inputs():
     us, ut, w, cu = _inputs([2, 3], 4, 6, requires_grad=False)
     cases = [

@@ -97,6 +97,15 @@ def relational_loss(
         (naming the offending example), negative or non-finite weights.
     """
     _check(u_student, u_teacher, unit_weights, cu_units)
+    grad_on = torch.is_grad_enabled()
+    need_s = grad_on and u_student.requires_grad
+    need_t = grad_on and u_teacher.requires_grad
+    if need_s or need_t:
+        # Fused: the forward also computes the gradients (the N_b x N_b Gram difference is at
+        # hand), the backward only scales them by the upstream gradient.
+        return _ops.relational_loss_and_grad(
+            u_student, u_teacher, unit_weights, cu_units, need_s, need_t
+        )[0]
     return _ops.relational_loss(u_student, u_teacher, unit_weights, cu_units)
 
 
@@ -104,6 +113,19 @@ def relational_loss(
 def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units):
     _check(u_student, u_teacher, unit_weights, cu_units)
     return u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights))
+
+
+@torch.library.register_fake("mta_ext::relational_loss_and_grad")
+def _relational_loss_and_grad_fake(
+    u_student, u_teacher, unit_weights, cu_units, need_student, need_teacher
+):
+    _check(u_student, u_teacher, unit_weights, cu_units)
+    n = u_student.shape[0]
+    return (
+        u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights)),
+        u_student.new_empty((n if need_student else 0, u_student.shape[1])),
+        u_teacher.new_empty((n if need_teacher else 0, u_teacher.shape[1])),
+    )
 
 
 @torch.library.register_fake("mta_ext::relational_loss_backward")
@@ -129,3 +151,30 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("mta_ext::relational_loss", _backward, setup_context=_setup_context)
+
+
+def _setup_context_fused(ctx, inputs, output) -> None:
+    _loss, grad_s, grad_t = output
+    ctx.mark_non_differentiable(grad_s, grad_t)
+    ctx.save_for_backward(*inputs[:4], grad_s, grad_t)
+    ctx.has_s, ctx.has_t = inputs[4], inputs[5]
+
+
+def _backward_fused(ctx, grad, _grad_gs, _grad_gt):
+    u_student, u_teacher, unit_weights, cu_units, grad_s, grad_t = ctx.saved_tensors
+    want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gs = (grad_s * grad).to(grad_s.dtype) if want_s and ctx.has_s else None
+    gt = (grad_t * grad).to(grad_t.dtype) if want_t and ctx.has_t else None
+    miss_s, miss_t = want_s and not ctx.has_s, want_t and not ctx.has_t
+    if miss_s or miss_t:  # not precomputed (called with need_*=False): recompute those
+        rs, rt = _ops.relational_loss_backward(
+            grad, u_student, u_teacher, unit_weights, cu_units, miss_s, miss_t
+        )
+        gs = rs if miss_s else gs
+        gt = rt if miss_t else gt
+    return gs, gt, None, None, None, None
+
+
+torch.library.register_autograd(
+    "mta_ext::relational_loss_and_grad", _backward_fused, setup_context=_setup_context_fused
+)
