@@ -26,6 +26,15 @@
 #include <tuple>
 #include <vector>
 
+// The build targets baseline x86-64 (portable wheels); the row loops below are also compiled for
+// AVX2 and AVX-512 and picked at load time (GCC function multiversioning). BLAS is already
+// dispatched at run time by torch.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MTA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MTA_CPU_CLONES
+#endif
+
 namespace mta_ext {
 
 at::Tensor check_relational_loss_args(const char* op, const at::Tensor& u_student,
@@ -102,7 +111,7 @@ acc_t total_pair_weight(const acc_t* w, const std::vector<int64_t>& cu) {
 // Writes x[i] / max(|x[i]|, eps) into row i of out ([n, D] contiguous) and the clamped norm into
 // nrm[i]. x: [n, D] contiguous, in the accumulation type.
 template <typename acc_t>
-void normalize_into(const acc_t* x, int64_t n, int64_t D, acc_t* out, acc_t* nrm) {
+MTA_CPU_CLONES void normalize_into(const acc_t* x, int64_t n, int64_t D, acc_t* out, acc_t* nrm) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t* xi = x + i * D;
     acc_t ss = 0;
@@ -119,7 +128,7 @@ void normalize_into(const acc_t* x, int64_t n, int64_t D, acc_t* out, acc_t* nrm
 // Gradient w.r.t. x of a normalised row n = x / max(|x|, eps), given g_n (times `sign`): where
 // |x| > eps, (g_n - n (n . g_n)) / |x|; where the norm was clamped, g_n / eps. Written as scalar_t.
 template <typename acc_t, typename scalar_t>
-void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* nrm, int64_t n,
+MTA_CPU_CLONES void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* nrm, int64_t n,
                              int64_t D, acc_t sign, scalar_t* out) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t* g = gn + i * D;
@@ -131,6 +140,31 @@ void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* n
     const acc_t inv = sign / nrm[i];
     scalar_t* o = out + i * D;
     for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>((g[d] - v[d] * dot) * inv);
+  }
+}
+
+// sum_{i != j} w_i w_j d_ij^2 over an n x n block.
+template <typename acc_t>
+MTA_CPU_CLONES acc_t weighted_square_sum(const acc_t* dp, const acc_t* wb, int64_t n) {
+  acc_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t* di = dp + i * n;
+    acc_t row = 0;
+#pragma omp simd reduction(+ : row)
+    for (int64_t j = 0; j < n; ++j) row += wb[j] * di[j] * di[j];
+    total += wb[i] * (row - wb[i] * di[i] * di[i]);  // i == j is not a pair
+  }
+  return total;
+}
+
+// d_ij <- scale w_i w_j d_ij, zero diagonal.
+template <typename acc_t>
+MTA_CPU_CLONES void scale_to_m(acc_t* dp, const acc_t* wb, int64_t n, acc_t scale) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t wi = wb[i] * scale;
+    acc_t* di = dp + i * n;
+    for (int64_t j = 0; j < n; ++j) di[j] *= wi * wb[j];
+    di[i] = 0;
   }
 }
 
@@ -155,24 +189,9 @@ void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, i
   d.addmm_(nt, nt.t(), /*beta=*/1, /*alpha=*/-1);  // cS - cT
   acc_t* dp = d.mutable_data_ptr<acc_t>();
   const acc_t* wb = w + a;
-  if (num != nullptr) {
-    acc_t total = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t* di = dp + i * n;
-      acc_t row = 0;
-#pragma omp simd reduction(+ : row)
-      for (int64_t j = 0; j < n; ++j) row += wb[j] * di[j] * di[j];
-      total += wb[i] * (row - wb[i] * di[i] * di[i]);  // i == j is not a pair
-    }
-    *num = total;
-  }
+  if (num != nullptr) *num = weighted_square_sum<acc_t>(dp, wb, n);
   if (!gs.defined() && !gt.defined()) return;
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t wi = wb[i] * scale;
-    acc_t* di = dp + i * n;
-    for (int64_t j = 0; j < n; ++j) di[j] *= wi * wb[j];
-    di[i] = 0;
-  }
+  scale_to_m<acc_t>(dp, wb, n, scale);
   // dL/dNs = M Ns; dL/dNt = -M Nt (the teacher Gram enters with a minus sign).
   if (gs.defined()) {
     const auto gn = at::mm(d, ns);

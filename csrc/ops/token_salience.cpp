@@ -28,6 +28,14 @@
 #include <limits>
 #include <vector>
 
+// Baseline x86-64 build; the row loops are also compiled for AVX2 / AVX-512 and picked at load
+// time (GCC function multiversioning). BLAS is dispatched at run time by torch.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MTA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MTA_CPU_CLONES
+#endif
+
 namespace mta_ext {
 
 at::Tensor check_token_salience_args(const char* op, const at::Tensor& hidden,
@@ -55,7 +63,6 @@ constexpr int64_t kRowTile = 64;          // queries per tile
 constexpr int64_t kMaxGroupsPerExample = 16;  // work items per example (fixed: determinism)
 constexpr int64_t kWholeRowMaxKeys = 8192;    // above this, stream over key blocks
 constexpr int64_t kAutoKeyBlock = 1024;
-constexpr int64_t kLanes = 16;  // partial sums in the normalisation loop
 constexpr int64_t kSymmetricMaxKeys = 2048;   // up to this, build S once from its upper half
 constexpr int64_t kSymmetricBlock = 64;  // upper triangle ~ (1 + 64/n)/2 of the FLOPs
 
@@ -64,6 +71,26 @@ struct Item {
   int64_t b, r0, r1;
   int64_t part_offset;  // into the partial buffer, length n_valid[b]
 };
+
+// y = x / (std(x) + eps) * D^-1/4 for one row: Bessel-corrected std (0 when D == 1, where it is
+// undefined), mean and variance accumulated in acc_t with vectorised reductions, combined in
+// double.
+template <typename scalar_t, typename acc_t>
+MTA_CPU_CLONES void normalize_row(const scalar_t* x, acc_t* y, int64_t D) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t d = 0; d < D; ++d) sum += static_cast<acc_t>(x[d]);
+  const acc_t mean = static_cast<acc_t>(static_cast<double>(sum) / D);
+  acc_t ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t c = static_cast<acc_t>(x[d]) - mean;
+    ss += c * c;
+  }
+  const double sd = D > 1 ? std::sqrt(static_cast<double>(ss) / (D - 1)) : 0.0;
+  const acc_t scale = static_cast<acc_t>(std::pow(double(D), -0.25) / (sd + kSalienceStdEps));
+  for (int64_t d = 0; d < D; ++d) y[d] = static_cast<acc_t>(x[d]) * scale;
+}
 
 // Column sums of diag(inv_l) E, i.e. inv_lᵀ E, as a [1, rows] x [rows, cols] product (much
 // faster than a gemv on the transposed view).
@@ -151,48 +178,17 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   if (total == 0) return out;
   auto idx = at::from_blob(valid_idx.data(), {total}, at::kLong).clone();
   // Fused gather + normalisation: hn[r] = h[idx[r]] / (std(h[idx[r]]) + eps) * D^-1/4 (the
-  // 1/sqrt(D) of S folded into both operands). Mean and variance accumulate in the accumulation
-  // type over kLanes partial sums, combined in double.
+  // 1/sqrt(D) of S folded into both operands).
   const auto hc = hidden.detach().contiguous();
   auto hn = at::empty({total, D}, hidden.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "token_salience_norm", [&] {
     using acc_t = acc_type<scalar_t>;
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     acc_t* op = hn.mutable_data_ptr<acc_t>();
-    const double quarter = std::pow(double(D), -0.25);
     const int64_t grain = std::max<int64_t>(1, 16384 / D);
     at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* x = hp + valid_idx[r] * D;
-        acc_t* y = op + r * D;
-        // kLanes independent partial sums: vectorisable without reassociation flags, and
-        // more accurate than one running sum.
-        acc_t lanes[kLanes] = {};
-        int64_t d = 0;
-        for (; d + kLanes <= D; d += kLanes)
-          for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(x[d + j]);
-        double sum = 0;
-        for (; d < D; ++d) sum += static_cast<double>(x[d]);
-        for (int64_t j = 0; j < kLanes; ++j) sum += lanes[j];
-        const acc_t mean = static_cast<acc_t>(sum / D);
-        acc_t sq[kLanes] = {};
-        d = 0;
-        for (; d + kLanes <= D; d += kLanes)
-          for (int64_t j = 0; j < kLanes; ++j) {
-            const acc_t c = static_cast<acc_t>(x[d + j]) - mean;
-            sq[j] += c * c;
-          }
-        double ss = 0;
-        for (; d < D; ++d) {
-          const double c = static_cast<double>(x[d]) - mean;
-          ss += c * c;
-        }
-        for (int64_t j = 0; j < kLanes; ++j) ss += sq[j];
-        // Bessel-corrected std; undefined for D == 1 (0/0): taken as 0.
-        const double sd = D > 1 ? std::sqrt(ss / (D - 1)) : 0.0;
-        const acc_t scale = static_cast<acc_t>(quarter / (sd + kSalienceStdEps));
-        for (int64_t d = 0; d < D; ++d) y[d] = static_cast<acc_t>(x[d]) * scale;
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        normalize_row<scalar_t, acc_t>(hp + valid_idx[r] * D, op + r * D, D);
     });
   });
 
