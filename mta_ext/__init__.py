@@ -12,16 +12,24 @@ from . import (
     reference,
 )
 from ._info import build_info
+from .alignment import Aligner, Alignment, UnitLayout, align_encoded, explain
 from .losses import MTALoss, structural_loss
 from .ops import relational_loss, segment_pool, token_salience
+from .phrases import annotate_spans
 from .schedule import LayerPair, LayerSchedule
 
 __all__ = [
+    "Aligner",
+    "Alignment",
     "LayerPair",
     "LayerSchedule",
     "MTALoss",
+    "UnitLayout",
     "__version__",
+    "align_encoded",
+    "annotate_spans",
     "build_info",
+    "explain",
     "reference",
     "relational_loss",
     "segment_pool",
