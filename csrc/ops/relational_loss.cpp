@@ -78,6 +78,7 @@ namespace {
 constexpr const char* kFwd = "relational_loss";
 constexpr const char* kBwd = "relational_loss_backward";
 constexpr const char* kFwdGrad = "relational_loss_and_grad";
+constexpr double kSerialWork = 1 << 22;  // multiply-adds below which one thread does it all
 
 at::ScalarType acc_dtype(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w) {
   return (a.scalar_type() == at::kDouble || b.scalar_type() == at::kDouble ||
@@ -246,7 +247,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
     // d loss / d cS_ij = 2 W_i W_j (cS - cT)_ij / Z, and c = n nᵀ uses n twice: 4 M n / Z.
     const acc_t scale = static_cast<acc_t>(4.0 * grad_scale) / z;
     std::vector<acc_t> num(B, acc_t(0));
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    // Tiny batches run inline: an OpenMP region costs more than the work (and much more on a
+    // loaded machine, where a descheduled worker stalls the whole region).
+    double work = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const double n = static_cast<double>(cu[b + 1] - cu[b]);
+      work += n * n * static_cast<double>(Ds + Dt);
+    }
+    const int64_t grain = work < kSerialWork ? std::max<int64_t>(B, 1) : 1;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (cu[b + 1] - cu[b] < 2) continue;  // no pair i != j
         example_block<acc_t>(us, ut, wp, cu[b], cu[b + 1], acc, want_loss ? &num[b] : nullptr,

@@ -64,6 +64,7 @@ constexpr int64_t kMaxGroupsPerExample = 16;  // work items per example (fixed: 
 constexpr int64_t kWholeRowMaxKeys = 8192;    // above this, stream over key blocks
 constexpr int64_t kAutoKeyBlock = 1024;
 constexpr int64_t kSymmetricMaxKeys = 2048;   // up to this, build S once from its upper half
+constexpr double kSerialWork = 1 << 22;  // multiply-adds below which one thread does it all
 constexpr int64_t kSymmetricBlock = 64;  // upper triangle ~ (1 + 64/n)/2 of the FLOPs
 
 // One work item: rows [r0, r1) (compacted indices) of example b; writes partial column sums.
@@ -185,7 +186,7 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
     using acc_t = acc_type<scalar_t>;
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     acc_t* op = hn.mutable_data_ptr<acc_t>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / D);
+    const int64_t grain = std::max<int64_t>(1, 65536 / D);  // >= 64k elements per chunk
     at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         normalize_row<scalar_t, acc_t>(hp + valid_idx[r] * D, op + r * D, D);
@@ -215,7 +216,15 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   first_item[B] = static_cast<int64_t>(items.size());
   auto partial = at::zeros({part_len}, hn.options());
 
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
+  // Tiny batches run inline (an OpenMP region would cost more than the work).
+  double work = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const double n = static_cast<double>(start[b + 1] - start[b]);
+    work += n * n * static_cast<double>(D);
+  }
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  const int64_t item_grain = work < kSerialWork ? std::max<int64_t>(n_items, 1) : 1;
+  at::parallel_for(0, n_items, item_grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const Item& it = items[i];
       const int64_t n = start[it.b + 1] - start[it.b];
