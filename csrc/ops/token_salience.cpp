@@ -1,17 +1,18 @@
 // token_salience: schema, argument checks and the CPU kernel.
 //
 // w_t = (1/T_valid) sum_s softmax_t(S)[s,t], S = Ĥ Ĥᵀ / sqrt(D) with padding keys and the diagonal
-// masked (DESIGN.md §2). Each example's valid rows are first compacted and normalised (one fused
-// pass). Then, per example with n valid tokens:
-//  * n <= kSymmetricMaxKeys (2048): S (at most 16 MB) is built from its upper block triangle only
-//    (S is symmetric: half the matmul FLOPs), exponentiated in place and reduced with one gemv;
-//  * larger n: never a T x T matrix. Row tiles of kRowTile queries against the whole key set
-//    (a kRowTile x n tile) while n <= kWholeRowMaxKeys, beyond that key blocks with an online
-//    softmax (pass 1: running row max and sum; pass 2: recompute and accumulate the received
-//    attention). key_block > 0 forces this streaming path (tests, memory-bound callers).
-// Work items are (example) or (example, group of row tiles); each writes column sums into its own
-// buffer and the buffers are reduced in a fixed order: bit-identical across runs and thread
-// counts.
+// masked (DESIGN.md §2). Padding is dropped first (valid rows compacted); the rows are normalised
+// in one fused gather pass per example. Then, per example with n valid tokens:
+//  * n <= kSymmetricMaxKeys (2048), the common case: one work item per example (examples run in
+//    parallel) builds S (at most 16 MB) from its upper block triangle only (S is symmetric: about
+//    half the matmul FLOPs), exponentiates it in place and reduces it with one [1,n]x[n,n]
+//    product. Memory in flight is per thread (n D + n^2), not per batch;
+//  * larger n, one example at a time, never an n x n matrix: groups of kRowTile-query row tiles
+//    run in parallel against the whole key set (a kRowTile x n tile) while n <= kWholeRowMaxKeys,
+//    beyond that against key blocks with an online softmax (pass 1: running row max and sum;
+//    pass 2: recompute and accumulate the received attention). key_block > 0 forces this path.
+// Each group writes its own column-sum buffer, reduced in group order: bit-identical across runs
+// and thread counts.
 #include "ops/token_salience.h"
 
 #include "common/checks.h"
@@ -67,11 +68,6 @@ constexpr int64_t kSymmetricMaxKeys = 2048;   // up to this, build S once from i
 constexpr double kSerialWork = 1 << 22;  // multiply-adds below which one thread does it all
 constexpr int64_t kSymmetricBlock = 64;  // upper triangle ~ (1 + 64/n)/2 of the FLOPs
 
-// One work item: rows [r0, r1) (compacted indices) of example b; writes partial column sums.
-struct Item {
-  int64_t b, r0, r1;
-  int64_t part_offset;  // into the partial buffer, length n_valid[b]
-};
 
 // y = x / (std(x) + eps) * D^-1/4 for one row: Bessel-corrected std (0 when D == 1, where it is
 // undefined), mean and variance accumulated in acc_t with vectorised reductions, combined in
@@ -158,6 +154,24 @@ void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, con
   }
 }
 
+// Gathers rows[0..n) of hc ([B*T, D] contiguous) into dst ([n, D], accumulation type),
+// normalised: x / (std(x) + eps) * D^-1/4 (the 1/sqrt(D) of S folded into both operands).
+void normalize_rows(const at::Tensor& hc, const int64_t* rows, int64_t n, int64_t D,
+                    const at::Tensor& dst, bool parallel) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "token_salience_norm", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* hp = hc.const_data_ptr<scalar_t>();
+    acc_t* op = dst.mutable_data_ptr<acc_t>();
+    const auto body = [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) normalize_row<scalar_t, acc_t>(hp + rows[r] * D, op + r * D, D);
+    };
+    if (parallel)
+      at::parallel_for(0, n, std::max<int64_t>(1, 65536 / D), body);  // >= 64k elements a chunk
+    else
+      body(0, n);
+  });
+}
+
 at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attention_mask,
                               int64_t key_block) {
   const auto mask = check_token_salience_args(kOp, hidden, attention_mask, key_block);
@@ -178,84 +192,69 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   const int64_t total = start[B];
   if (total == 0) return out;
   auto idx = at::from_blob(valid_idx.data(), {total}, at::kLong).clone();
-  // Fused gather + normalisation: hn[r] = h[idx[r]] / (std(h[idx[r]]) + eps) * D^-1/4 (the
-  // 1/sqrt(D) of S folded into both operands).
-  const auto hc = hidden.detach().contiguous();
-  auto hn = at::empty({total, D}, hidden.options().dtype(acc));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "token_salience_norm", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const scalar_t* hp = hc.const_data_ptr<scalar_t>();
-    acc_t* op = hn.mutable_data_ptr<acc_t>();
-    const int64_t grain = std::max<int64_t>(1, 65536 / D);  // >= 64k elements per chunk
-    at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        normalize_row<scalar_t, acc_t>(hp + valid_idx[r] * D, op + r * D, D);
-    });
-  });
+  const auto hc = hidden.detach().reshape({B * T, D}).contiguous();
+  const auto opts = hidden.options().dtype(acc);
+  auto w = at::zeros({total}, opts);  // received attention / T_valid, compacted
+  const auto count = [&](int64_t b) { return start[b + 1] - start[b]; };
 
-  // Work items: per example with >= 2 valid rows, ceil(n / kRowTile) tiles in <= 16 groups.
-  std::vector<Item> items;
-  std::vector<int64_t> first_item(B + 1, 0);
-  int64_t part_len = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    first_item[b] = static_cast<int64_t>(items.size());
-    const int64_t n = start[b + 1] - start[b];
-    if (n >= 2 && key_block == 0 && n <= kSymmetricMaxKeys) {
-      items.push_back({b, 0, 0, part_len});  // whole example, r0 == r1 == 0 marks it
-      part_len += n;
-    } else if (n >= 2) {
-      const int64_t tiles = (n + kRowTile - 1) / kRowTile;
-      const int64_t groups = std::min(tiles, kMaxGroupsPerExample);
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t t0 = tiles * g / groups, t1 = tiles * (g + 1) / groups;
-        items.push_back({b, t0 * kRowTile, std::min(n, t1 * kRowTile), part_len});
-        part_len += n;
-      }
-    }
-  }
-  first_item[B] = static_cast<int64_t>(items.size());
-  auto partial = at::zeros({part_len}, hn.options());
-
-  // Tiny batches run inline (an OpenMP region would cost more than the work).
+  // Phase 1: examples with 2 <= n <= kSymmetricMaxKeys (the common case), one work item each:
+  // normalise its rows into a private buffer, build S, reduce. Peak memory is per thread in
+  // flight (n D + n^2), not the whole batch.
+  std::vector<int64_t> small;
   double work = 0;
   for (int64_t b = 0; b < B; ++b) {
-    const double n = static_cast<double>(start[b + 1] - start[b]);
-    work += n * n * static_cast<double>(D);
+    const int64_t n = count(b);
+    if (n >= 2 && key_block == 0 && n <= kSymmetricMaxKeys) {
+      small.push_back(b);
+      work += static_cast<double>(n) * n * D;
+    }
   }
-  const int64_t n_items = static_cast<int64_t>(items.size());
-  const int64_t item_grain = work < kSerialWork ? std::max<int64_t>(n_items, 1) : 1;
-  at::parallel_for(0, n_items, item_grain, [&](int64_t i0, int64_t i1) {
+  const int64_t n_small = static_cast<int64_t>(small.size());
+  // Tiny batches run inline (an OpenMP region would cost more than the work).
+  const int64_t grain = work < kSerialWork ? std::max<int64_t>(n_small, 1) : 1;
+  at::parallel_for(0, n_small, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const Item& it = items[i];
-      const int64_t n = start[it.b + 1] - start[it.b];
-      const auto ex = hn.slice(0, start[it.b], start[it.b + 1]);
-      const auto col = partial.slice(0, it.part_offset, it.part_offset + n);
-      if (it.r0 == it.r1) {
-        example_symmetric(ex, col);
-        continue;
-      }
-      const bool whole = key_block == 0 && n <= kWholeRowMaxKeys;
-      const int64_t kb = key_block > 0 ? key_block : kAutoKeyBlock;
-      for (int64_t r = it.r0; r < it.r1; r += kRowTile) {
-        const int64_t re = std::min(it.r1, r + kRowTile);
-        if (whole)
-          rows_whole(ex, r, re, col);
-        else
-          rows_streamed(ex, r, re, kb, col);
-      }
+      const int64_t b = small[i], n = count(b);
+      auto hn = at::empty({n, D}, opts);
+      normalize_rows(hc, valid_idx.data() + start[b], n, D, hn, /*parallel=*/false);
+      example_symmetric(hn, w.slice(0, start[b], start[b + 1]));
     }
   });
 
-  // Fixed-order reduction of the partial column sums, scaled by 1/T_valid, scattered back.
-  auto w = at::zeros({total}, hn.options());
+  // Phase 2: larger examples (or key_block > 0), one at a time, never an n x n matrix: rows
+  // normalised in parallel, then <= 16 groups of row tiles in parallel, each with its own
+  // column-sum buffer, reduced in group order.
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = start[b + 1] - start[b];
-    if (first_item[b] == first_item[b + 1]) continue;
+    const int64_t n = count(b);
+    if (n < 2 || (key_block == 0 && n <= kSymmetricMaxKeys)) continue;
+    auto hn = at::empty({n, D}, opts);
+    normalize_rows(hc, valid_idx.data() + start[b], n, D, hn, /*parallel=*/true);
+    const int64_t tiles = (n + kRowTile - 1) / kRowTile;
+    const int64_t groups = std::min(tiles, kMaxGroupsPerExample);
+    auto partial = at::zeros({groups, n}, opts);
+    const bool whole = key_block == 0 && n <= kWholeRowMaxKeys;
+    const int64_t kb = key_block > 0 ? key_block : kAutoKeyBlock;
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t r0 = tiles * g / groups * kRowTile;
+        const int64_t r1 = std::min(n, tiles * (g + 1) / groups * kRowTile);
+        const auto col = partial[g];
+        for (int64_t r = r0; r < r1; r += kRowTile) {
+          const int64_t re = std::min(r1, r + kRowTile);
+          if (whole)
+            rows_whole(hn, r, re, col);
+          else
+            rows_streamed(hn, r, re, kb, col);
+        }
+      }
+    });
     auto wb = w.slice(0, start[b], start[b + 1]);
-    for (int64_t i = first_item[b]; i < first_item[b + 1]; ++i)
-      wb.add_(partial.slice(0, items[i].part_offset, items[i].part_offset + n));
-    wb.div_(double(n));
+    for (int64_t g = 0; g < groups; ++g) wb.add_(partial[g]);  // fixed order
   }
+
+  // Scale by 1/T_valid and scatter back to the padded layout.
+  for (int64_t b = 0; b < B; ++b)
+    if (count(b) >= 2) w.slice(0, start[b], start[b + 1]).div_(double(count(b)));
   out.view({B * T}).index_copy_(0, idx, w.to(at::kFloat));
   return out;
 }
