@@ -18,12 +18,13 @@ different tokenizers (CI-sized). Writes ``benchmarks/results/step_<device>[_quic
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
 import torch
 
-from benchmarks.common import machine_info, markdown_table, time_fn, write_results
+from benchmarks.common import machine_info, markdown_table, write_results
 
 
 def _models(args, tmp: str):
@@ -43,7 +44,7 @@ def _models(args, tmp: str):
         s_dir = build_tiny_model(
             f"{tmp}/s",
             tiny_tokenizer("bpe", texts=texts, vocab_size=300),
-            num_layers=2,
+            num_layers=3,
             hidden_size=32,
             seed=2,
         )
@@ -123,16 +124,25 @@ def main(argv: list[str] | None = None) -> dict:
 
         return step
 
+    # Interleave the modes round by round so that machine-load drift hits all of them alike.
+    steps = {mode: make_step(mode) for mode in args.modes}
+    for step in steps.values():  # warm-up (allocates optimizer state, autograd caches)
+        step()
+    times: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    for _ in range(args.repeats):
+        for mode, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[mode].append(time.perf_counter() - t0)
     rows = []
-    for mode in args.modes:
-        t = time_fn(make_step(mode), device=args.device, warmup=1, repeats=args.repeats)
+    for mode, ts in times.items():
         rows.append(
             {
                 "mode": mode,
-                "step_median_s": t["median_s"],
-                "step_min_s": t["min_s"],
-                "step_max_s": t["max_s"],
-                "runs": t["runs"],
+                "step_median_s": statistics.median(ts),
+                "step_min_s": min(ts),
+                "step_max_s": max(ts),
+                "runs": len(ts),
             }
         )
         print(rows[-1], flush=True)
