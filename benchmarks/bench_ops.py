@@ -13,7 +13,14 @@ import importlib
 
 import torch
 
-from benchmarks.common import copy_bandwidth, machine_info, markdown_table, run_cases, write_results
+from benchmarks.common import (
+    OPS_COLUMNS,
+    copy_bandwidth,
+    machine_info,
+    markdown_table,
+    run_cases,
+    write_results,
+)
 
 # One module per op under benchmarks/ops/ (mirrors mta_ext/ops/).
 OP_MODULES = ["segment_pool", "token_salience", "relational_loss"]
@@ -54,18 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
             floor_ms = r["floor_mib"] * 2**20 / bw * 1e3
             r["floor_ms"] = floor_ms
             r["x_of_floor"] = r["mta_ext_median_ms"] / floor_ms
-    cols = [
-        "op",
-        "D",
-        "dtype",
-        "mta_ext_median_ms",
-        "reference_median_ms",
-        "speedup_vs_reference",
-        "floor_ms",
-        "x_of_floor",
-        "mta_ext_peak_extra_mib",
-        "reference_peak_extra_mib",
-    ]
+    cols = OPS_COLUMNS
     table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
     print(table)
     payload = {

@@ -168,6 +168,21 @@ def matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int
 
 
 # ---------------------------------------------------------------- cases and reports
+# Columns of the kernels-vs-reference table (bench_ops prints it, report.py renders it).
+OPS_COLUMNS = [
+    "op",
+    "D",
+    "dtype",
+    "mta_ext_median_ms",
+    "reference_median_ms",
+    "speedup_vs_reference",
+    "floor_ms",
+    "x_of_floor",
+    "mta_ext_peak_extra_mib",
+    "reference_peak_extra_mib",
+]
+
+
 @dataclasses.dataclass
 class Case:
     """One benchmark configuration; ``make(impl)`` builds inputs and returns the timed closure.

@@ -15,20 +15,9 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, markdown_table
+from benchmarks.common import OPS_COLUMNS, RESULTS_DIR, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
-OPS_COLUMNS = [
-    "op",
-    "D",
-    "dtype",
-    "mta_ext_median_ms",
-    "reference_median_ms",
-    "speedup_vs_reference",
-    "x_of_floor",
-    "mta_ext_peak_extra_mib",
-    "reference_peak_extra_mib",
-]
 
 
 def _load(name: str) -> dict | None:

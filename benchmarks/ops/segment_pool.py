@@ -25,45 +25,18 @@ def make_units(num_tokens: int, num_units: int, gen: torch.Generator) -> torch.T
     return torch.stack([starts, ends], 1)
 
 
-def cases(device: str, quick: bool) -> list[Case]:
-    tokens = 1024 if quick else 4096
-    dims = [576] if quick else [576, 2048, 4096]
-    dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
-    out = []
-    for d in dims:
-        for dtype in dtypes:
-            n = int(0.4 * tokens)
-            gen = torch.Generator().manual_seed(0)
-            hidden = torch.randn(tokens, d, generator=gen).to(dtype).to(device)
-            ranges = make_units(tokens, n, gen).to(device)
-            weights = torch.rand(tokens, generator=gen).to(device)
-            grad = torch.randn(n, d, generator=gen).to(dtype).to(device)
-            esize = hidden.element_size()
-            # hidden read once, out written once, grad_out read once, grad_hidden written once
-            floor = 2 * tokens * d * esize + 2 * n * d * esize
-
-            def make(impl, hidden=hidden, ranges=ranges, weights=weights, grad=grad):
-                fn = mta_ext.segment_pool if impl == "mta_ext" else reference.segment_pool
-                h = hidden.clone().requires_grad_()
-
-                def run():
-                    h.grad = None
-                    fn(h, ranges, weights).backward(grad)
-
-                return run
-
-            params = {"tokens": tokens, "D": d, "N": n, "dtype": str(dtype).replace("torch.", "")}
-            out.append(Case("segment_pool fwd+bwd", params, make, floor_bytes=floor))
-    return out
-
-
 def _case(tokens: int, d: int, device: str, dtype=torch.float32) -> Case:
+    """fwd+bwd at ``tokens`` rows of width ``d``, N = 0.4 * tokens word-like units."""
     n = int(0.4 * tokens)
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(tokens, d, generator=gen).to(dtype).to(device)
     ranges = make_units(tokens, n, gen).to(device)
     weights = torch.rand(tokens, generator=gen).to(device)
     grad = torch.randn(n, d, generator=gen).to(dtype).to(device)
+    esize = hidden.element_size()
+    # The memory floor: hidden read once, out written once, grad_out read once, grad_hidden
+    # written once.
+    floor = 2 * tokens * d * esize + 2 * n * d * esize
 
     def make(impl):
         fn = mta_ext.segment_pool if impl == "mta_ext" else reference.segment_pool
@@ -76,7 +49,15 @@ def _case(tokens: int, d: int, device: str, dtype=torch.float32) -> Case:
         return run
 
     params = {"tokens": tokens, "D": d, "N": n, "dtype": str(dtype).replace("torch.", "")}
-    return Case("segment_pool fwd+bwd", params, make)
+    return Case("segment_pool fwd+bwd", params, make, floor_bytes=floor)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    """Issue 2's table: B*T = 4096 tokens, D in {576, 2048, 4096}, fp32 and bf16."""
+    tokens = 1024 if quick else 4096
+    dims = [576] if quick else [576, 2048, 4096]
+    dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
+    return [_case(tokens, d, device, dtype) for d in dims for dtype in dtypes]
 
 
 def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
