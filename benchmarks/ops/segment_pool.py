@@ -10,9 +10,9 @@ from mta_ext import reference
 
 
 def make_units(num_tokens: int, num_units: int, gen: torch.Generator) -> torch.Tensor:
-    """Word-like units: disjoint runs of 1-4 tokens with gaps, as real word units look
-    (N ~ 0.4 * tokens means ~2.5 tokens per unit on average, some tokens in no unit)."""
-    lens = torch.randint(1, 5, (num_units,), generator=gen)
+    """Word-like units: disjoint runs of 1-3 tokens with gaps, as real word units look
+    (N = 0.4 * tokens and 2 tokens per unit on average: ~80% of tokens in a unit)."""
+    lens = torch.randint(1, 4, (num_units,), generator=gen)
     total = int(lens.sum())
     slack = max(0, num_tokens - total)
     gaps = torch.zeros(num_units, dtype=torch.long)
