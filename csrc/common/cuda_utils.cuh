@@ -24,13 +24,11 @@ C10_HOST_DEVICE constexpr T ceil_div(T a, T b) {
 
 // MTA_CUDA_POISON=1 makes every op allocate its outputs filled with NaN instead of
 // uninitialised, so a test that reads an element no kernel wrote sees NaN (the kernels are meant
-// to write every output element). Read once per process.
+// to write every output element). Read at every call (a getenv is cheap next to a launch), so a
+// test can switch it on and off inside one process.
 inline bool poison_outputs() {
-  static const bool on = [] {
-    const char* v = std::getenv("MTA_CUDA_POISON");
-    return v != nullptr && v[0] != '\0' && v[0] != '0';
-  }();
-  return on;
+  const char* v = std::getenv("MTA_CUDA_POISON");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
 }
 
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
