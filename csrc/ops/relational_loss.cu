@@ -360,10 +360,83 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------- backward rows
 
+constexpr int kBLd = kTile + 8;  // row stride of the staged U tile (WMMA: multiple of 8)
+
+// Tensor-core G tile for bf16 units: acc[i][j] = sum_j' E_ij' r_j' u_j'[d] for this thread's
+// elements (rows ty + 16 i, columns d0 + tx + 16 j). E' = E r (fp32) is split into bf16
+// hi + lo (E' - hi), two MMAs per step: ~fp32 accuracy with the exact bf16 u as the other
+// operand, fp32 accumulation. Shared memory (bytes): A hi/lo 2 x 64 x kOpLd x 2, B 32 x kBLd x 2,
+// the fp32 result tile 64 x kGsLd x 4.
+constexpr size_t kTcSmem = 2 * kTile * kOpLd * 2 + 32 * kBLd * 2 + kTile * kGsLd * 4;
+
+template <bool kVec>
+__device__ __forceinline__ void eu_product_tc(float (&acc)[4][4], const float* __restrict__ E,
+                                              int64_t moff, int64_t li0, int nA, int64_t n,
+                                              const float* __restrict__ r, int64_t a,
+                                              const uint16_t* __restrict__ u16, int64_t D,
+                                              int64_t d0, unsigned char* smem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // the host picks this path only on sm_80+ devices (see launch_grad_rows)
+#else
+  using namespace nvcuda;
+  uint16_t* Ahi = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* Alo = Ahi + kTile * kOpLd;
+  uint16_t* Bs = Alo + kTile * kOpLd;
+  auto* out = reinterpret_cast<float(*)[kGsLd]>(Bs + 32 * kBLd);
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int fr = warp % 4, fc = (warp / 4) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c0, c1;
+  wmma::fill_fragment(c0, 0.0f);
+  wmma::fill_fragment(c1, 0.0f);
+  const int ar = tid / 4, ak = (tid % 4) * 8;  // A staging: row ar, k = ak .. ak + 8
+  const int br = tid / 8, bc = (tid % 8) * 8;  // B staging: k row br, columns bc .. bc + 8
+  for (int64_t k0 = 0; k0 < n; k0 += 32) {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int64_t k = k0 + ak + q;
+      const float x = (ar < nA && k < n) ? E[moff + (li0 + ar) * n + k] * r[a + k] : 0.0f;
+      const c10::BFloat16 hi(x);
+      const c10::BFloat16 lo(x - static_cast<float>(hi));
+      Ahi[ar * kOpLd + ak + q] = hi.x;
+      Alo[ar * kOpLd + ak + q] = lo.x;
+    }
+    stage8<kVec>(Bs + br * kBLd + bc, u16, D, a + k0 + br, k0 + br < n, d0 + bc);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 32; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+      wmma::load_matrix_sync(ah, reinterpret_cast<const __nv_bfloat16*>(Ahi + fr * 16 * kOpLd + kk),
+                             kOpLd);
+      wmma::load_matrix_sync(al, reinterpret_cast<const __nv_bfloat16*>(Alo + fr * 16 * kOpLd + kk),
+                             kOpLd);
+      wmma::load_matrix_sync(fb, reinterpret_cast<const __nv_bfloat16*>(Bs + kk * kBLd + fc * 16),
+                             kBLd);
+      wmma::mma_sync(c0, ah, fb, c0);
+      wmma::mma_sync(c0, al, fb, c0);
+      wmma::load_matrix_sync(
+          fb, reinterpret_cast<const __nv_bfloat16*>(Bs + kk * kBLd + (fc + 1) * 16), kBLd);
+      wmma::mma_sync(c1, ah, fb, c1);
+      wmma::mma_sync(c1, al, fb, c1);
+    }
+    __syncthreads();
+  }
+  wmma::store_matrix_sync(&out[fr * 16][fc * 16], c0, kGsLd, wmma::mem_row_major);
+  wmma::store_matrix_sync(&out[fr * 16][(fc + 1) * 16], c1, kGsLd, wmma::mem_row_major);
+  __syncthreads();
+  const int tx = tid % 16, ty = tid / 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = out[ty + 16 * i][tx + 16 * j];
+#endif
+}
+
 // g_k for the 64 units of row tile ti of one example, columns d0 .. d0+64, side blockIdx.z
 // (0 student, 1 teacher): g_i = r_i (G_i - u_i r_i rad_i) (or r_i G_i where |u_i| <= eps), with
 // G_i = sgn sum_j E_ij r_j u_j, rad_i = sgn sum_j E_ij c_ij, sgn = +1 student / -1 teacher.
-template <typename scalar_t, typename acc_t>
+// kTc: the G product on tensor cores (bf16 units, sm_80+), else on CUDA cores.
+template <typename scalar_t, typename acc_t, bool kTc, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     grad_rows_kernel(const scalar_t* __restrict__ us, const scalar_t* __restrict__ ut, int64_t Ds,
                      int64_t Dt, const acc_t* __restrict__ rs, const acc_t* __restrict__ nrms,
@@ -371,7 +444,9 @@ __global__ void __launch_bounds__(kThreads)
                      const int64_t* __restrict__ rowplan, const acc_t* __restrict__ E,
                      const acc_t* __restrict__ radS, const acc_t* __restrict__ radT, bool need_s,
                      bool need_t, scalar_t* __restrict__ gs, scalar_t* __restrict__ gt) {
-  __shared__ simt::Stage<acc_t> st;
+  constexpr size_t kBytes = kTc ? kTcSmem : sizeof(simt::Stage<acc_t>);
+  static_assert(kBytes <= 48 * 1024, "static shared memory limit");
+  __shared__ __align__(128) unsigned char smem[kBytes];
   const bool teacher = blockIdx.z == 1;
   const int64_t D = teacher ? Dt : Ds;
   const int64_t d0 = int64_t(blockIdx.y) * kTile;
@@ -387,25 +462,31 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t a = p[kA], n = p[kN], ti = p[kTi], moff = p[kMoff], roff = p[kRoff], Tb = p[kTb];
   const int nA = int(n - ti * kTile < kTile ? n - ti * kTile : kTile);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t li0 = ti * kTile;
 
   acc_t acc[4][4];
   simt::zero(acc);
   if (n >= 2) {  // uniform per block; n == 1: no pair, zero gradient
-    const int64_t li0 = ti * kTile;
-    auto loadE = [&](int rr, int64_t k) -> acc_t {
-      return (rr < nA && k < n) ? E[moff + (li0 + rr) * n + k] : acc_t(0);
-    };
-    auto loadU = [&](int c, int64_t k) -> acc_t {
-      return (k < n && d0 + c < D) ? r[a + k] * static_cast<acc_t>(u[(a + k) * D + d0 + c])
-                                   : acc_t(0);
-    };
-    simt::gemm_nt<acc_t, simt::Contig::K, simt::Contig::Row>(acc, n, loadE, loadU, st);
+    if constexpr (kTc) {
+      eu_product_tc<kVec>(acc, E, moff, li0, nA, n, r, a, reinterpret_cast<const uint16_t*>(u),
+                          D, d0, smem);
+    } else {
+      auto loadE = [&](int rr, int64_t k) -> acc_t {
+        return (rr < nA && k < n) ? E[moff + (li0 + rr) * n + k] : acc_t(0);
+      };
+      auto loadU = [&](int c, int64_t k) -> acc_t {
+        return (k < n && d0 + c < D) ? r[a + k] * static_cast<acc_t>(u[(a + k) * D + d0 + c])
+                                     : acc_t(0);
+      };
+      simt::gemm_nt<acc_t, simt::Contig::K, simt::Contig::Row>(
+          acc, n, loadE, loadU, *reinterpret_cast<simt::Stage<acc_t>*>(smem));
+    }
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int rr = ty + 16 * i;
     if (rr >= nA) continue;
-    const int64_t li = ti * kTile + rr, gi = a + li;
+    const int64_t li = li0 + rr, gi = a + li;
     acc_t rd = 0;
     if (n >= 2)
       for (int64_t s = 0; s < Tb; ++s) rd += rad[roff + li * Tb + s];
@@ -604,15 +685,32 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
                                         E.mutable_data_ptr<acc_t>(), radS.mutable_data_ptr<acc_t>(),
                                         radT.mutable_data_ptr<acc_t>(), stream);
     if (pl.nrows > 0 && dchunks > 0) {
-      grad_rows_kernel<scalar_t, acc_t>
-          <<<dim3(unsigned(pl.nrows), unsigned(dchunks), 2), kThreads, 0, stream>>>(
-              pr.us.const_data_ptr<scalar_t>(), pr.ut.const_data_ptr<scalar_t>(), Ds, Dt,
-              pr.rs.const_data_ptr<acc_t>(), pr.nrms.const_data_ptr<acc_t>(),
-              pr.rt.const_data_ptr<acc_t>(), pr.nrmt.const_data_ptr<acc_t>(),
-              pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(),
-              radS.const_data_ptr<acc_t>(), radT.const_data_ptr<acc_t>(), need_student,
-              need_teacher, gs.mutable_data_ptr<scalar_t>(), gt.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
+      const scalar_t* us = pr.us.const_data_ptr<scalar_t>();
+      const scalar_t* ut = pr.ut.const_data_ptr<scalar_t>();
+      scalar_t* gsp = gs.mutable_data_ptr<scalar_t>();
+      scalar_t* gtp = gt.mutable_data_ptr<scalar_t>();
+      const auto args = std::make_tuple(
+          us, ut, Ds, Dt, pr.rs.const_data_ptr<acc_t>(), pr.nrms.const_data_ptr<acc_t>(),
+          pr.rt.const_data_ptr<acc_t>(), pr.nrmt.const_data_ptr<acc_t>(),
+          pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(),
+          radS.const_data_ptr<acc_t>(), radT.const_data_ptr<acc_t>(), need_student,
+          need_teacher, gsp, gtp);
+      auto launch = [&](auto kernel) {
+        std::apply([&](auto... a) { kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      bool done = false;
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        if (cuda::device_major(pr.us.get_device()) >= 8) {
+          if (cuda::rows_16b_aligned<scalar_t>(us, Ds) && cuda::rows_16b_aligned<scalar_t>(ut, Dt))
+            launch(grad_rows_kernel<scalar_t, acc_t, true, true>);
+          else
+            launch(grad_rows_kernel<scalar_t, acc_t, true, false>);
+          done = true;
+        }
+      }
+      if (!done) launch(grad_rows_kernel<scalar_t, acc_t, false, false>);
     }
   });
   return {gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
