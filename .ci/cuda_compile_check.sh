@@ -28,6 +28,7 @@ PKGS=(numpy pytest hypothesis "scikit-build-core>=1.1" "cmake>=3.26" ninja pybin
 T0=$(date +%s)
 log() { echo "[cuda_compile_check +$(($(date +%s) - T0))s] $*"; }
 die() { log "FAILED: $1"; exit 1; }
+mkdir -p "$CACHE"
 
 # ------------------------------------------------------------------ nvcc
 if [ -z "${CUDACXX:-}" ]; then
@@ -65,8 +66,8 @@ else
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_PIN" "${PKGS[@]}" ||
-    die "pip install into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_PIN" "${PKGS[@]}" \
+    >"$CACHE/venv_install.log" 2>&1 || { tail -n 30 "$CACHE/venv_install.log"; die "pip install into $VENV"; }
   venv_ok || die "the new venv does not hold a CUDA torch $TORCH_PIN"
 fi
 PY=$VENV/bin/python
