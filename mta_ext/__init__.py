@@ -12,6 +12,19 @@ from . import (
     reference,
 )
 from ._info import build_info
+from .alignment import Aligner, Alignment, UnitLayout, align_encoded, explain
 from .ops import segment_pool
+from .phrases import annotate_spans
 
-__all__ = ["__version__", "build_info", "reference", "segment_pool"]
+__all__ = [
+    "Aligner",
+    "Alignment",
+    "UnitLayout",
+    "__version__",
+    "align_encoded",
+    "annotate_spans",
+    "build_info",
+    "explain",
+    "reference",
+    "segment_pool",
+]

@@ -3,6 +3,7 @@
 Written for clarity straight from DESIGN.md, not for speed.
 """
 
+from .alignment import align_reference
 from .segment_pool import segment_pool
 
-__all__ = ["segment_pool"]
+__all__ = ["align_reference", "segment_pool"]

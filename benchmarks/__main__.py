@@ -1,0 +1,50 @@
+"""Run every benchmark in one go, then regenerate the report.
+
+    python -m benchmarks [--quick] [--device cpu|cuda] [--skip NAME ...]
+
+``--quick`` is CI-sized (well under 2 minutes, smoke only: no assertion on speed, results go
+to *_quick.json and do not touch the README). The full mode writes the JSON files that
+``python -m benchmarks.report`` turns into the README's table and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+import torch
+
+# (module, extra args) in run order; modules that are missing (optional deps) are skipped.
+BENCHES = ["bench_ops", "bench_scaling", "bench_loss", "bench_align", "bench_step"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip", nargs="*", default=[])
+    args = p.parse_args()
+    for name in BENCHES:
+        if name in args.skip:
+            continue
+        try:
+            mod = importlib.import_module(f"benchmarks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("benchmarks."):
+                print(f"[skip] {name}: not present")
+                continue
+            raise
+        t0 = time.perf_counter()
+        print(f"\n######## {name}", flush=True)
+        argv = ["--device", args.device] + (["--quick"] if args.quick else [])
+        mod.main(argv)
+        print(f"######## {name} took {time.perf_counter() - t0:.1f} s", flush=True)
+    if not args.quick:
+        from benchmarks import report
+
+        report.main(["--device", args.device])
+
+
+if __name__ == "__main__":
+    main()

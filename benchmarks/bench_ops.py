@@ -1,0 +1,85 @@
+"""Benchmark every mta_ext op against its pure-PyTorch reference, in one run.
+
+    python -m benchmarks.bench_ops [--quick] [--device cpu|cuda] [--repeats 20] [--only NAME]
+
+Prints one line per case, then a Markdown table, and writes
+``benchmarks/results/ops_<device>.json`` (machine, copy bandwidth, every row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import torch
+
+from benchmarks.common import copy_bandwidth, machine_info, markdown_table, run_cases, write_results
+
+# One module per op under benchmarks/ops/ (mirrors mta_ext/ops/).
+OP_MODULES = ["segment_pool"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI-sized smoke run (no speed claims)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", default=None, help="run only this op module")
+    p.add_argument("--name", default=None, help="results file stem (default ops_<device>)")
+    args = p.parse_args(argv)
+    repeats = min(args.repeats, 5) if args.quick else args.repeats
+
+    info = machine_info(args.device)
+    bw = copy_bandwidth(args.device)
+    where = info["cpu"] if args.device == "cpu" else info.get("gpu")
+    print(
+        f"# {where}, threads={info['threads']}, torch {info['torch']}, "
+        f"copy bandwidth {bw / 1e9:.2f} GB/s",
+        flush=True,
+    )
+    rows = []
+    for name in OP_MODULES:
+        if args.only and name != args.only:
+            continue
+        mod = importlib.import_module(f"benchmarks.ops.{name}")
+        rows += run_cases(
+            mod.cases(args.device, args.quick),
+            device=args.device,
+            repeats=repeats,
+            warmup=args.warmup,
+        )
+    for r in rows:
+        if "floor_mib" in r:
+            floor_ms = r["floor_mib"] * 2**20 / bw * 1e3
+            r["floor_ms"] = floor_ms
+            r["x_of_floor"] = r["mta_ext_median_ms"] / floor_ms
+    cols = [
+        "op",
+        "D",
+        "dtype",
+        "mta_ext_median_ms",
+        "reference_median_ms",
+        "speedup_vs_reference",
+        "floor_ms",
+        "x_of_floor",
+        "mta_ext_peak_extra_mib",
+        "reference_peak_extra_mib",
+    ]
+    table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
+    print(table)
+    payload = {
+        "machine": info,
+        "copy_bandwidth_GBps": bw / 1e9,
+        "quick": args.quick,
+        "repeats": repeats,
+        "rows": rows,
+        "table": table,
+    }
+    name = args.name or f"ops_{args.device}{'_quick' if args.quick else ''}"
+    print("wrote", write_results(name, payload))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

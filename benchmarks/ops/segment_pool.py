@@ -1,0 +1,89 @@
+"""segment_pool forward+backward: mta_ext vs the reference (issue 2's benchmark)."""
+
+from __future__ import annotations
+
+import torch
+
+import mta_ext
+from benchmarks.common import Case
+from mta_ext import reference
+
+
+def make_units(num_tokens: int, num_units: int, gen: torch.Generator) -> torch.Tensor:
+    """Word-like units: disjoint runs of 1-4 tokens with gaps, as real word units look
+    (N ~ 0.4 * tokens means ~2.5 tokens per unit on average, some tokens in no unit)."""
+    lens = torch.randint(1, 5, (num_units,), generator=gen)
+    total = int(lens.sum())
+    slack = max(0, num_tokens - total)
+    gaps = torch.zeros(num_units, dtype=torch.long)
+    if slack:
+        gaps = torch.multinomial(torch.ones(num_units), slack, replacement=True, generator=gen)
+        gaps = torch.bincount(gaps, minlength=num_units)
+    starts = torch.cumsum(gaps + lens, 0) - lens
+    ends = torch.clamp(starts + lens, max=num_tokens)
+    starts = torch.clamp(starts, max=num_tokens)
+    return torch.stack([starts, ends], 1)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    tokens = 1024 if quick else 4096
+    dims = [576] if quick else [576, 2048, 4096]
+    dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
+    out = []
+    for d in dims:
+        for dtype in dtypes:
+            n = int(0.4 * tokens)
+            gen = torch.Generator().manual_seed(0)
+            hidden = torch.randn(tokens, d, generator=gen).to(dtype).to(device)
+            ranges = make_units(tokens, n, gen).to(device)
+            weights = torch.rand(tokens, generator=gen).to(device)
+            grad = torch.randn(n, d, generator=gen).to(dtype).to(device)
+            esize = hidden.element_size()
+            # hidden read once, out written once, grad_out read once, grad_hidden written once
+            floor = 2 * tokens * d * esize + 2 * n * d * esize
+
+            def make(impl, hidden=hidden, ranges=ranges, weights=weights, grad=grad):
+                fn = mta_ext.segment_pool if impl == "mta_ext" else reference.segment_pool
+                h = hidden.clone().requires_grad_()
+
+                def run():
+                    h.grad = None
+                    fn(h, ranges, weights).backward(grad)
+
+                return run
+
+            params = {"tokens": tokens, "D": d, "N": n, "dtype": str(dtype).replace("torch.", "")}
+            out.append(Case("segment_pool fwd+bwd", params, make, floor_bytes=floor))
+    return out
+
+
+def _case(tokens: int, d: int, device: str, dtype=torch.float32) -> Case:
+    n = int(0.4 * tokens)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(tokens, d, generator=gen).to(dtype).to(device)
+    ranges = make_units(tokens, n, gen).to(device)
+    weights = torch.rand(tokens, generator=gen).to(device)
+    grad = torch.randn(n, d, generator=gen).to(dtype).to(device)
+
+    def make(impl):
+        fn = mta_ext.segment_pool if impl == "mta_ext" else reference.segment_pool
+        h = hidden.clone().requires_grad_()
+
+        def run():
+            h.grad = None
+            fn(h, ranges, weights).backward(grad)
+
+        return run
+
+    params = {"tokens": tokens, "D": d, "N": n, "dtype": str(dtype).replace("torch.", "")}
+    return Case("segment_pool fwd+bwd", params, make)
+
+
+def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
+    """Scaling: linear in tokens (and in D) for pooling."""
+    tokens = [512, 1024] if quick else [1024, 2048, 4096, 8192, 16384]
+    dims = [64, 256] if quick else [64, 256, 576, 1024, 2048, 4096]
+    return {
+        "tokens": [_case(t, 576, device) for t in tokens],
+        "D": [_case(1024 if quick else 4096, d, device) for d in dims],
+    }

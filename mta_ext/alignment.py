@@ -1,0 +1,432 @@
+"""Cross-tokenizer alignment: texts + two tokenizers -> shared word / phrase units.
+
+Each model maps its tokens to char spans through its own offset mapping (DESIGN.md §3); the C++
+engine ``mta_ext._align`` keeps a unit only when both sides own >= 1 token of it and no token
+of either side crosses its border, and returns the ragged layout the pooling ops take.
+
+    aligner = Aligner(teacher_tok, student_tok)               # spaCy phrases, words in phrases
+    al = aligner(["The cat sat on the mat."], max_length=512)
+    al.units["phrase"].teacher_ranges                         # int64 [N, 2] rows of [B*T_t]
+    print(al.explain(0))
+
+Rules (DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` implement them):
+
+* A token's span is its offsets with the leading whitespace dropped (``' world'`` -> ``world``).
+  Whitespace-only tokens belong to no unit by themselves (they may sit inside a phrase's range);
+  tokens with empty offsets (specials such as BOS ``(0,0)``) and pads belong to no unit.
+* A token belongs to unit ``[a, b)`` when its span lies inside it. Byte-fallback pieces of one
+  character (overlapping / identical offsets) are all inside or all outside together.
+* A unit is kept only when, on both sides: it lies within the chars the side's tokens cover
+  (else "truncated"), no token crosses its border ("straddles"; stricter than only ignoring the
+  crossing token: pooling a partial cover would compare different text), it owns >= 1 token
+  ("no token"), and its token range holds no special token. Its range is
+  ``[first owned, last owned + 1)`` on the flattened ``[B*T]`` axis (left or right padding).
+
+Already tokenized (e.g. chat-formatted strings, offsets into the full string)?
+``aligner.align_encoded(texts, teacher_encoding, student_encoding)`` or the module-level
+:func:`align_encoded`, which needs no tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _align
+from .phrases import SpanSource, _check_words, annotate_spans
+from .reference.alignment import REASONS
+
+GRANULARITIES = ("word", "phrase")
+Spans = Sequence[Mapping[str, Sequence[Sequence[int]]]]
+
+
+@dataclass
+class UnitLayout:
+    """Units of one granularity, ragged over the batch (like varlen attention).
+
+    cu_units: int64 [B+1], prefix sums of kept units per example.
+    spans: int64 [N, 2], char spans [a, b) of the kept units.
+    teacher_ranges: int64 [N, 2], token ranges [s, e) into the flattened teacher [B*T_t] axis.
+    student_ranges: int64 [N, 2], token ranges into the flattened student [B*T_s] axis.
+    """
+
+    cu_units: torch.Tensor
+    spans: torch.Tensor
+    teacher_ranges: torch.Tensor
+    student_ranges: torch.Tensor
+
+    def to(self, device: torch.device | str) -> UnitLayout:
+        return UnitLayout(
+            *(
+                t.to(device)
+                for t in (self.cu_units, self.spans, self.teacher_ranges, self.student_ranges)
+            )
+        )
+
+    @property
+    def num_units(self) -> int:
+        return int(self.spans.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cu_units.shape[0]) - 1
+
+
+@dataclass
+class Alignment:
+    """A tokenized, aligned batch.
+
+    texts: the B strings. teacher / student: ``input_ids`` and ``attention_mask`` int64 [B, T]
+    (model-ready) and ``offsets`` int64 [B, T, 2]. units: "word" and "phrase" layouts.
+    candidates: per granularity the candidate spans before filtering (``cu`` [B+1], ``spans``
+    [M, 2], ``status`` int8 [M], 0 = kept, else a code of ``REASONS``), for :meth:`explain`.
+    """
+
+    texts: list[str]
+    teacher: dict[str, torch.Tensor]
+    student: dict[str, torch.Tensor]
+    units: dict[str, UnitLayout]
+    candidates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def to(self, device: torch.device | str) -> Alignment:
+        return Alignment(
+            self.texts,
+            {k: v.to(device) for k, v in self.teacher.items()},
+            {k: v.to(device) for k, v in self.student.items()},
+            {k: v.to(device) for k, v in self.units.items()},
+            self.candidates,
+        )
+
+    def explain(self, i: int) -> str:
+        return explain(self, i)
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+def _is_bare_tokenizer(tok: Any) -> bool:
+    try:  # optional dependency (the `align` extra); HF fast tokenizers bring it anyway
+        import tokenizers
+    except ImportError:
+        return False
+    return isinstance(tok, tokenizers.Tokenizer)
+
+
+def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_tokens: bool):
+    """Ragged (ids, offsets) per text from an HF fast tokenizer or a ``tokenizers.Tokenizer``."""
+    if _is_bare_tokenizer(tok):
+        encs = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+        if max_length is not None:
+            for e in encs:
+                e.truncate(max_length)
+        # A Tokenizer with padding enabled pads here; drop those slots, _pad re-pads.
+        keep = [[m == 1 for m in e.attention_mask] for e in encs]
+        ids = [
+            [x for x, k in zip(e.ids, kk, strict=True) if k]
+            for e, kk in zip(encs, keep, strict=True)
+        ]
+        offs = [
+            [o for o, k in zip(e.offsets, kk, strict=True) if k]
+            for e, kk in zip(encs, keep, strict=True)
+        ]
+        return ids, offs
+    if not getattr(tok, "is_fast", False):
+        raise TypeError(
+            f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
+            "a PreTrainedTokenizerFast or a tokenizers.Tokenizer"
+        )
+    enc = tok(
+        texts,
+        add_special_tokens=add_special_tokens,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    return enc["input_ids"], enc["offset_mapping"]
+
+
+def _pad_id(tok: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        v = getattr(tok, name, None)
+        if isinstance(v, int):
+            return v
+    return 0
+
+
+def _pad(ids, offsets, pad_id: int, side: str) -> dict[str, np.ndarray]:
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+    B = len(ids)
+    T = max((len(x) for x in ids), default=0)
+    out_ids = np.full((B, T), pad_id, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    offs = np.zeros((B, T, 2), dtype=np.int64)
+    for b, (i, o) in enumerate(zip(ids, offsets, strict=True)):
+        n = len(i)
+        if len(o) != n:
+            raise ValueError(f"example {b}: {len(o)} offsets for {n} input_ids")
+        lo = T - n if side == "left" else 0
+        out_ids[b, lo : lo + n] = i
+        mask[b, lo : lo + n] = 1
+        if n:
+            offs[b, lo : lo + n] = np.asarray(o, dtype=np.int64).reshape(n, 2)
+    return {"input_ids": out_ids, "attention_mask": mask, "offsets": offs}
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _side_from_encoding(enc: Mapping[str, Any], name: str, B: int) -> dict[str, np.ndarray]:
+    """Padded arrays from a (possibly ragged) encoding with input_ids + offset_mapping."""
+    for key in ("input_ids", "offset_mapping"):
+        if key not in enc:
+            raise ValueError(
+                f"{name} encoding lacks '{key}' (tokenize with return_offsets_mapping=True)"
+            )
+    ids, offs = enc["input_ids"], enc["offset_mapping"]
+    if len(ids) != B or len(offs) != B:
+        raise ValueError(f"{name} encoding has {len(ids)} rows for {B} texts")
+    if B == 0:
+        return _pad([], [], 0, "right")
+    ragged = not isinstance(ids, torch.Tensor | np.ndarray) and len({len(r) for r in ids}) > 1
+    if ragged:
+        if "attention_mask" in enc:
+            ids = [
+                [t for t, m in zip(r, mr, strict=True) if m]
+                for r, mr in zip(ids, enc["attention_mask"], strict=True)
+            ]
+            offs = [
+                [o for o, m in zip(r, mr, strict=True) if m]
+                for r, mr in zip(offs, enc["attention_mask"], strict=True)
+            ]
+        return _pad(ids, offs, 0, "right")
+    ids_np = _as_numpy(ids).astype(np.int64).reshape(B, -1)
+    T = ids_np.shape[1]
+    offs_np = _as_numpy(offs).astype(np.int64).reshape(B, T, 2)
+    if "attention_mask" in enc:
+        mask = _as_numpy(enc["attention_mask"]).astype(np.int64)
+        if mask.shape != ids_np.shape:
+            raise ValueError(
+                f"{name} attention_mask has shape {mask.shape}, input_ids {ids_np.shape}"
+            )
+    else:
+        mask = np.ones_like(ids_np)
+    return {"input_ids": ids_np, "attention_mask": mask, "offsets": offs_np}
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def _pack_spans(spans: Spans, B: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if len(spans) != B:
+        raise ValueError(f"spans has {len(spans)} entries for {B} texts")
+    packed = []
+    for g in GRANULARITIES:
+        counts = [0]
+        flat: list[Sequence[int]] = []
+        for b, s in enumerate(spans):
+            if not isinstance(s, Mapping):
+                raise TypeError(f"spans[{b}] must be a dict with 'word' / 'phrase' lists")
+            got = s.get(g, [])
+            flat.extend(got)
+            counts.append(len(got))
+        arr = (
+            np.asarray(flat, dtype=np.int64).reshape(-1, 2) if flat else np.zeros((0, 2), np.int64)
+        )
+        packed.append((g, np.cumsum(counts, dtype=np.int64), arr))
+    return packed
+
+
+def align_encoded(
+    texts: Sequence[str],
+    teacher: Mapping[str, Any],
+    student: Mapping[str, Any],
+    spans: Spans,
+    *,
+    num_threads: int = 0,
+) -> Alignment:
+    """Align an already tokenized batch.
+
+    Args:
+        texts: B strings; offsets index these strings (for chat-formatted input: the full
+            rendered string, special tokens included).
+        teacher / student: mappings with ``input_ids`` [B, T] and ``offset_mapping`` [B, T, 2]
+            (tensors / arrays, padded, with ``attention_mask``), or ragged lists.
+        spans: per text ``{"word": [[a, b], ...], "phrase": [...]}`` (see annotate_spans).
+        num_threads: OpenMP threads for the merge (0 = default).
+    """
+    texts = list(texts)
+    B = len(texts)
+    t = _side_from_encoding(teacher, "teacher", B)
+    s = _side_from_encoding(student, "student", B)
+    return _merge(texts, t, s, spans, num_threads)
+
+
+def _merge(texts, t, s, spans, num_threads) -> Alignment:
+    B = len(texts)
+    packed = _pack_spans(spans, B)
+    res = _align.align(
+        texts,
+        t["offsets"],
+        t["attention_mask"],
+        s["offsets"],
+        s["attention_mask"],
+        packed,
+        num_threads,
+    )
+    units, cands = {}, {}
+    for (g, cu, sp), r in zip(packed, res, strict=True):
+        units[g] = UnitLayout(
+            *(
+                torch.from_numpy(r[k])
+                for k in ("cu_units", "spans", "teacher_ranges", "student_ranges")
+            )
+        )
+        cands[g] = {"cu": cu, "spans": sp, "status": r["status"]}
+    return Alignment(
+        texts,
+        {k: torch.from_numpy(v) for k, v in t.items()},
+        {k: torch.from_numpy(v) for k, v in s.items()},
+        units,
+        cands,
+    )
+
+
+class Aligner:
+    """Tokenize a batch with two tokenizers and align their word / phrase units.
+
+    Args:
+        teacher_tokenizer, student_tokenizer: HF fast tokenizers or ``tokenizers.Tokenizer``.
+        phrases: "spacy" (noun chunks + verb phrases), a callable ``text -> [(a, b), ...]``,
+            or None (regex words only, empty phrase layout).
+        words: "in_phrases" (words inside kept phrases) or "all".
+        num_threads: OpenMP threads for the merge (0 = default).
+    """
+
+    def __init__(
+        self,
+        teacher_tokenizer: Any,
+        student_tokenizer: Any,
+        *,
+        phrases: SpanSource = "spacy",
+        words: str = "in_phrases",
+        num_threads: int = 0,
+    ) -> None:
+        _check_words(words)
+        if not (phrases is None or phrases == "spacy" or callable(phrases)):
+            raise ValueError(f"phrases must be 'spacy', None or a callable, got {phrases!r}")
+        self.teacher_tokenizer = teacher_tokenizer
+        self.student_tokenizer = student_tokenizer
+        self.phrases = phrases
+        self.words = words
+        self.num_threads = num_threads
+
+    def spans(self, texts: Sequence[str]) -> list[dict[str, list[list[int]]]]:
+        """Candidate units of ``texts`` with this aligner's span source."""
+        return annotate_spans(texts, phrases=self.phrases, words=self.words)
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        spans: Spans | None = None,
+    ) -> Alignment:
+        """Tokenize (padding each side to its longest row) and align.
+
+        Args:
+            texts: B strings.
+            max_length: truncate each side to this many tokens (tokenizer's truncation side).
+            padding_side: "left" / "right" for both sides; default each tokenizer's own
+                (right for a bare ``tokenizers.Tokenizer``).
+            add_special_tokens: passed to both tokenizers.
+            spans: cached candidate spans from :func:`annotate_spans` (skips parsing).
+        """
+        texts = list(texts)
+        if any(not isinstance(x, str) for x in texts):
+            raise TypeError("texts must be a list of str")
+        sides = []
+        for tok in (self.teacher_tokenizer, self.student_tokenizer):
+            ids, offs = _encode(tok, texts, max_length, add_special_tokens) if texts else ([], [])
+            side = padding_side or getattr(tok, "padding_side", None) or "right"
+            sides.append(_pad(ids, offs, _pad_id(tok), side))
+        if spans is None:
+            spans = self.spans(texts)
+        return _merge(texts, sides[0], sides[1], spans, self.num_threads)
+
+    def align_encoded(
+        self,
+        texts: Sequence[str],
+        teacher: Mapping[str, Any],
+        student: Mapping[str, Any],
+        *,
+        spans: Spans | None = None,
+    ) -> Alignment:
+        """Align pre-tokenized input (see :func:`align_encoded`); parses spans if not given."""
+        texts = list(texts)
+        if spans is None:
+            spans = self.spans(texts)
+        return align_encoded(texts, teacher, student, spans, num_threads=self.num_threads)
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def _tok_str(text: str, ids: torch.Tensor, offs: torch.Tensor, row: int, t0: int, t1: int) -> str:
+    parts = []
+    for t in range(t0, t1):
+        a, b = int(offs[row, t, 0]), int(offs[row, t, 1])
+        parts.append(repr(text[a:b]) if a < b else f"<special {int(ids[row, t])}>")
+    return "[" + ", ".join(parts) + "]"
+
+
+def explain(alignment: Alignment, i: int) -> str:
+    """Readable view of example i: each unit's text and the teacher / student tokens it owns,
+    then the dropped candidates with the reason."""
+    al = alignment
+    if not 0 <= i < len(al.texts):
+        raise IndexError(f"example {i} out of range for a batch of {len(al.texts)}")
+    text = al.texts[i]
+    tm, sm = al.teacher["attention_mask"].cpu(), al.student["attention_mask"].cpu()
+    lines = [
+        f"example {i}: {text!r}",
+        f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens",
+    ]
+    T_t, T_s = tm.shape[1], sm.shape[1]
+    t_ids, t_off = al.teacher["input_ids"].cpu(), al.teacher["offsets"].cpu()
+    s_ids, s_off = al.student["input_ids"].cpu(), al.student["offsets"].cpu()
+    for g, layout in al.units.items():
+        lay = layout.to("cpu")
+        k0, k1 = int(lay.cu_units[i]), int(lay.cu_units[i + 1])
+        cand = al.candidates.get(g)
+        n_drop = 0
+        if cand is not None:
+            st = cand["status"][int(cand["cu"][i]) : int(cand["cu"][i + 1])]
+            n_drop = int((st != 0).sum())
+        lines.append(f"{g} units: {k1 - k0} kept, {n_drop} dropped")
+        for k in range(k0, k1):
+            a, b = int(lay.spans[k, 0]), int(lay.spans[k, 1])
+            tr, sr = lay.teacher_ranges[k].tolist(), lay.student_ranges[k].tolist()
+            lines.append(f"  [{a}:{b}] {text[a:b]!r}")
+            t_str = _tok_str(text, t_ids, t_off, i, tr[0] - i * T_t, tr[1] - i * T_t)
+            s_str = _tok_str(text, s_ids, s_off, i, sr[0] - i * T_s, sr[1] - i * T_s)
+            lines.append(f"      teacher {t_str}")
+            lines.append(f"      student {s_str}")
+        if cand is not None:
+            lo, hi = int(cand["cu"][i]), int(cand["cu"][i + 1])
+            for j in range(lo, hi):
+                code = int(cand["status"][j])
+                if code:
+                    a, b = (int(x) for x in cand["spans"][j])
+                    lines.append(f"  dropped [{a}:{b}] {text[a:b]!r}: {REASONS[code]}")
+    return "\n".join(lines)
