@@ -39,6 +39,8 @@ def main() -> int:
             outs.append(ops.relational_loss(us, ut, w, cu))
             one = torch.ones((), device=dev)
             outs += list(ops.relational_loss_backward(one, us, ut, w, cu, True, True))
+            if hasattr(ops, "relational_loss_and_grad"):
+                outs += list(ops.relational_loss_and_grad(us, ut, w, cu, True, False))
     torch.cuda.synchronize()
     bad = [i for i, o in enumerate(outs) if not torch.isfinite(o).all()]
     if bad:

@@ -625,6 +625,39 @@ void launch_tiles(const Prepared& pr, const Plan& pl, acc_t* partial, const acc_
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The row-gradient launch. A function template (not code inside the dispatch lambda) so that
+// `if constexpr` really discards the tensor-core kernel for every type but bf16.
+template <typename scalar_t, typename acc_t>
+void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
+                      const at::Tensor& radS, const at::Tensor& radT, bool need_student,
+                      bool need_teacher, at::Tensor& gs, at::Tensor& gt, int64_t dchunks,
+                      cudaStream_t stream) {
+  const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
+  const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
+  const scalar_t* us = pr.us.const_data_ptr<scalar_t>();
+  const scalar_t* ut = pr.ut.const_data_ptr<scalar_t>();
+  const auto args = std::make_tuple(
+      us, ut, Ds, Dt, pr.rs.const_data_ptr<acc_t>(), pr.nrms.const_data_ptr<acc_t>(),
+      pr.rt.const_data_ptr<acc_t>(), pr.nrmt.const_data_ptr<acc_t>(),
+      pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(), radS.const_data_ptr<acc_t>(),
+      radT.const_data_ptr<acc_t>(), need_student, need_teacher, gs.mutable_data_ptr<scalar_t>(),
+      gt.mutable_data_ptr<scalar_t>());
+  auto launch = [&](auto kernel) {
+    std::apply([&](auto... a) { kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (cuda::device_major(pr.us.get_device()) >= 8) {
+      if (cuda::rows_16b_aligned<scalar_t>(us, Ds) && cuda::rows_16b_aligned<scalar_t>(ut, Dt))
+        launch(grad_rows_kernel<scalar_t, acc_t, true, true>);
+      else
+        launch(grad_rows_kernel<scalar_t, acc_t, true, false>);
+      return;
+    }
+  }
+  launch(grad_rows_kernel<scalar_t, acc_t, false, false>);
+}
+
 template <typename acc_t>
 void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* partial,
                      int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream) {
@@ -695,34 +728,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
                                            radS.mutable_data_ptr<acc_t>(),
                                            radT.mutable_data_ptr<acc_t>(), stream);
     }
-    if (pl.nrows > 0 && dchunks > 0) {
-      const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
-      const scalar_t* us = pr.us.const_data_ptr<scalar_t>();
-      const scalar_t* ut = pr.ut.const_data_ptr<scalar_t>();
-      scalar_t* gsp = gs.mutable_data_ptr<scalar_t>();
-      scalar_t* gtp = gt.mutable_data_ptr<scalar_t>();
-      const auto args = std::make_tuple(
-          us, ut, Ds, Dt, pr.rs.const_data_ptr<acc_t>(), pr.nrms.const_data_ptr<acc_t>(),
-          pr.rt.const_data_ptr<acc_t>(), pr.nrmt.const_data_ptr<acc_t>(),
-          pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(),
-          radS.const_data_ptr<acc_t>(), radT.const_data_ptr<acc_t>(), need_student,
-          need_teacher, gsp, gtp);
-      auto launch = [&](auto kernel) {
-        std::apply([&](auto... a) { kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      bool done = false;
-      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-        if (cuda::device_major(pr.us.get_device()) >= 8) {
-          if (cuda::rows_16b_aligned<scalar_t>(us, Ds) && cuda::rows_16b_aligned<scalar_t>(ut, Dt))
-            launch(grad_rows_kernel<scalar_t, acc_t, true, true>);
-          else
-            launch(grad_rows_kernel<scalar_t, acc_t, true, false>);
-          done = true;
-        }
-      }
-      if (!done) launch(grad_rows_kernel<scalar_t, acc_t, false, false>);
-    }
+    if (pl.nrows > 0 && dchunks > 0)
+      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, need_student, need_teacher, gs,
+                                        gt, dchunks, stream);
   });
   return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
 }
