@@ -92,11 +92,14 @@ log "build ok; ptxas spills: $(grep -c 'bytes spill stores' "$OUT/ptxas.txt" || 
 grep -E "[1-9][0-9]* bytes spill" "$OUT/ptxas.txt" | head -n 5 || true
 
 # ------------------------------------------------------------------ 3. CUDA tests
-log "CUDA tests"
+# test_cuda.py, plus the op test files that parametrise over the CUDA device when one exists.
+tests=("$REPO/python_tests/test_cuda.py")
+[ -f "$REPO/python_tests/test_segment_pool.py" ] && tests+=("$REPO/python_tests/test_segment_pool.py")
+log "CUDA tests: ${tests[*]##*/}"
 status_tests=failed
 if (cd "$WORK" && timeout "$(cap 240)" "$PY" -m pytest -q -p no:cacheprovider \
       -o addopts="" --rootdir "$REPO" --junitxml "$OUT/junit_cuda.xml" \
-      "$REPO/python_tests/test_cuda.py" 2>&1 | tee "$OUT/tests.log" | tail -n 25); then
+      "${tests[@]}" 2>&1 | tee "$OUT/tests.log" | tail -n 25); then
   status_tests=ok
 fi
 grep -qE "(passed|failed)" "$OUT/tests.log" || status_tests=failed
