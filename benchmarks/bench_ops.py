@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import copy_bandwidth, machine_info, markdown_table, run_cases, write_results
 
 # One module per op under benchmarks/ops/ (mirrors mta_ext/ops/).
-OP_MODULES = ["segment_pool"]
+OP_MODULES = ["segment_pool", "token_salience", "relational_loss"]
 
 
 def main(argv: list[str] | None = None) -> dict:

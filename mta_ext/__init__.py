@@ -13,12 +13,17 @@ from . import (
 )
 from ._info import build_info
 from .alignment import Aligner, Alignment, UnitLayout, align_encoded, explain
-from .ops import segment_pool
+from .losses import MTALoss, structural_loss
+from .ops import relational_loss, segment_pool, token_salience
 from .phrases import annotate_spans
+from .schedule import LayerPair, LayerSchedule
 
 __all__ = [
     "Aligner",
     "Alignment",
+    "LayerPair",
+    "LayerSchedule",
+    "MTALoss",
     "UnitLayout",
     "__version__",
     "align_encoded",
@@ -26,5 +31,8 @@ __all__ = [
     "build_info",
     "explain",
     "reference",
+    "relational_loss",
     "segment_pool",
+    "structural_loss",
+    "token_salience",
 ]

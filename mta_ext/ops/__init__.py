@@ -4,6 +4,8 @@ Each module registers its op's fake kernel (for torch.compile / meta tensors) an
 formula next to a typed, documented public function.
 """
 
+from .relational_loss import relational_loss
 from .segment_pool import segment_pool
+from .token_salience import token_salience
 
-__all__ = ["segment_pool"]
+__all__ = ["relational_loss", "segment_pool", "token_salience"]

@@ -1,0 +1,20 @@
+// Relational (DSA) loss over ragged unit batches (DESIGN.md §2). Shared between the CPU (.cpp)
+// and CUDA (.cu) implementations: argument checks and the exact constants of the maths.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace mta_ext {
+
+constexpr double kCosEps = 1e-12;     // cos(x,y) = x.y / (max(|x|,eps) max(|y|,eps)), F.normalize
+constexpr double kWeightSumEps = 1e-5;  // loss = num / max(sum_{i!=j} W_i W_j, eps)
+
+// Metadata checks (any device): u_student [N,Ds], u_teacher [N,Dt] float; unit_weights [N] float;
+// cu_units [B+1] int32/int64; all on one device. Value checks (device independent, one host sync
+// on CUDA): cu_units[0] == 0, non-decreasing, cu_units[B] == N, naming the first bad example;
+// unit_weights finite and >= 0. Returns cu_units as contiguous int64.
+at::Tensor check_relational_loss_args(const char* op, const at::Tensor& u_student,
+                                      const at::Tensor& u_teacher, const at::Tensor& unit_weights,
+                                      const at::Tensor& cu_units);
+
+}  // namespace mta_ext

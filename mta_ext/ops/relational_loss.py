@@ -1,0 +1,180 @@
+"""Relational (DSA) loss over ragged unit batches: ``torch.ops.mta_ext.relational_loss``."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _loader  # noqa: F401  (loads the compiled ops)
+
+__all__ = ["relational_loss"]
+
+_ops = torch.ops.mta_ext
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_OP = "relational_loss"
+
+
+def _check(u_student, u_teacher, unit_weights, cu_units) -> None:
+    # Metadata checks (they also run on fake tensors under torch.compile). The kernels repeat
+    # them and check the values: cu_units[0] == 0, non-decreasing, cu_units[-1] == N, and
+    # finite non-negative weights.
+    for name, t in (
+        ("u_student", u_student),
+        ("u_teacher", u_teacher),
+        ("unit_weights", unit_weights),
+    ):
+        if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS:
+            raise TypeError(
+                f"{_OP}: {name} must be a float32/float64/float16/bfloat16 tensor, got "
+                f"{getattr(t, 'dtype', type(t))}"
+            )
+    if not isinstance(cu_units, torch.Tensor) or cu_units.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"{_OP}: cu_units must be an int64 or int32 tensor, got "
+            f"{getattr(cu_units, 'dtype', type(cu_units))}"
+        )
+    for name, t, rank, shape in (
+        ("u_student", u_student, 2, "[N, Ds]"),
+        ("u_teacher", u_teacher, 2, "[N, Dt]"),
+        ("unit_weights", unit_weights, 1, "[N]"),
+        ("cu_units", cu_units, 1, "[B + 1]"),
+    ):
+        if t.dim() != rank:
+            raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    n = u_student.shape[0]
+    if u_teacher.shape[0] != n:
+        raise ValueError(
+            f"{_OP}: u_teacher has {u_teacher.shape[0]} units but u_student has {n} "
+            "(they must hold the same units)"
+        )
+    if unit_weights.shape[0] != n:
+        raise ValueError(
+            f"{_OP}: unit_weights has {unit_weights.shape[0]} entries but there are {n} units"
+        )
+    if cu_units.shape[0] < 1:
+        raise ValueError(f"{_OP}: cu_units must have B + 1 >= 1 entries")
+    for name, t in (
+        ("u_teacher", u_teacher),
+        ("unit_weights", unit_weights),
+        ("cu_units", cu_units),
+    ):
+        if t.device != u_student.device:
+            raise ValueError(
+                f"{_OP}: {name} is on {t.device} but u_student is on {u_student.device}; "
+                "move them to the same device"
+            )
+
+
+def _acc_dtype(*ts: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def relational_loss(
+    u_student: torch.Tensor,
+    u_teacher: torch.Tensor,
+    unit_weights: torch.Tensor,
+    cu_units: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted MSE between the cosine Gram matrices of each example's units (DSA).
+
+    ``Σ_b Σ_{i≠j∈b} W_i W_j (c^S_ij − c^T_ij)² / max(Σ_b Σ_{i≠j∈b} W_i W_j, 1e-5)``,
+    ``c_ij = u_i·u_j / (max(‖u_i‖, 1e-12) max(‖u_j‖, 1e-12))``; pairs never cross examples.
+
+    Args:
+        u_student: ``[N, Ds]`` float (any of fp32/fp64/fp16/bf16).
+        u_teacher: ``[N, Dt]`` float; ``Dt`` may differ from ``Ds``.
+        unit_weights: ``[N]`` float, finite, ``>= 0``. Treated as constants (no gradient).
+        cu_units: ``[B + 1]`` int64/int32, ``cu[0] = 0``, non-decreasing, ``cu[B] = N``.
+            Example ``b`` owns units ``cu[b] <= k < cu[b+1]``.
+
+    Returns:
+        0-dim tensor, float32 (float64 if any float input is float64); accumulation in that
+        type. Differentiable w.r.t. both unit tensors (deterministic backward that recomputes
+        the per-example Gram difference: no ``N×N`` autograd graph). An empty batch or one
+        without any pair gives exactly 0 with zero gradients.
+
+    Raises:
+        TypeError: wrong dtypes. ValueError: wrong shapes, different devices, bad ``cu_units``
+        (naming the offending example), negative or non-finite weights.
+    """
+    _check(u_student, u_teacher, unit_weights, cu_units)
+    grad_on = torch.is_grad_enabled()
+    need_s = grad_on and u_student.requires_grad
+    need_t = grad_on and u_teacher.requires_grad
+    if need_s or need_t:
+        # Fused: the forward also computes the gradients (the N_b x N_b Gram difference is at
+        # hand), the backward only scales them by the upstream gradient.
+        return _ops.relational_loss_and_grad(
+            u_student, u_teacher, unit_weights, cu_units, need_s, need_t
+        )[0]
+    return _ops.relational_loss(u_student, u_teacher, unit_weights, cu_units)
+
+
+@torch.library.register_fake("mta_ext::relational_loss")
+def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units):
+    _check(u_student, u_teacher, unit_weights, cu_units)
+    return u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights))
+
+
+@torch.library.register_fake("mta_ext::relational_loss_and_grad")
+def _relational_loss_and_grad_fake(
+    u_student, u_teacher, unit_weights, cu_units, need_student, need_teacher
+):
+    _check(u_student, u_teacher, unit_weights, cu_units)
+    n = u_student.shape[0]
+    return (
+        u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights)),
+        u_student.new_empty((n if need_student else 0, u_student.shape[1])),
+        u_teacher.new_empty((n if need_teacher else 0, u_teacher.shape[1])),
+    )
+
+
+@torch.library.register_fake("mta_ext::relational_loss_backward")
+def _relational_loss_backward_fake(
+    grad, u_student, u_teacher, unit_weights, cu_units, need_student=True, need_teacher=True
+):
+    return u_student.new_empty(u_student.shape), u_teacher.new_empty(u_teacher.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    u_student, u_teacher, unit_weights, cu_units = ctx.saved_tensors
+    need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_s or need_t):
+        return None, None, None, None
+    gs, gt = _ops.relational_loss_backward(
+        grad, u_student, u_teacher, unit_weights, cu_units, need_s, need_t
+    )
+    return (gs if need_s else None), (gt if need_t else None), None, None
+
+
+torch.library.register_autograd("mta_ext::relational_loss", _backward, setup_context=_setup_context)
+
+
+def _setup_context_fused(ctx, inputs, output) -> None:
+    _loss, grad_s, grad_t = output
+    ctx.mark_non_differentiable(grad_s, grad_t)
+    ctx.save_for_backward(*inputs[:4], grad_s, grad_t)
+    ctx.has_s, ctx.has_t = inputs[4], inputs[5]
+
+
+def _backward_fused(ctx, grad, _grad_gs, _grad_gt):
+    u_student, u_teacher, unit_weights, cu_units, grad_s, grad_t = ctx.saved_tensors
+    want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gs = (grad_s * grad).to(grad_s.dtype) if want_s and ctx.has_s else None
+    gt = (grad_t * grad).to(grad_t.dtype) if want_t and ctx.has_t else None
+    miss_s, miss_t = want_s and not ctx.has_s, want_t and not ctx.has_t
+    if miss_s or miss_t:  # not precomputed (called with need_*=False): recompute those
+        rs, rt = _ops.relational_loss_backward(
+            grad, u_student, u_teacher, unit_weights, cu_units, miss_s, miss_t
+        )
+        gs = rs if miss_s else gs
+        gt = rt if miss_t else gt
+    return gs, gt, None, None, None, None
+
+
+torch.library.register_autograd(
+    "mta_ext::relational_loss_and_grad", _backward_fused, setup_context=_setup_context_fused
+)
