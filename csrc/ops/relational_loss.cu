@@ -18,8 +18,6 @@
 // then a second kernel computes G_i = sum_j E_ij r_j u_j (64 rows x 64 columns per block) and
 // g_i = r_i (G_i - u_i r_i sum_j E_ij c_ij). No float atomics anywhere: every value has one
 // writer and fixed summation orders, so results are bit-identical across runs.
-#if __has_include("ops/relational_loss.h")  // the schema lands with the losses branch
-
 #include "ops/relational_loss.h"
 
 #include "common/checks.h"
@@ -784,4 +782,3 @@ TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) {
 
 }  // namespace mta_ext
 
-#endif  // __has_include("ops/relational_loss.h")

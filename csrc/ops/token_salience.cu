@@ -13,8 +13,6 @@
 // Accumulation is fp32 (fp64 for fp64 input) on CUDA cores, as the CPU reference: bf16/fp16
 // tensor cores would cost ~2^-8 relative error inside exp() for large logits. `key_block` is a
 // CPU-path knob; the CUDA path always streams 64-key tiles.
-#if __has_include("ops/token_salience.h")  // the schema lands with the losses branch
-
 #include "ops/token_salience.h"
 
 #include "common/checks.h"
@@ -250,4 +248,3 @@ TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) { m.impl("token_salience", &token_salience_
 
 }  // namespace mta_ext
 
-#endif  // __has_include("ops/token_salience.h")
