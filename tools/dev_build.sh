@@ -2,11 +2,15 @@
 # Developer loop: build the extension in place (mta_ext/_C*.so, mta_ext/_align*.so,
 # mta_ext/_build_info.py, all git-ignored) against the current Python's torch, so that
 # `python -m pytest` run from the repository root imports this checkout.
-# Usage: tools/dev_build.sh [extra cmake -D args]    (MTA_WITH_CUDA=OFF|AUTO|ON in the env)
+# Usage: tools/dev_build.sh [extra cmake -D args]
+# Env: MTA_WITH_CUDA=OFF|AUTO|ON, MTA_CUDA_ARCHS (e.g. 90), PYTHON, MTA_BUILD_DIR, MTA_BUILD_JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
-bdir=build/dev
+# The interpreter's own bin dir first: its venv carries cmake >= 3.26 and ninja (Debian's
+# cmake is 3.25), and ccache when installed there.
+PATH="$(dirname "$("$py" -c 'import sys; print(sys.executable)')"):$PATH"
+bdir=${MTA_BUILD_DIR:-build/dev}
 launcher=()
 if command -v ccache >/dev/null 2>&1; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
@@ -14,7 +18,8 @@ fi
 cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DPython_EXECUTABLE="$("$py" -c 'import sys; print(sys.executable)')" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" \
-  -DMTA_WITH_CUDA="${MTA_WITH_CUDA:-AUTO}" "${launcher[@]}" "$@" >/dev/null
+  -DMTA_WITH_CUDA="${MTA_WITH_CUDA:-AUTO}" -DMTA_CUDA_ARCHS="${MTA_CUDA_ARCHS:-}" \
+  "${launcher[@]}" "$@" >/dev/null
 cmake --build "$bdir" -j "${MTA_BUILD_JOBS:-2}"
 cmake --install "$bdir" --prefix "$bdir/install" >/dev/null
 cp "$bdir"/install/mta_ext/*.so "$bdir"/install/mta_ext/_build_info.py mta_ext/

@@ -1,0 +1,82 @@
+// Small helpers shared by the CUDA kernels (csrc/ops/*.cu).
+//
+// Only c10/cuda headers: this machine's toolkit has no cuBLAS headers, so ATen/cuda/CUDAContext.h
+// cannot be included (see shared/ECOSYSTEM.md).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+
+namespace mta_ext::cuda {
+
+template <typename T>
+C10_HOST_DEVICE constexpr T ceil_div(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// MTA_CUDA_POISON=1 makes every op allocate its outputs filled with NaN instead of
+// uninitialised, so a test that reads an element no kernel wrote sees NaN (the kernels are meant
+// to write every output element). Read at every call (a getenv is cheap next to a launch), so a
+// test can switch it on and off inside one process.
+inline bool poison_outputs() {
+  const char* v = std::getenv("MTA_CUDA_POISON");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (poison_outputs() && at::isFloatingType(c10::typeMetaToScalarType(options.dtype())))
+    return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+  return at::empty(sizes, options);
+}
+
+// Compute capability major of the current device (cached per device index).
+inline int device_major(int device) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) device = 0;
+  if (cache[device] == 0) {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    cache[device] = major;
+  }
+  return cache[device];
+}
+
+// A V-wide vector of T loaded/stored with one instruction (V * sizeof(T) == 16 for the fast
+// path; V == 1 is the scalar fallback for unaligned pointers or rows).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+// True when every row of a [rows, D] contiguous tensor of T starts on a 16-byte boundary.
+template <typename T>
+inline bool rows_16b_aligned(const void* p, int64_t D) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && (D * int64_t(sizeof(T))) % 16 == 0;
+}
+
+// Deterministic warp sum (fixed xor tree over `width` lanes, width a power of two <= 32).
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v, int width = 32) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < width) v += __shfl_xor_sync(0xffffffffu, v, o, width);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v, int width = 32) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < width) v = max(v, __shfl_xor_sync(0xffffffffu, v, o, width));
+  return v;
+}
+
+}  // namespace mta_ext::cuda

@@ -1,0 +1,304 @@
+// segment_pool: CUDA kernels (forward and backward); schema and CPU kernels in segment_pool.cpp.
+//
+// Memory-bound. Forward: one output row per unit, a 2-D block of (columns x units) so narrow
+// rows still fill a block; each thread owns V = 16 / sizeof(T) consecutive columns and streams
+// the unit's token rows with 16-byte loads, 4 rows in flight, fp32 accumulation (fp64 for fp64).
+// Rows whose start is not 16-byte aligned (odd D, offset views) take the V = 1 path.
+//
+// Backward is token-centric and deterministic without float atomics:
+//   1. per unit: inv_k = 1 / max(sum w, 1e-5) (the same loop as the forward, so the same bits)
+//      and +1/-1 at start/end in an integer difference array (integer atomics: order-free);
+//   2. two integer prefix sums: coverage per token, then the CSR row pointer;
+//   3. fill the CSR with integer atomic cursors (any order), then sort each token's short list
+//      by unit index, so every token sums its units in increasing unit order;
+//   4. gather: grad_hidden[t] = w_t * sum_{k ∋ t} inv_k * grad_out[k], one writer per row.
+#include "ops/segment_pool.h"
+
+#include "common/accumulate.h"
+#include "common/checks.h"
+#include "common/cuda_utils.cuh"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace mta_ext {
+namespace {
+
+using cuda::ceil_div;
+using cuda::Vec;
+
+constexpr const char* kFwd = "segment_pool";
+constexpr const char* kBwd = "segment_pool_backward";
+constexpr int kBlock = 128;  // threads per block of the row kernels
+
+// 1 / max(sum_{t in [s, e)} w_t, 1e-5), summed in token order (forward and backward share it).
+template <typename acc_t>
+__device__ __forceinline__ acc_t inv_denominator(const acc_t* __restrict__ w, int64_t s,
+                                                 int64_t e) {
+  acc_t wsum = 0;
+  if (w == nullptr) {
+    wsum = static_cast<acc_t>(e - s);
+  } else {
+    for (int64_t t = s; t < e; ++t) wsum += w[t];
+  }
+  return acc_t(1) / safe_denominator(wsum);
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__device__ __forceinline__ void fma_vec(acc_t (&acc)[V], const Vec<scalar_t, V>& x, acc_t a) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) acc[i] += a * static_cast<acc_t>(x.v[i]);
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__device__ __forceinline__ void store_vec(scalar_t* __restrict__ dst, const acc_t (&acc)[V],
+                                          acc_t a) {
+  Vec<scalar_t, V> o;
+#pragma unroll
+  for (int i = 0; i < V; ++i) o.v[i] = static_cast<scalar_t>(a * acc[i]);
+  *reinterpret_cast<Vec<scalar_t, V>*>(dst) = o;
+}
+
+// out[k, c*V : c*V+V] for unit k = blockIdx.x * blockDim.y + threadIdx.y, vectors c strided.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kBlock)
+    pool_fwd_kernel(const scalar_t* __restrict__ h, const int64_t* __restrict__ ranges,
+                    const acc_t* __restrict__ w, scalar_t* __restrict__ out, int64_t N,
+                    int64_t D) {
+  using VT = Vec<scalar_t, V>;
+  const int64_t k = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (k >= N) return;
+  const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
+  const acc_t inv = inv_denominator(w, s, e);
+  const int64_t nvec = D / V;
+  for (int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; c < nvec;
+       c += int64_t(gridDim.y) * blockDim.x) {
+    const scalar_t* col = h + c * V;
+    acc_t acc[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] = acc_t(0);
+    int64_t t = s;
+    // Four independent 16-byte loads in flight, then the FMAs in token order.
+    for (; t + 4 <= e; t += 4) {
+      VT x0 = *reinterpret_cast<const VT*>(col + (t + 0) * D);
+      VT x1 = *reinterpret_cast<const VT*>(col + (t + 1) * D);
+      VT x2 = *reinterpret_cast<const VT*>(col + (t + 2) * D);
+      VT x3 = *reinterpret_cast<const VT*>(col + (t + 3) * D);
+      fma_vec(acc, x0, w ? w[t + 0] : acc_t(1));
+      fma_vec(acc, x1, w ? w[t + 1] : acc_t(1));
+      fma_vec(acc, x2, w ? w[t + 2] : acc_t(1));
+      fma_vec(acc, x3, w ? w[t + 3] : acc_t(1));
+    }
+    for (; t < e; ++t) fma_vec(acc, *reinterpret_cast<const VT*>(col + t * D), w ? w[t] : acc_t(1));
+    store_vec(out + k * D + c * V, acc, inv);
+  }
+}
+
+// Unit pass of the backward: inv_k and the coverage difference array.
+template <typename acc_t>
+__global__ void unit_prep_kernel(const int64_t* __restrict__ ranges, const acc_t* __restrict__ w,
+                                 int64_t N, acc_t* __restrict__ inv, int* __restrict__ diff) {
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= N) return;
+  const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
+  inv[k] = inv_denominator(w, s, e);
+  if (s < e) {
+    atomicAdd(diff + s, 1);
+    atomicAdd(diff + e, -1);
+  }
+}
+
+// Scatter unit k into the CSR list of each of its tokens (slot order arbitrary, fixed by sort).
+__global__ void csr_fill_kernel(const int64_t* __restrict__ ranges, int64_t N,
+                                const int64_t* __restrict__ row_ptr, int* __restrict__ cursor,
+                                int* __restrict__ units) {
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= N) return;
+  const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
+  for (int64_t t = s; t < e; ++t) units[row_ptr[t] + atomicAdd(cursor + t, 1)] = int(k);
+}
+
+// Insertion sort of each token's unit list (lists hold the overlap depth: a handful of units).
+__global__ void csr_sort_kernel(const int64_t* __restrict__ row_ptr, int64_t M,
+                                int* __restrict__ units) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= M) return;
+  const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
+  for (int64_t j = j0 + 1; j < j1; ++j) {
+    const int v = units[j];
+    int64_t i = j - 1;
+    while (i >= j0 && units[i] > v) {
+      units[i + 1] = units[i];
+      --i;
+    }
+    units[i + 1] = v;
+  }
+}
+
+// grad_hidden[t] = w_t * sum_j inv[units[j]] * grad_out[units[j]], j over token t's sorted list.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kBlock)
+    pool_bwd_gather_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ row_ptr,
+                           const int* __restrict__ units, const acc_t* __restrict__ inv,
+                           const acc_t* __restrict__ w, scalar_t* __restrict__ gh, int64_t M,
+                           int64_t D) {
+  using VT = Vec<scalar_t, V>;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (t >= M) return;
+  const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
+  const acc_t wt = w ? w[t] : acc_t(1);
+  const int64_t nvec = D / V;
+  for (int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; c < nvec;
+       c += int64_t(gridDim.y) * blockDim.x) {
+    const scalar_t* col = g + c * V;
+    acc_t acc[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] = acc_t(0);
+    int64_t j = j0;
+    for (; j + 2 <= j1; j += 2) {
+      const int k0 = units[j], k1 = units[j + 1];
+      VT x0 = *reinterpret_cast<const VT*>(col + int64_t(k0) * D);
+      VT x1 = *reinterpret_cast<const VT*>(col + int64_t(k1) * D);
+      fma_vec(acc, x0, inv[k0]);
+      fma_vec(acc, x1, inv[k1]);
+    }
+    if (j < j1) {
+      const int k = units[j];
+      fma_vec(acc, *reinterpret_cast<const VT*>(col + int64_t(k) * D), inv[k]);
+    }
+    store_vec(gh + t * D + c * V, acc, wt);
+  }
+}
+
+// Block shape for [rows, D] row kernels: columns (in vectors) x rows, kBlock threads.
+struct RowLaunch {
+  dim3 grid, block;
+};
+inline RowLaunch row_launch(int64_t rows, int64_t nvec) {
+  int tpr = 1;  // threads per row: the smallest power of two covering nvec, at most kBlock
+  while (tpr < kBlock && tpr < nvec) tpr *= 2;
+  const int rpb = kBlock / tpr;  // rows per block
+  const int64_t gx = ceil_div<int64_t>(rows, rpb);
+  TORCH_CHECK(gx <= std::numeric_limits<int32_t>::max(), "segment_pool: too many rows (", rows,
+              ") for one CUDA launch");
+  const int64_t gy = std::min<int64_t>(ceil_div<int64_t>(nvec, tpr), 65535);
+  return {dim3(unsigned(gx), unsigned(gy)), dim3(unsigned(tpr), unsigned(rpb))};
+}
+
+template <typename scalar_t>
+constexpr int vec_width() {
+  return 16 / int(sizeof(scalar_t));
+}
+
+at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
+                             const std::optional<at::Tensor>& weights) {
+  check_float(kFwd, "hidden", hidden);
+  check_dim(kFwd, "hidden", hidden, 2, "[M, D]");
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const int64_t M = hidden.size(0), D = hidden.size(1);
+  auto a = prepare_segment_pool(kFwd, hidden, ranges, weights, M, "hidden.size(0)");
+  const int64_t N = a.ranges.size(0);
+  auto out = cuda::new_output({N, D}, hidden.options());
+  if (N == 0 || D == 0) return out;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cuda", [&] {
+    using acc_t = acc_type<scalar_t>;
+    constexpr int V = vec_width<scalar_t>();
+    const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
+    const int64_t* r = a.ranges.const_data_ptr<int64_t>();
+    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    if (cuda::rows_16b_aligned<scalar_t>(h, D) && cuda::rows_16b_aligned<scalar_t>(o, D)) {
+      const auto L = row_launch(N, D / V);
+      pool_fwd_kernel<scalar_t, acc_t, V><<<L.grid, L.block, 0, stream>>>(h, r, w, o, N, D);
+    } else {
+      const auto L = row_launch(N, D);
+      pool_fwd_kernel<scalar_t, acc_t, 1><<<L.grid, L.block, 0, stream>>>(h, r, w, o, N, D);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& ranges,
+                                      const std::optional<at::Tensor>& weights,
+                                      int64_t num_rows) {
+  check_float(kBwd, "grad_out", grad_out);
+  check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
+  TORCH_CHECK_VALUE(num_rows >= 0, kBwd, ": num_rows must be >= 0, got ", num_rows);
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  auto a = prepare_segment_pool(kBwd, grad_out, ranges, weights, num_rows, "num_rows");
+  const int64_t N = a.ranges.size(0), D = grad_out.size(1), M = num_rows;
+  TORCH_CHECK_VALUE(grad_out.size(0) == N, kBwd, ": grad_out has ", grad_out.size(0),
+                    " rows but ranges has ", N, " units");
+  TORCH_CHECK_VALUE(N <= std::numeric_limits<int32_t>::max(), kBwd, ": at most 2^31-1 units, got ",
+                    N);
+  if (M == 0 || D == 0) return cuda::new_output({M, D}, grad_out.options());
+  if (N == 0) return at::zeros({M, D}, grad_out.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto acc_dt = grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto idx_opts = grad_out.options().dtype(at::kInt);
+  const int64_t* r = a.ranges.const_data_ptr<int64_t>();
+
+  // 1. inv_k and the coverage difference array.
+  auto inv = at::empty({N}, grad_out.options().dtype(acc_dt));
+  auto diff = at::zeros({M + 1}, idx_opts);
+  AT_DISPATCH_FLOATING_TYPES(acc_dt, "segment_pool_unit_prep", [&] {
+    const scalar_t* w = a.weights ? a.weights->const_data_ptr<scalar_t>() : nullptr;
+    unit_prep_kernel<scalar_t><<<unsigned(ceil_div<int64_t>(N, 256)), 256, 0, stream>>>(
+        r, w, N, inv.mutable_data_ptr<scalar_t>(), diff.mutable_data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // 2. coverage per token and the CSR row pointer (integer scans: exact, order-free).
+  auto row_ptr = at::zeros({M + 1}, grad_out.options().dtype(at::kLong));
+  row_ptr.slice(0, 1).copy_(diff.slice(0, 0, M).cumsum(0, at::kLong).cumsum(0));
+  const int64_t P = row_ptr[M].item<int64_t>();  // incidences (one host sync)
+  // 3. fill and sort the token -> units lists.
+  auto units = at::empty({std::max<int64_t>(P, 1)}, idx_opts);
+  if (P > 0) {
+    auto cursor = at::zeros({M}, idx_opts);
+    csr_fill_kernel<<<unsigned(ceil_div<int64_t>(N, 256)), 256, 0, stream>>>(
+        r, N, row_ptr.const_data_ptr<int64_t>(), cursor.mutable_data_ptr<int>(),
+        units.mutable_data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    csr_sort_kernel<<<unsigned(ceil_div<int64_t>(M, 256)), 256, 0, stream>>>(
+        row_ptr.const_data_ptr<int64_t>(), M, units.mutable_data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  // 4. gather.
+  auto grad_hidden = cuda::new_output({M, D}, grad_out.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cuda", [&] {
+    using acc_t = acc_type<scalar_t>;
+    constexpr int V = vec_width<scalar_t>();
+    const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
+    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+    scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
+    const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
+    const int* un = units.const_data_ptr<int>();
+    const acc_t* iv = inv.const_data_ptr<acc_t>();
+    if (cuda::rows_16b_aligned<scalar_t>(g, D) && cuda::rows_16b_aligned<scalar_t>(gh, D)) {
+      const auto L = row_launch(M, D / V);
+      pool_bwd_gather_kernel<scalar_t, acc_t, V>
+          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, w, gh, M, D);
+    } else {
+      const auto L = row_launch(M, D);
+      pool_bwd_gather_kernel<scalar_t, acc_t, 1>
+          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, w, gh, M, D);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_hidden;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) {
+  m.impl("segment_pool", &segment_pool_cuda);
+  m.impl("segment_pool_backward", &segment_pool_backward_cuda);
+}
+
+}  // namespace mta_ext
