@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "python_tests"))
 
 from tokenizers_util import mistral, qwen  # noqa: E402
 
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import machine_info, markdown_table  # noqa: E402
 from mta_ext import _align  # noqa: E402
 from mta_ext.alignment import _encode, _pack_spans, _pad, _pad_id  # noqa: E402
 from mta_ext.phrases import annotate_spans  # noqa: E402
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ref_rate = ref_tok / ref_s
     result = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPU cores",
+        "machine": machine_info("cpu"),
         "texts": len(texts),
         "chars": n_chars,
         "tokens_teacher_plus_student": n_tok,
@@ -188,8 +188,23 @@ def main(argv: list[str] | None = None) -> None:
         "load_avg_1m_at_end": os.getloadavg()[0],
         "note": "shared 2-core machine; the Python reference is O(units x tokens) per example",
     }
+    rows = [
+        {
+            "what": f"C++ merge, {k} thread(s)",
+            "tokens_per_s": n_tok / v,
+            "x_reference": n_tok / v / ref_rate,
+        }
+        for k, v in cpp.items()
+    ] + [
+        {"what": "Python reference", "tokens_per_s": ref_rate, "x_reference": 1.0},
+        {"what": "spaCy parse (texts/s)", "tokens_per_s": len(texts) / spacy_s},
+    ]
+    result["table"] = (
+        f"{len(texts)} texts, {n_tok} tokens (teacher Qwen2 + student Mistral), batches of "
+        f"{args.batch}\n\n" + markdown_table(rows, ["what", "tokens_per_s", "x_reference"])
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     print(
         f"{len(texts)} texts, {n_chars} chars, {n_tok} tokens (teacher+student), "
