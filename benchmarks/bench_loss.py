@@ -139,6 +139,16 @@ def cases(device: str, quick: bool) -> list[Case]:
     return [_case(8, 512, 512, 640, 576, device)]
 
 
+def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
+    """Scaling of the full loss (3 pairs) with the tokens per example and the teacher width."""
+    if quick:
+        return {"T_t": [_case(2, t, t, 640, 576, device) for t in (32, 64)]}
+    return {
+        "T_t": [_case(8, t, t, 640, 576, device) for t in (64, 128, 256, 512)],
+        "D_t": [_case(8, 256, 256, d, 576, device) for d in (256, 640, 2048)],
+    }
+
+
 def _cpu_median_ms(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()

@@ -17,7 +17,7 @@ import torch
 from benchmarks.bench_ops import OP_MODULES
 from benchmarks.common import machine_info, run_cases, write_results
 
-EXTRA_MODULES: list[str] = []  # sweeps that are not single ops (e.g. the full loss)
+EXTRA_MODULES = ["bench_loss"]  # sweeps that are not single ops: the full structural_loss
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name in OP_MODULES + EXTRA_MODULES:
         if args.only and name != args.only:
             continue
-        mod = importlib.import_module(f"benchmarks.ops.{name}")
+        package = "benchmarks" if name in EXTRA_MODULES else "benchmarks.ops"
+        mod = importlib.import_module(f"{package}.{name}")
         if not hasattr(mod, "sweeps"):
             continue
         for axis, cases in mod.sweeps(args.device, args.quick).items():
             print(f"## {name}: vs {axis}", flush=True)
             rows = run_cases(cases, device=args.device, repeats=repeats, warmup=2)
-            sweeps.setdefault(name, {})[axis] = rows
+            sweeps.setdefault(rows[0]["op"] if rows else name, {})[axis] = rows
     payload = {
         "machine": machine_info(args.device),
         "quick": args.quick,
