@@ -11,10 +11,15 @@ import torch
 try:
     from . import _build_info
 except ImportError as exc:  # running from a source tree that was never built
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
     raise ImportError(
-        "mta_ext's compiled extension is missing (no mta_ext/_build_info.py). Install the "
-        "package with `pip install .` (or `pip install --no-build-isolation .` to build against "
-        "your own torch) instead of importing it from the source tree."
+        f"mta_ext's compiled extension is missing: {here} has no _build_info.py. This is an "
+        "unbuilt source tree (if you installed mta_ext, the current directory shadows the "
+        "installed package: run from another directory). Install with `pip install .` (or "
+        "`pip install --no-build-isolation .` against your own torch), or build in place for "
+        "development with `tools/dev_build.sh`."
     ) from exc
 
 
