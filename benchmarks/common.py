@@ -29,23 +29,31 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def _fixed_mmap_threshold() -> None:
-    """Make glibc serve every allocation >= 64 KiB with its own mmap, returned on free.
+try:
+    import ctypes
 
-    Otherwise glibc raises its mmap threshold after the first large free and later tensors are
-    carved from a heap that never shrinks, so peak-RSS deltas would read 0 for repeated runs.
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _malloc_mode(measure_memory: bool) -> None:
+    """Pin glibc's allocation policy (it otherwise adapts as the process runs).
+
+    Timing mode: blocks up to 32 MiB come from a heap that is kept (glibc's own steady state
+    after warm-up, what a training process sees), so timings do not include page faults of
+    fresh memory. Memory mode: every block >= 64 KiB is its own mmap, returned on free, so the
+    peak-RSS delta of one run sees each large allocation.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 64 * 1024)
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is None:
+        return
+    mmap = 64 * 1024 if measure_memory else 32 * 2**20
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap)
+    _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * mmap)
 
 
-_fixed_mmap_threshold()
+_malloc_mode(measure_memory=False)
 
 
 # ---------------------------------------------------------------- machine
@@ -140,13 +148,17 @@ def peak_extra_bytes(fn: Callable[[], Any], *, device: str = "cpu") -> int | Non
         fn()
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated() - base)
+    _malloc_mode(measure_memory=True)
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return None
-    base = _rss_kib("VmRSS")
-    fn()
-    return max(0, (_rss_kib("VmHWM") - base) * 1024)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        except OSError:
+            return None
+        base = _rss_kib("VmRSS")
+        fn()
+        return max(0, (_rss_kib("VmHWM") - base) * 1024)
+    finally:
+        _malloc_mode(measure_memory=False)
 
 
 # ---------------------------------------------------------------- machine limits
@@ -171,7 +183,13 @@ def matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int
 # Columns of the kernels-vs-reference table (bench_ops prints it, report.py renders it).
 OPS_COLUMNS = [
     "op",
+    "tokens",
+    "B",
+    "T",
+    "N_b",
     "D",
+    "Ds",
+    "Dt",
     "dtype",
     "mta_ext_median_ms",
     "reference_median_ms",
