@@ -38,22 +38,16 @@ except OSError:  # not glibc
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def _malloc_mode(measure_memory: bool) -> None:
-    """Pin glibc's allocation policy (it otherwise adapts as the process runs).
-
-    Timing mode: blocks up to 32 MiB come from a heap that is kept (glibc's own steady state
-    after warm-up, what a training process sees), so timings do not include page faults of
-    fresh memory. Memory mode: every block >= 64 KiB is its own mmap, returned on free, so the
-    peak-RSS delta of one run sees each large allocation.
-    """
-    if _LIBC is None:
-        return
-    mmap = 64 * 1024 if measure_memory else 32 * 2**20
-    _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap)
-    _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * mmap)
+def _pin_malloc_policy() -> None:
+    """Pin glibc's allocation policy (it otherwise adapts as the process runs): blocks up to
+    32 MiB come from a heap that is kept, glibc's own steady state after warm-up and what a
+    training process sees, so timings do not include page faults of fresh memory."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
 
 
-_malloc_mode(measure_memory=False)
+_pin_malloc_policy()
 
 
 # ---------------------------------------------------------------- machine
@@ -148,17 +142,17 @@ def peak_extra_bytes(fn: Callable[[], Any], *, device: str = "cpu") -> int | Non
         fn()
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated() - base)
-    _malloc_mode(measure_memory=True)
+    if _LIBC is not None:
+        # Hand the free heap pages back to the OS (their address ranges stay in the heap), so
+        # that every page the run touches, reused or new, raises the resident high-water mark.
+        _LIBC.malloc_trim(0)
     try:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        except OSError:
-            return None
-        base = _rss_kib("VmRSS")
-        fn()
-        return max(0, (_rss_kib("VmHWM") - base) * 1024)
-    finally:
-        _malloc_mode(measure_memory=False)
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    base = _rss_kib("VmRSS")
+    fn()
+    return max(0, (_rss_kib("VmHWM") - base) * 1024)
 
 
 # ---------------------------------------------------------------- machine limits
