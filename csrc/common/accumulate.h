@@ -8,6 +8,15 @@
 
 #include <cstdint>
 
+// The build targets baseline x86-64 (portable wheels); row loops marked MTA_CPU_CLONES are also
+// compiled for AVX2 and AVX-512 and picked at load time (GCC function multiversioning). BLAS is
+// already dispatched at run time by torch.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && defined(__x86_64__)
+#define MTA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MTA_CPU_CLONES
+#endif
+
 namespace mta_ext {
 
 template <typename scalar_t>

@@ -14,6 +14,7 @@
 // bit-identical across runs and thread counts.
 #include "ops/relational_loss.h"
 
+#include "common/accumulate.h"
 #include "common/checks.h"
 
 #include <ATen/ATen.h>
@@ -25,15 +26,6 @@
 #include <cmath>
 #include <tuple>
 #include <vector>
-
-// The build targets baseline x86-64 (portable wheels); the row loops below are also compiled for
-// AVX2 and AVX-512 and picked at load time (GCC function multiversioning). BLAS is already
-// dispatched at run time by torch.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MTA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MTA_CPU_CLONES
-#endif
 
 namespace mta_ext {
 

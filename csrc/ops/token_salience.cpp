@@ -29,14 +29,6 @@
 #include <limits>
 #include <vector>
 
-// Baseline x86-64 build; the row loops are also compiled for AVX2 / AVX-512 and picked at load
-// time (GCC function multiversioning). BLAS is dispatched at run time by torch.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MTA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MTA_CPU_CLONES
-#endif
-
 namespace mta_ext {
 
 at::Tensor check_token_salience_args(const char* op, const at::Tensor& hidden,
