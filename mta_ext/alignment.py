@@ -83,7 +83,9 @@ class Alignment:
     texts: the B strings. teacher / student: ``input_ids`` and ``attention_mask`` int64 [B, T]
     (model-ready) and ``offsets`` int64 [B, T, 2]. units: "word" and "phrase" layouts.
     candidates: per granularity the candidate spans before filtering (``cu`` [B+1], ``spans``
-    [M, 2], ``status`` int8 [M], 0 = kept, else a code of ``REASONS``), for :meth:`explain`.
+    [M, 2], ``status`` int8 [M], 0 = kept, else a code of ``REASONS``), for :meth:`explain`,
+    and the merge's truncation windows ``teacher_window`` / ``student_window`` int64 [B, 2]:
+    per example the chars [lo, hi) that no token removed by truncation overlaps.
     """
 
     texts: list[str]
@@ -117,12 +119,17 @@ def _is_bare_tokenizer(tok: Any) -> bool:
 
 
 def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_tokens: bool):
-    """Ragged (ids, offsets) per text from an HF fast tokenizer or a ``tokenizers.Tokenizer``."""
+    """Ragged (ids, offsets) per text from an HF fast tokenizer or a ``tokenizers.Tokenizer``,
+    and per text the char window [lo, hi) that no token removed by truncation overlaps."""
     if _is_bare_tokenizer(tok):
         encs = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+        own = (getattr(tok, "truncation", None) or {}).get("direction", "right")
+        directions = [own] * len(encs)  # the Tokenizer's own truncation, if enabled
         if max_length is not None:
-            for e in encs:
-                e.truncate(max_length)
+            for b, e in enumerate(encs):
+                if len(e) > max_length:  # replaces the overflowing tokens of its own
+                    directions[b] = "right"
+                    e.truncate(max_length)
         # A Tokenizer with padding enabled pads here; drop those slots, _pad re-pads.
         keep = [[m == 1 for m in e.attention_mask] for e in encs]
         ids = [
@@ -133,21 +140,64 @@ def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_toke
             [o for o, k in zip(e.offsets, kk, strict=True) if k]
             for e, kk in zip(encs, keep, strict=True)
         ]
-        return ids, offs
-    if not getattr(tok, "is_fast", False):
-        raise TypeError(
-            f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
-            "a PreTrainedTokenizerFast or a tokenizers.Tokenizer"
+    else:
+        if not getattr(tok, "is_fast", False):
+            raise TypeError(
+                f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
+                "a PreTrainedTokenizerFast or a tokenizers.Tokenizer"
+            )
+        enc = tok(
+            texts,
+            add_special_tokens=add_special_tokens,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_offsets_mapping=True,
+            padding=False,
         )
-    enc = tok(
-        texts,
-        add_special_tokens=add_special_tokens,
-        truncation=max_length is not None,
-        max_length=max_length,
-        return_offsets_mapping=True,
-        padding=False,
-    )
-    return enc["input_ids"], enc["offset_mapping"]
+        ids, offs = enc["input_ids"], enc["offset_mapping"]
+        encs = enc.encodings  # the backend's Encodings keep the tokens truncation removed
+        directions = [getattr(tok, "truncation_side", "right")] * len(encs)
+    windows = [
+        _window(x, e.overflowing, d) for x, e, d in zip(texts, encs, directions, strict=True)
+    ]
+    return ids, offs, windows
+
+
+def _window(text: str, overflowing: list[Any], direction: str) -> tuple[int, int]:
+    """Chars [lo, hi) of ``text`` that no token removed by truncation overlaps (a token's span
+    without its leading whitespace, as for ownership; blank and special tokens overlap nothing).
+    Right truncation removes tokens after the kept ones (hi = the first one's start), left
+    truncation those before (lo = the last one's end)."""
+    lo, hi = 0, len(text)
+    for chunk in overflowing:
+        for a, e in chunk.offsets:
+            while a < e and text[a].isspace():
+                a += 1
+            if a == e:
+                continue
+            if direction == "left":
+                lo = max(lo, e)
+            else:
+                hi = min(hi, a)
+    return lo, hi
+
+
+def _check_max_length(tok: Any, name: str, max_length: int, add_special_tokens: bool) -> None:
+    """max_length must leave room for the special tokens the side adds (tokenizers would skip
+    truncation silently below that, and reject a negative value with an OverflowError)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise TypeError(f"max_length must be an int or None, got {max_length!r}")
+    n = 0
+    if add_special_tokens:
+        if _is_bare_tokenizer(tok):
+            n = tok.num_special_tokens_to_add(False)
+        else:
+            n = tok.num_special_tokens_to_add(pair=False)
+    if max_length < n:
+        raise ValueError(
+            f"max_length={max_length} is too small for the {name} tokenizer, which adds {n} "
+            f"special token(s) per text: the smallest valid max_length is {n}"
+        )
 
 
 def _pad_id(tok: Any) -> int:
@@ -270,9 +320,15 @@ def align_encoded(
     return _merge(texts, t, s, spans, num_threads)
 
 
-def _merge(texts, t, s, spans, num_threads) -> Alignment:
+def _merge(texts, t, s, spans, num_threads, windows=(None, None)) -> Alignment:
     B = len(texts)
     packed = _pack_spans(spans, B)
+    windows = [
+        np.asarray(w, dtype=np.int64).reshape(B, 2)
+        if w is not None
+        else np.asarray([[0, len(x)] for x in texts], dtype=np.int64).reshape(B, 2)
+        for w in windows
+    ]
     res = _align.align(
         texts,
         t["offsets"],
@@ -281,6 +337,7 @@ def _merge(texts, t, s, spans, num_threads) -> Alignment:
         s["attention_mask"],
         packed,
         num_threads,
+        *windows,
     )
     units, cands = {}, {}
     for (g, cu, sp), r in zip(packed, res, strict=True):
@@ -290,7 +347,13 @@ def _merge(texts, t, s, spans, num_threads) -> Alignment:
                 for k in ("cu_units", "spans", "teacher_ranges", "student_ranges")
             )
         )
-        cands[g] = {"cu": cu, "spans": sp, "status": r["status"]}
+        cands[g] = {
+            "cu": cu,
+            "spans": sp,
+            "status": r["status"],
+            "teacher_window": windows[0],
+            "student_window": windows[1],
+        }
     return Alignment(
         texts,
         {k: torch.from_numpy(v) for k, v in t.items()},
@@ -335,34 +398,48 @@ class Aligner:
 
     def __call__(
         self,
-        texts: Sequence[str],
+        texts: str | Sequence[str],
         *,
         max_length: int | None = None,
         padding_side: str | None = None,
         add_special_tokens: bool = True,
-        spans: Spans | None = None,
+        spans: Spans | Mapping[str, Sequence[Sequence[int]]] | None = None,
     ) -> Alignment:
         """Tokenize (padding each side to its longest row) and align.
 
         Args:
-            texts: B strings.
-            max_length: truncate each side to this many tokens (tokenizer's truncation side).
+            texts: B strings; a single ``str`` is one example (as tokenizers take it), the
+                result is still a batch (B = 1).
+            max_length: truncate each side to this many tokens (tokenizer's truncation side),
+                special tokens included; must be at least the number of special tokens each
+                side adds (else ``ValueError``). A unit that any removed token overlaps
+                (even one byte-level piece of its last character) is dropped as truncated.
             padding_side: "left" / "right" for both sides; default each tokenizer's own
                 (right for a bare ``tokenizers.Tokenizer``).
             add_special_tokens: passed to both tokenizers.
-            spans: cached candidate spans from :func:`annotate_spans` (skips parsing).
+            spans: cached candidate spans from :func:`annotate_spans` (skips parsing); one
+                dict when ``texts`` is a single ``str``.
         """
+        if isinstance(texts, str):
+            texts = [texts]
+            if isinstance(spans, Mapping):
+                spans = [spans]
         texts = list(texts)
         if any(not isinstance(x, str) for x in texts):
-            raise TypeError("texts must be a list of str")
-        sides = []
-        for tok in (self.teacher_tokenizer, self.student_tokenizer):
-            ids, offs = _encode(tok, texts, max_length, add_special_tokens) if texts else ([], [])
+            raise TypeError("texts must be a str or a list of str")
+        sides, windows = [], []
+        for name, tok in (("teacher", self.teacher_tokenizer), ("student", self.student_tokenizer)):
+            if max_length is not None:
+                _check_max_length(tok, name, max_length, add_special_tokens)
+            ids, offs, win = (
+                _encode(tok, texts, max_length, add_special_tokens) if texts else ([], [], [])
+            )
             side = padding_side or getattr(tok, "padding_side", None) or "right"
             sides.append(_pad(ids, offs, _pad_id(tok), side))
+            windows.append(win)
         if spans is None:
             spans = self.spans(texts)
-        return _merge(texts, sides[0], sides[1], spans, self.num_threads)
+        return _merge(texts, sides[0], sides[1], spans, self.num_threads, windows)
 
     def align_encoded(
         self,

@@ -11,6 +11,7 @@ from mta_ext.reference.alignment import align_reference
 def reference_of(al: Alignment) -> dict[str, dict[str, np.ndarray]]:
     packed = [(g, c["cu"], c["spans"]) for g, c in al.candidates.items()]
     t, s = al.teacher, al.student
+    cand = next(iter(al.candidates.values()), {})
     res = align_reference(
         al.texts,
         t["offsets"].numpy(),
@@ -18,6 +19,8 @@ def reference_of(al: Alignment) -> dict[str, dict[str, np.ndarray]]:
         s["offsets"].numpy(),
         s["attention_mask"].numpy(),
         packed,
+        teacher_window=cand.get("teacher_window"),
+        student_window=cand.get("student_window"),
     )
     return {g: r for (g, _, _), r in zip(packed, res, strict=True)}
 

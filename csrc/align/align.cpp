@@ -55,6 +55,8 @@ struct SidePrep {
   int64_t lo = 0;                  // first real (unpadded) token
   int64_t raw_first = 0;           // first / last char covered by a non-empty token
   int64_t raw_last = 0;
+  int64_t win_lo = 0;              // chars no truncated token overlaps: [win_lo, win_hi)
+  int64_t win_hi = 0;
   bool any = false;                // at least one non-empty token
 };
 
@@ -124,6 +126,18 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
            "is supported)";
   }
 
+  p.win_lo = 0;
+  p.win_hi = L;
+  if (sv.window != nullptr) {
+    p.win_lo = sv.window[2 * b];
+    p.win_hi = sv.window[2 * b + 1];
+    if (p.win_lo < 0 || p.win_hi < p.win_lo || p.win_hi > L) {
+      return where(sv, b) + ": window (" + std::to_string(p.win_lo) + ", " +
+             std::to_string(p.win_hi) + ") needs 0 <= lo <= hi <= len(text) = " +
+             std::to_string(L);
+    }
+  }
+
   p.nb_tok.clear();
   p.nb_end.clear();
   p.nb_start.clear();
@@ -175,6 +189,7 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
 // 0 owned range found; 1 truncated; 2 straddled; 3 no token; 4 special token inside.
 inline int classify(const SidePrep& p, int64_t a, int64_t b, int64_t* r0, int64_t* r1) {
   if (!p.any || a < p.raw_first || b > p.raw_last) return 1;
+  if (a < p.win_lo || b > p.win_hi) return 1;  // a truncated token overlaps the unit
   const int32_t k0 = p.start_k[a], k1 = p.start_k[b];
   // Ends are non-decreasing: only the nearest token before / the last one inside can cross.
   if (k0 > 0 && p.nb_end[k0 - 1] > a) return 2;

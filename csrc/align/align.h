@@ -17,7 +17,8 @@ namespace mta_align {
 // check names the reason. Mirrored by mta_ext/reference/alignment.py and mta_ext/alignment.py.
 enum Status : int8_t {
   kKept = 0,
-  kTeacherTruncated = 1,  // unit reaches outside the chars the teacher's tokens cover
+  kTeacherTruncated = 1,  // unit reaches outside the chars the teacher's tokens cover, or
+                          // outside the side's window (a truncated token overlaps it)
   kStudentTruncated = 2,
   kTeacherStraddle = 3,   // a teacher token crosses the unit's border
   kStudentStraddle = 4,
@@ -34,6 +35,10 @@ struct SideView {
   int64_t batch;
   int64_t length;          // T, the padded length
   const char* name;        // "teacher" / "student", for error messages
+  // [B, 2] or nullptr: per example the chars [lo, hi) that no truncated token overlaps. A unit
+  // reaching outside is dropped as truncated even when the kept tokens cover its chars (the
+  // byte-level pieces of one character split by the cut). nullptr: [0, len(text)).
+  const int64_t* window = nullptr;
 };
 
 // Candidate units of one granularity, ragged over the batch.

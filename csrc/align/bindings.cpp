@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -39,19 +40,31 @@ mta_align::SideView side_view(const I64Array& offsets, const I64Array& mask, con
   return {offsets.data(), mask.data(), offsets.shape(0), offsets.shape(1), name};
 }
 
+void set_window(const std::optional<I64Array>& window, py::ssize_t B, mta_align::SideView& sv) {
+  if (!window.has_value()) return;
+  if (window->ndim() != 2 || window->shape(0) != B || window->shape(1) != 2) {
+    throw py::value_error(std::string(sv.name) + "_window must have shape [B, 2] = [" +
+                          std::to_string(B) + ", 2]");
+  }
+  sv.window = window->data();
+}
+
 py::list align(const std::vector<std::string>& texts, const I64Array& teacher_offsets,
                const I64Array& teacher_mask, const I64Array& student_offsets,
                const I64Array& student_mask,
                const std::vector<std::tuple<std::string, I64Array, I64Array>>& units,
-               int num_threads) {
-  const auto teacher = side_view(teacher_offsets, teacher_mask, "teacher");
-  const auto student = side_view(student_offsets, student_mask, "student");
+               int num_threads, const std::optional<I64Array>& teacher_window,
+               const std::optional<I64Array>& student_window) {
+  auto teacher = side_view(teacher_offsets, teacher_mask, "teacher");
+  auto student = side_view(student_offsets, student_mask, "student");
   const auto B = static_cast<py::ssize_t>(texts.size());
   if (teacher.batch != B || student.batch != B) {
     throw py::value_error("batch size mismatch: " + std::to_string(B) + " texts, " +
                           std::to_string(teacher.batch) + " teacher rows, " +
                           std::to_string(student.batch) + " student rows");
   }
+  set_window(teacher_window, B, teacher);
+  set_window(student_window, B, student);
   std::vector<mta_align::UnitsView> views;
   for (const auto& [name, cu, spans] : units) {
     if (cu.ndim() != 1 || cu.shape(0) != B + 1) {
@@ -121,11 +134,14 @@ PYBIND11_MODULE(_align, m) {
   m.doc() = "Cross-tokenizer unit alignment engine (pure C++17, no torch).";
   m.def("align", &align, py::arg("texts"), py::arg("teacher_offsets"), py::arg("teacher_mask"),
         py::arg("student_offsets"), py::arg("student_mask"), py::arg("units"),
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("teacher_window") = py::none(),
+        py::arg("student_window") = py::none(),
         R"doc(Align candidate units of a padded batch.
 
 texts: list[str] (B). *_offsets: int64 [B, T, 2] char offsets; *_mask: int [B, T] (0/1, one
 contiguous block per row). units: list of (name, cu int64 [B+1], spans int64 [M, 2]).
+*_window: None or int64 [B, 2], per example the chars [lo, hi) that no token removed by
+truncation overlaps; a unit reaching outside is dropped as truncated (None: the whole text).
 Returns one dict per granularity: cu_units [B+1], spans [N, 2], teacher_ranges [N, 2],
 student_ranges [N, 2] (rows of the flattened [B*T] axis of each side), kept_index [N] (index
 into the input spans), status int8 [M] (0 kept, else the drop reason code).

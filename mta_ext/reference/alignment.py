@@ -51,10 +51,12 @@ def _side_tokens(text: str, offsets: np.ndarray, mask: np.ndarray, side: str, b:
     return tokens
 
 
-def _classify(text: str, tokens, a: int, b: int) -> tuple[int, int, int]:
+def _classify(text: str, tokens, a: int, b: int, window: tuple[int, int]) -> tuple[int, int, int]:
     """(code, first token, end token) of unit [a, b) on one side; code 0 when owned."""
     nonempty = [(t, s, e) for t, s, e in tokens if s < e]
     if not nonempty or a < min(s for _, s, _ in nonempty) or b > max(e for _, _, e in nonempty):
+        return _TRUNCATED, 0, 0
+    if a < window[0] or b > window[1]:  # a token removed by truncation overlaps the unit
         return _TRUNCATED, 0, 0
     owned = []
     for t, s, e in nonempty:
@@ -84,6 +86,8 @@ def align_reference(
     student_mask: np.ndarray,
     units: Sequence[tuple[str, np.ndarray, np.ndarray]],
     num_threads: int = 0,
+    teacher_window: np.ndarray | None = None,
+    student_window: np.ndarray | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Twin of ``mta_ext._align.align``.
 
@@ -93,6 +97,9 @@ def align_reference(
         teacher_mask / student_mask: int [B, T], 1 real token, 0 pad (one contiguous block).
         units: per granularity (name, cu int64 [B+1], spans int64 [M, 2]).
         num_threads: ignored (signature twin).
+        teacher_window / student_window: None or int64 [B, 2], per example the chars [lo, hi)
+            that no token removed by truncation overlaps (None: the whole text); a unit
+            reaching outside is dropped as truncated.
 
     Returns:
         One dict per granularity: cu_units [B+1], spans [N,2], teacher_ranges [N,2],
@@ -114,6 +121,21 @@ def align_reference(
         sides.append((name, off, mask))
     (_, t_off, t_mask), (_, s_off, s_mask) = sides
     B = len(texts)
+    windows = []
+    for name, win in (("teacher", teacher_window), ("student", student_window)):
+        if win is None:
+            windows.append([(0, len(x)) for x in texts])
+            continue
+        win = np.asarray(win, dtype=np.int64)
+        if win.shape != (B, 2):
+            raise ValueError(f"{name}_window must have shape [B, 2] = [{B}, 2]")
+        for b, (lo, hi) in enumerate(win.tolist()):
+            if not 0 <= lo <= hi <= len(texts[b]):
+                raise ValueError(
+                    f"{name} example {b}: window ({lo}, {hi}) needs 0 <= lo <= hi <= "
+                    f"len(text) = {len(texts[b])}"
+                )
+        windows.append([tuple(w) for w in win.tolist()])
     toks = [
         (
             _side_tokens(texts[b], t_off[b], t_mask[b], "teacher", b),
@@ -139,8 +161,8 @@ def align_reference(
                         f"units['{name}'] example {b}, span {j - cu[b]} = ({a}, {e})"
                         f": need 0 <= a < b <= len(text) = {len(text)}"
                     )
-                ct, t0, t1 = _classify(text, toks[b][0], a, e)
-                cs, s0, s1 = _classify(text, toks[b][1], a, e)
+                ct, t0, t1 = _classify(text, toks[b][0], a, e, windows[0][b])
+                cs, s0, s1 = _classify(text, toks[b][1], a, e, windows[1][b])
                 if ct and (not cs or ct <= cs):
                     status[j] = 2 * ct - 1
                 elif cs:
