@@ -182,18 +182,23 @@ def _window(text: str, overflowing: list[Any], direction: str) -> tuple[int, int
     return lo, hi
 
 
-def _check_max_length(tok: Any, name: str, max_length: int, add_special_tokens: bool) -> None:
-    """max_length must leave room for the special tokens the side adds (tokenizers would skip
+def _check_max_length(toks: Sequence[Any], max_length: int, add_special_tokens: bool) -> None:
+    """max_length must leave room for the special tokens each side adds (tokenizers skip
     truncation silently below that, and reject a negative value with an OverflowError)."""
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length must be an int or None, got {max_length!r}")
-    n = 0
-    if add_special_tokens:
-        if _is_bare_tokenizer(tok):
-            n = tok.num_special_tokens_to_add(False)
-        else:
-            n = tok.num_special_tokens_to_add(pair=False)
-    if max_length < n:
+    need = []
+    for tok in toks:
+        n = 0
+        if add_special_tokens:
+            if _is_bare_tokenizer(tok):
+                n = tok.num_special_tokens_to_add(False)
+            else:
+                n = tok.num_special_tokens_to_add(pair=False)
+        need.append(n)
+    if max_length < max(need):
+        name = "student" if need[1] > need[0] else "teacher"
+        n = max(need)
         raise ValueError(
             f"max_length={max_length} is too small for the {name} tokenizer, which adds {n} "
             f"special token(s) per text: the smallest valid max_length is {n}"
@@ -427,10 +432,11 @@ class Aligner:
         texts = list(texts)
         if any(not isinstance(x, str) for x in texts):
             raise TypeError("texts must be a str or a list of str")
+        toks = (self.teacher_tokenizer, self.student_tokenizer)
+        if max_length is not None:
+            _check_max_length(toks, max_length, add_special_tokens)
         sides, windows = [], []
-        for name, tok in (("teacher", self.teacher_tokenizer), ("student", self.student_tokenizer)):
-            if max_length is not None:
-                _check_max_length(tok, name, max_length, add_special_tokens)
+        for tok in toks:
             ids, offs, win = (
                 _encode(tok, texts, max_length, add_special_tokens) if texts else ([], [], [])
             )
