@@ -17,10 +17,14 @@ Rules (DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` im
 * A token belongs to unit ``[a, b)`` when its span lies inside it. Byte-fallback pieces of one
   character (overlapping / identical offsets) are all inside or all outside together.
 * A unit is kept only when, on both sides: it lies within the chars the side's tokens cover
-  (else "truncated"), no token crosses its border ("straddles"; stricter than only ignoring the
-  crossing token: pooling a partial cover would compare different text), it owns >= 1 token
-  ("no token"), and its token range holds no special token. Its range is
-  ``[first owned, last owned + 1)`` on the flattened ``[B*T]`` axis (left or right padding).
+  and no token removed by truncation overlaps it (else "truncated"; this catches a cut between
+  the byte-level pieces of one character, which the kept offsets still cover whole), no token
+  crosses its border ("straddles"; stricter than only ignoring the crossing token: pooling a
+  partial cover would compare different text), it owns >= 1 token ("no token"), and its token
+  range holds no special token. Its range is ``[first owned, last owned + 1)`` on the
+  flattened ``[B*T]`` axis (left or right padding).
+* ``max_length`` counts special tokens and must be at least the number each side adds
+  (``ValueError`` naming the side otherwise). A single ``str`` is one example (B = 1).
 
 Already tokenized (e.g. chat-formatted strings, offsets into the full string)?
 ``aligner.align_encoded(texts, teacher_encoding, student_encoding)`` or the module-level

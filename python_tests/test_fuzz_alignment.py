@@ -13,6 +13,7 @@ Each case is checked against the alignment contract, independently of the engine
 * cover: every non-whitespace char of a kept unit that any untruncated token covers is covered
   by a token of the unit's range, on both sides;
 * nothing straddles: no token outside a unit's range overlaps the unit;
+* a unit kept under truncation is kept untruncated too, with the same token ids on each side;
 * the same tokenizer on both sides gives identical teacher and student ranges;
 * left padding == right padding, ranges shifted by the pad count of the row;
 * max_length below a side's special tokens (or negative) raises a ValueError naming the side.
@@ -301,7 +302,23 @@ def _one_case(aligner, toks, same, texts, spans, special, ml, full) -> Alignment
             assert al.student["input_ids"].shape[1] <= ml
         _check_contract(al, full, toks, same)
     _check_left_right(got["left"], got["right"])
+    _check_same_tokens_as_untruncated(got["right"], full)
     return got["right"]
+
+
+def _check_same_tokens_as_untruncated(al: Alignment, full: Alignment) -> None:
+    """A unit kept under truncation is kept untruncated too, with the same token ids."""
+    for g, lay in al.units.items():
+        st, st_full = al.candidates[g]["status"], full.candidates[g]["status"]
+        k_full = np.cumsum(st_full == 0) - 1  # candidate -> row of the full layout
+        for k, j in enumerate(np.flatnonzero(st == 0)):
+            assert st_full[j] == 0, f"{g} candidate {j} kept truncated, dropped untruncated"
+            for side, key in (("teacher", "teacher_ranges"), ("student", "student_ranges")):
+                ids = getattr(al, side)["input_ids"].reshape(-1)
+                ids_full = getattr(full, side)["input_ids"].reshape(-1)
+                a, b = getattr(lay, key)[k].tolist()
+                c, d = getattr(full.units[g], key)[k_full[j]].tolist()
+                assert ids[a:b].tolist() == ids_full[c:d].tolist(), f"{g} candidate {j} {side}"
 
 
 def _longest(al: Alignment) -> int:
