@@ -144,46 +144,48 @@ def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_toke
             [o for o, k in zip(e.offsets, kk, strict=True) if k]
             for e, kk in zip(encs, keep, strict=True)
         ]
-    else:
-        if not getattr(tok, "is_fast", False):
-            raise TypeError(
-                f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
-                "a PreTrainedTokenizerFast or a tokenizers.Tokenizer"
-            )
-        enc = tok(
-            texts,
-            add_special_tokens=add_special_tokens,
-            truncation=max_length is not None,
-            max_length=max_length,
-            return_offsets_mapping=True,
-            padding=False,
+        return ids, offs, _windows(texts, encs, directions)
+    if not getattr(tok, "is_fast", False):
+        raise TypeError(
+            f"{type(tok).__name__} is not a fast tokenizer: offset mappings need "
+            "a PreTrainedTokenizerFast or a tokenizers.Tokenizer"
         )
-        ids, offs = enc["input_ids"], enc["offset_mapping"]
-        encs = enc.encodings  # the backend's Encodings keep the tokens truncation removed
-        directions = [getattr(tok, "truncation_side", "right")] * len(encs)
-    windows = [
-        _window(x, e.overflowing, d) for x, e, d in zip(texts, encs, directions, strict=True)
-    ]
-    return ids, offs, windows
+    enc = tok(
+        texts,
+        add_special_tokens=add_special_tokens,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    # The backend's Encodings keep the tokens truncation removed (``overflowing``).
+    directions = [getattr(tok, "truncation_side", "right")] * len(texts)
+    windows = _windows(texts, enc.encodings, directions)
+    return enc["input_ids"], enc["offset_mapping"], windows
 
 
-def _window(text: str, overflowing: list[Any], direction: str) -> tuple[int, int]:
-    """Chars [lo, hi) of ``text`` that no token removed by truncation overlaps (a token's span
+def _windows(texts: list[str], encs: list[Any], directions: list[str]) -> list[tuple[int, int]]:
+    """Per text the chars [lo, hi) that no token removed by truncation overlaps (a token's span
     without its leading whitespace, as for ownership; blank and special tokens overlap nothing).
-    Right truncation removes tokens after the kept ones (hi = the first one's start), left
-    truncation those before (lo = the last one's end)."""
-    lo, hi = 0, len(text)
-    for chunk in overflowing:
-        for a, e in chunk.offsets:
-            while a < e and text[a].isspace():
-                a += 1
-            if a == e:
-                continue
-            if direction == "left":
-                lo = max(lo, e)
-            else:
-                hi = min(hi, a)
-    return lo, hi
+    Right truncation removed tokens after the kept ones: hi = the first one's start; left
+    truncation those before: lo = the last one's end. Within a chunk of removed tokens starts
+    and ends do not decrease, so one non-blank token per chunk decides."""
+    out = []
+    for text, e, direction in zip(texts, encs, directions, strict=True):
+        lo, hi = 0, len(text)
+        for chunk in e.overflowing:
+            offsets = chunk.offsets
+            for a, b in offsets if direction != "left" else reversed(offsets):
+                while a < b and text[a].isspace():
+                    a += 1
+                if a < b:
+                    if direction == "left":
+                        lo = max(lo, b)
+                    else:
+                        hi = min(hi, a)
+                    break
+        out.append((lo, hi))
+    return out
 
 
 def _check_max_length(toks: Sequence[Any], max_length: int, add_special_tokens: bool) -> None:
