@@ -371,3 +371,79 @@ def test_fuzz_alignment_contract(pair):
                 STATS["truncated"] += int(((st == 1) | (st == 2)).sum())
     STATS["seconds"] += time.perf_counter() - t0
     print(f"\n{pair}: running totals {dict(STATS)}")
+
+
+# ----------------------------------------------------------------------------- engine, synthetic
+
+
+def _synthetic_side(rng: random.Random, text: str) -> list[tuple[int, int]]:
+    """Random valid offsets: random cuts, repeated / overlapping byte pieces, (0,0) specials,
+    uncovered gaps, a slice taken off either end."""
+    n = len(text)
+    cuts = sorted({0, n, *(rng.randint(0, n) for _ in range(rng.randint(0, n + 1)))})
+    toks: list[tuple[int, int]] = []
+    for a, b in itertools.pairwise(cuts):
+        kind = rng.randrange(8)
+        if kind == 7:
+            continue
+        if kind == 0 and b - a == 1:
+            toks += [(a, b)] * rng.randint(2, 3)
+        elif kind == 1 and b - a >= 2:
+            toks += [(a, b), (a + 1, b)]
+        else:
+            toks.append((a, b))
+        if rng.randrange(5) == 0:
+            toks.append((0, 0))
+    lo = rng.randint(0, len(toks)) if rng.randrange(3) == 0 else 0
+    hi = rng.randint(lo, len(toks)) if rng.randrange(3) == 0 else len(toks)
+    return toks[lo:hi]
+
+
+def test_fuzz_engine_windows_equal_reference():
+    """Random truncation windows on random offsets: C++ == reference, 1 and 2 threads."""
+    from mta_ext import _align
+    from mta_ext.reference.alignment import align_reference
+
+    rng = random.Random(f"{SEED}-windows")
+    n_cases = 3000 if LONG else 300
+    for case in range(n_cases):
+        texts = [random_text(rng)[:40] for _ in range(rng.randint(0, 3))]
+        arrays = []
+        for _ in range(2):
+            rows = [_synthetic_side(rng, x) for x in texts]
+            T = max((len(r) for r in rows), default=0) + rng.randint(0, 2)
+            off = np.zeros((len(texts), T, 2), np.int64)
+            mask = np.zeros((len(texts), T), np.int64)
+            for b, r in enumerate(rows):
+                p = rng.randint(0, T - len(r))
+                off[b, p : p + len(r)] = np.asarray(r, np.int64).reshape(-1, 2)
+                mask[b, p : p + len(r)] = 1
+            arrays += [off, mask]
+        units = []
+        for g in ("word", "phrase"):
+            cu, spans = [0], []
+            for x in texts:
+                for _ in range(rng.randint(0, 6) if x else 0):
+                    a = rng.randrange(len(x))
+                    spans.append([a, rng.randint(a + 1, len(x))])
+                cu.append(len(spans))
+            units.append((g, np.array(cu), np.array(spans, np.int64).reshape(-1, 2)))
+        windows = []
+        for _ in range(2):
+            if rng.randrange(4) == 0:
+                windows.append(None)
+                continue
+            w = []
+            for x in texts:
+                lo = rng.randint(0, len(x)) if rng.randrange(2) else 0
+                w.append([lo, rng.randint(lo, len(x)) if rng.randrange(2) else len(x)])
+            windows.append(np.array(w, np.int64).reshape(-1, 2))
+        ref = align_reference(texts, *arrays, units, 0, *windows)
+        for threads in (1, 2):
+            got = _align.align(texts, *arrays, units, threads, *windows)
+            for g_got, g_ref in zip(got, ref, strict=True):
+                for k in g_got:
+                    np.testing.assert_array_equal(
+                        g_got[k], g_ref[k], err_msg=f"seed={SEED} case={case} {k}"
+                    )
+        STATS["engine_cases"] += 1
