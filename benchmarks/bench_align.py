@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(0, len(texts), args.batch):
         bt = texts[i : i + args.batch]
         sides = [
-            _pad(*_encode(tok, bt, None, True), _pad_id(tok), "right") for tok in (t_tok, s_tok)
+            _pad(*_encode(tok, bt, None, True)[:2], _pad_id(tok), "right") for tok in (t_tok, s_tok)
         ]
         batches.append((bt, sides[0], sides[1], _pack_spans(spans[i : i + args.batch], len(bt))))
     tokenize_s = time.perf_counter() - t0
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # One big batch (every text, padded to the longest): where threads can pay off.
     big_t, big_s = (
-        _pad(*_encode(tok, texts, None, True), _pad_id(tok), "right") for tok in (t_tok, s_tok)
+        _pad(*_encode(tok, texts, None, True)[:2], _pad_id(tok), "right") for tok in (t_tok, s_tok)
     )
     big_packed = _pack_spans(spans, len(texts))
 
