@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import pytest
 import torch
 from _integ_models import TEXTS, require, require_mta_api, tiny_models
 
 import mta_ext
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the experimental-API notice
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -141,6 +144,24 @@ def test_gkd_trainer_with_mta(parts, tmp_path):
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, t_before[k]), k
     _check_saved(trainer, mta_loss, tmp_path / "saved")
+    _check_accumulation_scaling(trainer)
+
+
+def _check_accumulation_scaling(trainer):
+    """GKD's JSD is normalised by ``num_items_in_batch`` (then the Trainer does not divide the
+    loss by the accumulation steps): L_MTA, a per-micro-batch mean, must then be divided by
+    them; without ``num_items_in_batch`` the Trainer divides everything and MTA is left alone."""
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 4
+    m = trainer._metrics["train"]
+    n_items = torch.tensor(int((inputs["labels"] != -100).sum()))
+    with torch.no_grad():
+        for num_items, div in ((n_items, 4.0), (None, 1.0)):
+            total = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=num_items)
+            assert math.isclose(
+                float(total), m["trl_loss"][-1] + m["mta"][-1] / div, rel_tol=1e-5
+            ), (num_items, float(total), m["trl_loss"][-1], m["mta"][-1])
 
 
 def test_gold_trainer_with_mta(parts, tmp_path):
