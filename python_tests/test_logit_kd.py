@@ -229,9 +229,42 @@ def test_real_tokenizers_pairs_and_distillation(parts):
     assert student.lm_head.weight.grad is not None
 
 
-def test_shared_vocab_real_tokenizers(parts):
+@pytest.fixture(scope="module")
+def vocab(parts):
     _, t_tok, _, s_tok, _ = parts
-    t_ids, s_ids = shared_vocab(t_tok, s_tok)
+    return shared_vocab(t_tok, s_tok)
+
+
+def test_shared_vocab_real_tokenizers(parts, vocab):
+    _, t_tok, _, s_tok, _ = parts
+    t_ids, s_ids = vocab
     assert len(t_ids) == len(s_ids) > 1000
     for ti, si in list(zip(t_ids.tolist(), s_ids.tolist(), strict=True))[:: len(t_ids) // 50]:
         assert t_tok.decode([ti]) == s_tok.decode([si])
+
+
+def test_hook_with_exact_term(parts, vocab):
+    from mta_ext.integrations import distillation_loss
+
+    teacher, _, student, _, collator = parts
+    batch = collator(TEXTS[2:5])
+    kw = dict(mta_weight=0.0, kd_weight=1.0)
+    _, uld, _ = distillation_loss(student, teacher, batch, None, logit_kd=uld_kd(16), **kw)
+    _, both, _ = distillation_loss(
+        student, teacher, batch, None, logit_kd=uld_kd(16, vocab=vocab, exact_weight=0.5), **kw
+    )
+    al = batch["alignment"]
+    t_rows, s_rows = boundary_pairs(
+        al.teacher["offsets"],
+        al.teacher["attention_mask"],
+        al.student["offsets"],
+        al.student["attention_mask"],
+    )
+    with torch.no_grad():
+        s_out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        t_out = teacher(
+            input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+        )
+        kl = shared_vocab_kl(s_out.logits, t_out.logits, s_rows, t_rows, vocab)
+    assert float(kl) > 0
+    torch.testing.assert_close(both["kd"], uld["kd"] + 0.5 * kl, rtol=1e-4, atol=1e-6)
