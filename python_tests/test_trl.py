@@ -218,6 +218,13 @@ def test_off_policy_only_and_version_gate(parts, tmp_path, monkeypatch):
             args=GKDConfig(**kw),
             mta_loss=mta_ext.MTALoss([(1, 1, "word")]),
         )
+    with pytest.raises(ValueError, match="off-policy setting only"):  # positional args too
+        mta_trl.MTAGKDTrainer(
+            copy.deepcopy(student),
+            student,
+            GKDConfig(**kw),
+            mta_loss=mta_ext.MTALoss([(1, 1, "word")]),
+        )
     with pytest.raises(ImportError, match=r"tested with trl>=1\.16\.0,<1\.17, found trl 9\.0"):
         mta_trl.check_trl_version("9.0")
     monkeypatch.setenv("MTA_EXT_ALLOW_UNTESTED_TRL", "1")

@@ -167,7 +167,7 @@ class MTATRLMixin:
             raise ValueError(f"{type(self).__name__}: mta_loss= (an mta_ext.MTALoss) is required")
         if kwargs.get("peft_config") is not None:
             raise ValueError(f"{type(self).__name__}: peft_config is not supported with MTA")
-        targs = kwargs.get("args")
+        targs = kwargs.get("args", args[2] if len(args) > 2 else None)  # (model, teacher, args)
         if targs is None:
             raise ValueError(f"{type(self).__name__}: pass the TRL config as args=")
         if getattr(targs, "lmbda", 0.0) != 0.0 or getattr(targs, "seq_kd", False):
