@@ -16,7 +16,15 @@ import time
 import torch
 
 # (module, extra args) in run order; modules that are missing (optional deps) are skipped.
-BENCHES = ["bench_ops", "bench_scaling", "bench_loss", "bench_align", "bench_step"]
+BENCHES = [
+    "bench_ops",
+    "bench_scaling",
+    "bench_loss",
+    "bench_align",
+    "bench_step",
+    "bench_kd",
+    "bench_data",
+]
 
 
 def main() -> None:

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=float, default=5e-5, help="student learning rate (AdamW)")
     d.add_argument("--proj-lr", type=float, default=1e-3, help="Hid projector learning rate")
     d.add_argument("--mta-weight", type=float, default=1.0, help="weight of L_MTA")
+    d.add_argument(
+        "--kd",
+        choices=["none", "uld"],
+        default="none",
+        help="logit KD: 'uld' trains (1-w)·CE + w·ULD + MTA (ULD at shared token boundaries)",
+    )
+    d.add_argument("--kd-weight", type=float, default=0.5, help="w of --kd (in [0, 1])")
     d.add_argument("--eval-size", type=int, default=32, help="held-out passages to evaluate")
     d.add_argument(
         "--compare",
@@ -143,6 +150,7 @@ def _train(
     batches: Sequence[dict[str, Any]],
     args: argparse.Namespace,
     mta_weight: float,
+    kd: Any = None,
 ) -> list[dict[str, float]]:
     from tqdm.auto import tqdm
 
@@ -159,7 +167,13 @@ def _train(
     for step, batch in enumerate(bar, 1):
         t0 = time.perf_counter()
         loss, comps, _ = distillation_loss(
-            student, teacher, batch, mta_loss if mta_weight else None, mta_weight=mta_weight
+            student,
+            teacher,
+            batch,
+            mta_loss if mta_weight else None,
+            mta_weight=mta_weight,
+            kd_weight=args.kd_weight if kd is not None else 0.0,
+            logit_kd=kd,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,7 +183,7 @@ def _train(
         row = {k: float(v) for k, v in comps.items()}
         row.update(step=step, seconds=time.perf_counter() - t0)
         history.append(row)
-        short = {k: f"{row[k]:.4f}" for k in ("ce", "dsa", "hid") if k in row}
+        short = {k: f"{row[k]:.4f}" for k in ("ce", "kd", "dsa", "hid") if k in row}
         bar.set_postfix(short)
         bar.write(
             f"  [{name}] step {step:3d}  "
@@ -214,6 +228,8 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("steps", "batch_size", "max_length", "eval_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"mta-ext demo: --{name.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.kd_weight <= 1.0:
+        raise SystemExit("mta-ext demo: --kd-weight must be in [0, 1]")
     threads = args.threads or _auto_threads()
     torch.set_num_threads(threads)
     _log(
@@ -309,7 +325,14 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, float]] = {"before": before}
     _seed_all(args.seed)
     t0 = time.perf_counter()
-    runs["ce+mta"] = _train("ce+mta", student, teacher, mta_loss, batches, args, args.mta_weight)
+    kd = None
+    if args.kd == "uld":
+        from .integrations.logit_kd import uld_kd
+
+        kd = uld_kd()
+    runs["ce+mta"] = _train(
+        "ce+mta", student, teacher, mta_loss, batches, args, args.mta_weight, kd
+    )
     timings["train_mta_s"] = time.perf_counter() - t0
     results["after_ce+mta"] = heldout_ce(student, s_tok, eval_texts, max_length=args.max_length)
     save_student(student, out / "student", tokenizer=s_tok, mta_loss=mta_loss)

@@ -146,3 +146,68 @@ class TextDataset(Dataset):
         if self.spans is not None:
             item["spans"] = self.spans[i]
         return item
+
+
+class SpanAnnotator:
+    """A batched ``datasets`` map function adding a ``"spans"`` column (``annotate_spans``).
+
+    Cache the spans once, in parallel, and let ``MTACollator`` skip spaCy at every step::
+
+        ann = SpanAnnotator()                      # same phrases / words as your Aligner
+        ds = ds.map(ann, batched=True, num_proc=2, features=ann.features(ds.features))
+        loader = DataLoader(ds, batch_size=8, collate_fn=MTACollator(aligner))
+
+    Args:
+        phrases, words: as for :func:`mta_ext.annotate_spans` / ``mta_ext.Aligner`` (the
+            cached spans must come from the aligner's own settings).
+        text_key: the text column.
+        batch_size: spaCy ``nlp.pipe`` batch size.
+
+    Pass ``features=ann.features(ds.features)`` to ``map``: it fixes the column's Arrow type
+    (``{"word": [[int64, int64]], "phrase": [...]}``), which ``datasets`` cannot infer from a
+    shard whose span lists are all empty (e.g. ``phrases=None``).
+    """
+
+    def __init__(
+        self,
+        *,
+        phrases: Any = "spacy",
+        words: str = "in_phrases",
+        text_key: str = "text",
+        batch_size: int = 64,
+    ) -> None:
+        from .phrases import _check_words
+
+        _check_words(words)
+        self.phrases, self.words, self.text_key, self.batch_size = (
+            phrases,
+            words,
+            text_key,
+            batch_size,
+        )
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        from .phrases import annotate_spans
+
+        if self.text_key not in batch:
+            raise ValueError(
+                f"SpanAnnotator: no '{self.text_key}' column (columns: {sorted(batch)}); "
+                "use map(..., batched=True) and set text_key="
+            )
+        spans = annotate_spans(
+            batch[self.text_key],
+            phrases=self.phrases,
+            words=self.words,
+            batch_size=self.batch_size,
+        )
+        return {"spans": spans}
+
+    @staticmethod
+    def features(base: Any) -> Any:
+        """``base`` (the dataset's ``Features``) plus the ``"spans"`` column's type."""
+        import datasets
+
+        pairs = datasets.List(datasets.List(datasets.Value("int64")))
+        out = datasets.Features(dict(base))
+        out["spans"] = {"word": pairs, "phrase": pairs}
+        return out

@@ -11,18 +11,22 @@ from .checkpoint import load_mta_loss, save_mta_loss, save_student
 from .collator import MTACollator, batch_to
 from .distill import distillation_loss, same_vocab_kl, teacher_forward, unit_coverage
 from .evaluate import heldout_ce
+from .logit_kd import boundary_pairs, shared_vocab, uld_kd
 
 __all__ = [
     "MTACollator",
     "MTADistillationTrainer",
     "batch_to",
+    "boundary_pairs",
     "distillation_loss",
     "heldout_ce",
     "load_mta_loss",
     "same_vocab_kl",
     "save_mta_loss",
     "save_student",
+    "shared_vocab",
     "teacher_forward",
+    "uld_kd",
     "unit_coverage",
 ]
 

@@ -4,8 +4,8 @@
 
 * CE: the student's next-token cross-entropy on its own tokens (HF ``labels``).
 * KD: an optional logit-distillation term from a pluggable ``logit_kd(student_out, teacher_out,
-  batch)``. Cross-tokenizer logit KD is *not* defined by MTA (the vocabularies differ), so the
-  default is ``kd_weight=0``; :func:`same_vocab_kl` is a ready hook for a shared tokenizer.
+  batch)``; the default is ``kd_weight=0``. Ready hooks: :func:`same_vocab_kl` for a shared
+  tokenizer, ``logit_kd.uld_kd`` across tokenizers (ULD at shared token boundaries).
 * L_MTA: ``MTALoss`` on the hidden states (DSA + λ_hid · Hid, already scaled by ``w_span``).
 
 Distributed semantics: every term is a mean over the *local* micro-batch (CE over its tokens,
@@ -103,8 +103,8 @@ def distillation_loss(
         raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
     if kd_weight > 0 and logit_kd is None:
         raise ValueError(
-            "kd_weight > 0 needs a logit_kd hook: cross-tokenizer logit KD is not defined by MTA "
-            "(the vocabularies differ); pass e.g. same_vocab_kl() when both share a tokenizer"
+            "kd_weight > 0 needs a logit_kd hook: uld_kd() for different tokenizers (ULD at "
+            "shared token boundaries), same_vocab_kl() when both share a tokenizer"
         )
     use_mta = mta_weight != 0.0
     if use_mta and mta_loss is None:

@@ -4,6 +4,7 @@ Written for clarity straight from DESIGN.md, not for speed.
 """
 
 from .alignment import align_reference
+from .logit_kd import boundary_pairs_reference, shared_vocab_kl_reference, uld_reference
 from .losses import structural_loss, structural_loss_original
 from .relational import relational_loss, unit_weights
 from .salience import entropy_weights, token_salience, uniform_weights
@@ -11,12 +12,15 @@ from .segment_pool import segment_pool
 
 __all__ = [
     "align_reference",
+    "boundary_pairs_reference",
     "entropy_weights",
     "relational_loss",
     "segment_pool",
+    "shared_vocab_kl_reference",
     "structural_loss",
     "structural_loss_original",
     "token_salience",
+    "uld_reference",
     "uniform_weights",
     "unit_weights",
 ]

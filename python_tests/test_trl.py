@@ -1,0 +1,244 @@
+"""MTA inside TRL's GKDTrainer (one tokenizer) and GOLDTrainer (different tokenizers, ULD):
+3 off-policy steps each on tiny real-tokenizer models with the real ``trl`` package."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import pytest
+import torch
+from _integ_models import TEXTS, require, require_mta_api, tiny_models
+
+import mta_ext
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the experimental-API notice
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QUESTIONS = [
+    "Tell me about Paris.",
+    "Describe a fox.",
+    "Write about the sea.",
+    "What can students learn?",
+    "Suggest a breakfast.",
+    "What did the committee do?",
+]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    require_mta_api()
+    require("trl", "datasets", "spacy", "accelerate")
+    from mta_ext.integrations.trl import check_trl_version
+
+    check_trl_version()
+    return tiny_models()
+
+
+def _args_kwargs(tmp_path):
+    return dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        seed=0,
+        lmbda=0.0,
+        max_length=64,
+    )
+
+
+def _snapshot(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def _check_run(trainer, student, mta_loss, s_before, p_before, trl_keys):
+    logs = [h for h in trainer.state.log_history if "mta" in h]
+    assert len(logs) == 3, trainer.state.log_history
+    for h in logs:
+        for k in ("loss", "trl_loss", "mta", "dsa", "hid", "mta_matched", *trl_keys):
+            assert k in h and math.isfinite(h[k]), (k, h)
+        assert h["mta"] > 0 and h["mta_matched"] > 0.9
+    changed = [
+        k
+        for k, v in student.state_dict().items()
+        if not k.startswith("mta_loss.") and not torch.equal(v, s_before[k])
+    ]
+    assert len(changed) > 0.5 * len(s_before)
+    for k, v in mta_loss.state_dict().items():
+        assert not torch.equal(v, p_before[k]), k
+
+
+def _check_saved(trainer, mta_loss, out):
+    from safetensors.torch import load_file
+
+    from mta_ext.integrations import load_mta_loss
+
+    trainer.save_model(str(out))
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights and not any(k.startswith("mta_loss.") for k in weights)
+    loaded = load_mta_loss(out)
+    for k, v in mta_loss.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+
+
+def test_gkd_trainer_with_mta(parts, tmp_path):
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.experimental.gkd import GKDConfig
+
+    from mta_ext.integrations.trl import MTAGKDTrainer
+    from mta_ext.models import tiny_tokenizer
+
+    # one small byte-level BPE (trained in < 1 s) for both: the 151k-vocab JSD would dominate
+    tok = tiny_tokenizer("bpe", texts=TEXTS * 3 + QUESTIONS * 3, vocab_size=400)
+    tok.chat_template = CHATML
+
+    def llama(layers: int, width: int, seed: int) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_hidden_layers=layers,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        )
+
+    teacher, student = llama(4, 48, 1), llama(3, 32, 2)
+    ds = Dataset.from_list(
+        [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in zip(QUESTIONS, TEXTS, strict=True)
+        ]
+    )
+    torch.manual_seed(0)
+    mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
+    s_before, p_before = _snapshot(student), _snapshot(mta_loss)
+    t_before = _snapshot(teacher)
+    trainer = MTAGKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=GKDConfig(**_args_kwargs(tmp_path)),
+        processing_class=tok,
+        train_dataset=ds,
+        mta_loss=mta_loss,
+        mta_weight=1.0,
+    )
+    trainer.train()
+    _check_run(trainer, student, mta_loss, s_before, p_before, ())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, t_before[k]), k
+    _check_saved(trainer, mta_loss, tmp_path / "saved")
+    _check_accumulation_scaling(trainer)
+
+
+def _check_accumulation_scaling(trainer):
+    """GKD's JSD is normalised by ``num_items_in_batch`` (then the Trainer does not divide the
+    loss by the accumulation steps): L_MTA, a per-micro-batch mean, must then be divided by
+    them; without ``num_items_in_batch`` the Trainer divides everything and MTA is left alone."""
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 4
+    m = trainer._metrics["train"]
+    n_items = torch.tensor(int((inputs["labels"] != -100).sum()))
+    with torch.no_grad():
+        for num_items, div in ((n_items, 4.0), (None, 1.0)):
+            total = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=num_items)
+            assert math.isclose(
+                float(total), m["trl_loss"][-1] + m["mta"][-1] / div, rel_tol=1e-5
+            ), (num_items, float(total), m["trl_loss"][-1], m["mta"][-1])
+
+
+def test_gold_trainer_with_mta(parts, tmp_path):
+    from datasets import Dataset
+    from trl.experimental.gold import GOLDConfig
+
+    from mta_ext.integrations.trl import MTAGOLDTrainer
+
+    teacher, t_tok, student0, s_tok = parts
+    student = copy.deepcopy(student0)
+    ds = Dataset.from_list(
+        [
+            {"prompt": f"Question: {q}\nAnswer:", "completion": " " + a}
+            for q, a in zip(QUESTIONS, TEXTS, strict=True)
+        ]
+    )
+    torch.manual_seed(0)
+    mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
+    s_before, p_before = _snapshot(student), _snapshot(mta_loss)
+    args = GOLDConfig(
+        **_args_kwargs(tmp_path),
+        max_completion_length=32,
+        use_uld_loss=True,
+        # the teacher's tokenizer is SentencePiece: GOLD's extended (byte-offset) ULD needs
+        # byte-level BPE on both sides; MTA's char-offset alignment has no such restriction
+        use_extended_uld=False,
+        teacher_tokenizer_name_or_path=str(teacher.config._name_or_path),
+    )
+    trainer = MTAGOLDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        processing_class=s_tok,
+        train_dataset=ds,
+        mta_loss=mta_loss,
+    )
+    assert len(trainer.teacher_tokenizer) == len(t_tok) != len(s_tok)  # really cross-tokenizer
+    trainer.train()
+    _check_run(trainer, student, mta_loss, s_before, p_before, ("off_policy_loss",))
+    _check_saved(trainer, mta_loss, tmp_path / "saved")
+
+
+def test_off_policy_only_and_version_gate(parts, tmp_path, monkeypatch):
+    from trl.experimental.gkd import GKDConfig
+
+    from mta_ext.integrations import trl as mta_trl
+
+    _, _, student, _ = parts
+    kw = {**_args_kwargs(tmp_path), "lmbda": 0.5}
+    with pytest.raises(ValueError, match="off-policy setting only"):
+        mta_trl.MTAGKDTrainer(
+            model=copy.deepcopy(student),
+            teacher_model=student,
+            args=GKDConfig(**kw),
+            mta_loss=mta_ext.MTALoss([(1, 1, "word")]),
+        )
+    with pytest.raises(ValueError, match="off-policy setting only"):  # positional args too
+        mta_trl.MTAGKDTrainer(
+            copy.deepcopy(student),
+            student,
+            GKDConfig(**kw),
+            mta_loss=mta_ext.MTALoss([(1, 1, "word")]),
+        )
+    with pytest.raises(ImportError, match=r"tested with trl>=1\.16\.0,<1\.17, found trl 9\.0"):
+        mta_trl.check_trl_version("9.0")
+    monkeypatch.setenv("MTA_EXT_ALLOW_UNTESTED_TRL", "1")
+    with pytest.warns(UserWarning, match="found trl 9.0"):
+        assert mta_trl.check_trl_version("9.0") == "9.0"
+
+
+def test_locate():
+    import numpy as np
+
+    from mta_ext.integrations.trl import _locate
+
+    row = np.array([-1, -1, 5, 7, 8, 9, 2, 7, 8, 3, 4])
+    assert _locate(row, [7, 8, 3, 4], None) == (7, 4)  # the longest match wins
+    assert _locate(row, [7, 8, 9], 3) == (3, 3)
+    assert _locate(row, [7, 8, 0], 3) == (3, 2)  # a mismatch: the prefix only
+    assert _locate(row, [], None) == (0, 0)
