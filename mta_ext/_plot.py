@@ -145,7 +145,9 @@ def plot_runs(
             _curve(ax, steps, [h["ce"] for h in hist], styles[name], name)
     _steps_axis(ax, last)
     ax.set_ylabel("student cross-entropy (nats/token)")
-    ax.set_title("training CE per batch (faint: raw, bold: smoothed)")
+    longest = max((len(h) for h in runs.values()), default=0)
+    smoothed = len(smooth([0.0] * longest)) and smooth(list(range(longest))) != list(range(longest))
+    ax.set_title("training CE per batch" + (" (faint: raw, bold: smoothed)" if smoothed else ""))
     if ax.lines:
         ax.legend(loc="best")
 

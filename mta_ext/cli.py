@@ -556,6 +556,15 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     threads, why = _choose_threads(args.threads)
     torch.set_num_threads(threads)
     _log(f"torch threads: {threads} ({why}; --threads N to change)")
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    if args.threads is None and threads > 1 and load > threads + 0.5:
+        _log(
+            f"note: load average {load:.1f} on {threads} CPUs: other processes compete for "
+            "them; if the steps are slow, compare with --threads 1"
+        )
     out = Path(args.out)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

