@@ -96,7 +96,7 @@ def _heldout_panel(ax, runs: Sequence[str], heldout: Mapping[str, Mapping[str, f
         ax.plot([b], [y], "o", color="white", mec=style["color"], mew=2, ms=8, zorder=3)
         ax.plot([a], [y], style["marker"], color=style["color"], ms=8, zorder=3)
         ax.annotate(
-            f"{b:.3f} → {a:.3f}  ({a - b:+.3f})",
+            f"{b:.4f} → {a:.4f}  ({a - b:+.4f})",
             ((a + b) / 2, y),
             xytext=(0, 9),
             textcoords="offset points",
