@@ -122,6 +122,25 @@ def _is_bare_tokenizer(tok: Any) -> bool:
     return isinstance(tok, tokenizers.Tokenizer)
 
 
+def _check_tokenizer(tok: Any, side: str) -> None:
+    """Fail at construction (not at the first batch) on a tokenizer without offset mappings."""
+    if _is_bare_tokenizer(tok) or getattr(tok, "is_fast", False):
+        return
+    name = type(tok).__name__
+    if callable(tok) and hasattr(tok, "convert_ids_to_tokens"):  # an HF slow tokenizer
+        raise TypeError(
+            f"Aligner: {side}_tokenizer is {name}, a slow (Python) tokenizer; the alignment needs "
+            "character offsets, which only fast tokenizers give. Load it with "
+            "AutoTokenizer.from_pretrained(path) (use_fast=True is the default; the folder needs "
+            "a tokenizer.json, or the `tokenizers` + `sentencepiece` packages to convert one) or "
+            "pass a tokenizers.Tokenizer"
+        )
+    raise TypeError(
+        f"Aligner: {side}_tokenizer must be a Hugging Face fast tokenizer "
+        f"(PreTrainedTokenizerFast) or a tokenizers.Tokenizer, got {name}"
+    )
+
+
 def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_tokens: bool):
     """Ragged (ids, offsets) per text from an HF fast tokenizer or a ``tokenizers.Tokenizer``,
     and per text the char window [lo, hi) that no token removed by truncation overlaps."""
@@ -395,6 +414,8 @@ class Aligner:
         num_threads: int = 0,
     ) -> None:
         _check_words(words)
+        for side, tok in (("teacher", teacher_tokenizer), ("student", student_tokenizer)):
+            _check_tokenizer(tok, side)
         if not (phrases is None or phrases == "spacy" or callable(phrases)):
             raise ValueError(f"phrases must be 'spacy', None or a callable, got {phrases!r}")
         self.teacher_tokenizer = teacher_tokenizer
@@ -472,10 +493,27 @@ class Aligner:
 
 
 def _tok_str(text: str, ids: torch.Tensor, offs: torch.Tensor, row: int, t0: int, t1: int) -> str:
+    """Tokens t0..t1 of ``row`` as their text. Byte pieces of one character (a byte-level BPE
+    or byte-fallback tokenizer splitting an emoji into several tokens) have overlapping
+    offsets; they are shown once as ``'🦜' (4 byte pieces)`` instead of the character 4 times.
+    """
     parts = []
-    for t in range(t0, t1):
+    t = t0
+    while t < t1:
         a, b = int(offs[row, t, 0]), int(offs[row, t, 1])
-        parts.append(repr(text[a:b]) if a < b else f"<special {int(ids[row, t])}>")
+        if a >= b:
+            parts.append(f"<special {int(ids[row, t])}>")
+            t += 1
+            continue
+        n = 1  # extend over following tokens that overlap this group's span
+        while t + n < t1:
+            na, nb = int(offs[row, t + n, 0]), int(offs[row, t + n, 1])
+            if not (na < nb and na < b):
+                break
+            b = max(b, nb)
+            n += 1
+        parts.append(repr(text[a:b]) + (f" ({n} byte pieces)" if n > 1 else ""))
+        t += n
     return "[" + ", ".join(parts) + "]"
 
 

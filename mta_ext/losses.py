@@ -100,11 +100,47 @@ def _check_projectors(projectors: Sequence[nn.Module], pairs, s_hs, t_hs) -> Non
     for i, (proj, p) in enumerate(zip(projectors, pairs, strict=True)):
         ds, dt = s_hs[p.student_layer].shape[-1], t_hs[p.teacher_layer].shape[-1]
         if isinstance(proj, nn.Linear) and (proj.in_features != ds or proj.out_features != dt):
+            swapped = (proj.in_features, proj.out_features) == (dt, ds)
             raise ValueError(
                 f"projectors[{i}] (pair {tuple(p)}): expected nn.Linear({ds}, {dt}) mapping the "
                 f"student width to the teacher width, got nn.Linear({proj.in_features}, "
                 f"{proj.out_features})"
+                + (_SWAP_HINT.format(what="the widths are reversed") if swapped else "")
             )
+
+
+_SWAP_HINT = (
+    "; {what}: were student and teacher swapped? The order is "
+    "structural_loss(student_hidden_states, teacher_hidden_states, ...) and "
+    "MTALoss(...)(student_out, teacher_out, alignment)"
+)
+
+
+def _as_layers(x: Any, name: str) -> tuple[torch.Tensor, ...]:
+    """``x`` as a tuple of per-layer hidden states, with a hint for the likely mistakes."""
+    if isinstance(x, torch.Tensor):
+        what = (
+            "one flattened [B*T, D] tensor"
+            if x.dim() == 2
+            else "one [B, T, D] tensor"
+            if x.dim() == 3
+            else f"one tensor of shape {tuple(x.shape)}"
+        )
+        raise TypeError(
+            f"{name}: got {what} (shape {tuple(x.shape)}); expected the tuple of every layer's "
+            "[B, T, D] hidden states, as HF returns them: "
+            "model(..., output_hidden_states=True).hidden_states (index 0 = embeddings). "
+            "Keep the batch dimension: the loss flattens [B, T] itself"
+        )
+    try:
+        hs = tuple(x)
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected a tuple of [B, T, D] tensors, got {type(x).__name__}"
+        ) from None
+    if not all(isinstance(h, torch.Tensor) for h in hs):
+        raise TypeError(f"{name}: expected a tuple of [B, T, D] tensors")
+    return hs
 
 
 def _check_inputs(s_hs, t_hs, masks, lays: Mapping[str, LayoutTensors], pairs, hid, logits):
@@ -129,9 +165,13 @@ def _check_inputs(s_hs, t_hs, masks, lays: Mapping[str, LayoutTensors], pairs, h
     for side, m, hs in (("teacher", masks[0], t_hs), ("student", masks[1], s_hs)):
         if m is not None:
             if tuple(m.shape) != tuple(hs[0].shape[:2]):
+                other = masks[1] if side == "teacher" else masks[0]
+                hint = ""
+                if other is not None and tuple(other.shape) == tuple(hs[0].shape[:2]):
+                    hint = _SWAP_HINT.format(what=f"the {side} hidden states fit the other mask")
                 raise ValueError(
                     f"{side} attention_mask has shape {tuple(m.shape)}, expected [B, T] = "
-                    f"{tuple(hs[0].shape[:2])} like the {side} hidden states"
+                    f"{tuple(hs[0].shape[:2])} like the {side} hidden states{hint}"
                 )
             if m.device != dev:
                 raise ValueError(f"{side} attention_mask is on {m.device}, hidden states on {dev}")
@@ -225,8 +265,17 @@ def structural_loss(
     if weighting == "entropy" and teacher_logits is None:
         raise ValueError("weighting='entropy' needs teacher_logits=[B, T_t, V]")
     sched = schedule if isinstance(schedule, LayerSchedule) else LayerSchedule(schedule)
-    s_hs, t_hs = tuple(student_hidden_states), tuple(teacher_hidden_states)
-    sched.validate(len(t_hs), len(s_hs))
+    s_hs = _as_layers(student_hidden_states, "student_hidden_states")
+    t_hs = _as_layers(teacher_hidden_states, "teacher_hidden_states")
+    try:
+        sched.validate(len(t_hs), len(s_hs))
+    except ValueError as exc:
+        try:
+            sched.validate(len(s_hs), len(t_hs))
+        except ValueError:
+            raise exc from None
+        hint = _SWAP_HINT.format(what="the schedule fits with the two swapped")
+        raise ValueError(f"{exc}{hint}") from None
     lays = {g: get_layout(alignment, g) for g in sched.granularities}
     mask_t, mask_s = get_masks(alignment, teacher_attention_mask, student_attention_mask)
     _check_inputs(s_hs, t_hs, (mask_t, mask_s), lays, sched, hid, teacher_logits)
@@ -292,9 +341,12 @@ def _hidden_states(out: Any, side: str) -> tuple[torch.Tensor, ...]:
         raise ValueError(
             f"{side} output has no hidden_states: call the model with output_hidden_states=True"
         )
-    if isinstance(hs, torch.Tensor) or not all(isinstance(h, torch.Tensor) for h in hs):
-        raise TypeError(f"{side}: expected a model output or a tuple of [B, T, D] tensors")
-    return tuple(hs)
+    if not isinstance(hs, torch.Tensor) and not isinstance(hs, tuple | list):
+        raise TypeError(
+            f"{side}: expected a model output with hidden_states or a tuple of [B, T, D] "
+            f"tensors, got {type(out).__name__}"
+        )
+    return _as_layers(hs, side)
 
 
 def _logits(out: Any) -> torch.Tensor | None:

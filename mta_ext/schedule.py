@@ -87,9 +87,32 @@ class LayerSchedule:
             raise ValueError(f"LayerSchedule.uniform: word_pairs must be in [0, {pairs}]")
         for name, n in (("teacher_layers", teacher_layers), ("student_layers", student_layers)):
             if n < pairs:
-                raise ValueError(f"LayerSchedule.uniform: {name}={n} is fewer than pairs={pairs}")
+                raise ValueError(
+                    f"LayerSchedule.uniform: {name}={n} is fewer than pairs={pairs}; pass "
+                    f"pairs<={max(n, 1)} or use LayerSchedule.fit, which uses fewer pairs"
+                )
         t, s = _spread(teacher_layers, pairs), _spread(student_layers, pairs)
         return cls((t[k], s[k], "word" if k < word_pairs else "phrase") for k in range(pairs))
+
+    @classmethod
+    def fit(
+        cls, teacher_layers: int, student_layers: int, pairs: int = 3, word_pairs: int = 1
+    ) -> LayerSchedule:
+        """:meth:`uniform` for any depth >= 1: at most ``pairs`` pairs, fewer when a model has
+        fewer layers (``min(pairs, teacher_layers, student_layers)``, ``word_pairs`` clamped
+        to that). Compare ``len(result)`` with ``pairs`` to tell whether it was shortened.
+
+        Example:
+            >>> LayerSchedule.fit(18, 2)
+            LayerSchedule([(12, 1, 'word'), (18, 2, 'phrase')])
+        """
+        for name, n in (("teacher_layers", teacher_layers), ("student_layers", student_layers)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"LayerSchedule.fit: {name} must be an int >= 1, got {n!r}")
+        if pairs < 1:
+            raise ValueError(f"LayerSchedule.fit: pairs must be >= 1, got {pairs}")
+        n = min(pairs, teacher_layers, student_layers)
+        return cls.uniform(teacher_layers, student_layers, pairs=n, word_pairs=min(word_pairs, n))
 
     @classmethod
     def paper_gpt2(cls) -> LayerSchedule:
