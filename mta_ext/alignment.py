@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from . import _align
+from ._reasons import REASONS
 from .phrases import SpanSource, _check_words, annotate_spans
-from .reference.alignment import REASONS
 
 GRANULARITIES = ("word", "phrase")
 Spans = Sequence[Mapping[str, Sequence[Sequence[int]]]]
@@ -84,6 +84,10 @@ class Alignment:
     (model-ready) and ``offsets`` int64 [B, T, 2]. units: "word" and "phrase" layouts.
     candidates: per granularity the candidate spans before filtering (``cu`` [B+1], ``spans``
     [M, 2], ``status`` int8 [M], 0 = kept, else a code of ``REASONS``), for :meth:`explain`.
+    shared_tokenizer: True when both sides come from one tokenizer (the ``Aligner`` was built
+    from the same or an identical tokenizer, or ``align_encoded`` got identical encodings), so
+    token ``t`` of the teacher is token ``t`` of the student and every unit's two ranges
+    coincide; the losses' ``hid="auto"`` then uses the token-level Hid.
     """
 
     texts: list[str]
@@ -91,6 +95,7 @@ class Alignment:
     student: dict[str, torch.Tensor]
     units: dict[str, UnitLayout]
     candidates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    shared_tokenizer: bool = False
 
     def to(self, device: torch.device | str) -> Alignment:
         return Alignment(
@@ -99,6 +104,7 @@ class Alignment:
             {k: v.to(device) for k, v in self.student.items()},
             {k: v.to(device) for k, v in self.units.items()},
             self.candidates,
+            self.shared_tokenizer,
         )
 
     def explain(self, i: int) -> str:
@@ -148,6 +154,34 @@ def _encode(tok: Any, texts: list[str], max_length: int | None, add_special_toke
         padding=False,
     )
     return enc["input_ids"], enc["offset_mapping"]
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers encode every text identically for the ``Aligner``: the same
+    object, or the same type with the same serialised pipeline (``tokenizers`` JSON, which holds
+    the model, normalizer, pre-tokenizer and special-token post-processor), pad id and padding
+    side. False when that cannot be established."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        ja = (a if _is_bare_tokenizer(a) else a.backend_tokenizer).to_str()
+        jb = (b if _is_bare_tokenizer(b) else b.backend_tokenizer).to_str()
+    except Exception:
+        return False
+    return (
+        ja == jb
+        and _pad_id(a) == _pad_id(b)
+        and getattr(a, "padding_side", None) == getattr(b, "padding_side", None)
+    )
+
+
+def _identical_sides(t: Mapping[str, np.ndarray], s: Mapping[str, np.ndarray]) -> bool:
+    return all(
+        t[k].shape == s[k].shape and bool((t[k] == s[k]).all())
+        for k in ("input_ids", "attention_mask", "offsets")
+    )
 
 
 def _pad_id(tok: Any) -> int:
@@ -252,6 +286,7 @@ def align_encoded(
     spans: Spans,
     *,
     num_threads: int = 0,
+    shared_tokenizer: bool | None = None,
 ) -> Alignment:
     """Align an already tokenized batch.
 
@@ -262,15 +297,20 @@ def align_encoded(
             (tensors / arrays, padded, with ``attention_mask``), or ragged lists.
         spans: per text ``{"word": [[a, b], ...], "phrase": [...]}`` (see annotate_spans).
         num_threads: OpenMP threads for the merge (0 = default).
+        shared_tokenizer: whether both encodings come from one tokenizer (recorded on the
+            ``Alignment``; ``hid="auto"`` then uses the token-level Hid). ``None``: True
+            exactly when the two encodings are identical (ids, mask and offsets).
     """
     texts = list(texts)
     B = len(texts)
     t = _side_from_encoding(teacher, "teacher", B)
     s = _side_from_encoding(student, "student", B)
-    return _merge(texts, t, s, spans, num_threads)
+    if shared_tokenizer is None:
+        shared_tokenizer = _identical_sides(t, s)
+    return _merge(texts, t, s, spans, num_threads, bool(shared_tokenizer))
 
 
-def _merge(texts, t, s, spans, num_threads) -> Alignment:
+def _merge(texts, t, s, spans, num_threads, shared_tokenizer: bool = False) -> Alignment:
     B = len(texts)
     packed = _pack_spans(spans, B)
     res = _align.align(
@@ -297,6 +337,7 @@ def _merge(texts, t, s, spans, num_threads) -> Alignment:
         {k: torch.from_numpy(v) for k, v in s.items()},
         units,
         cands,
+        shared_tokenizer,
     )
 
 
@@ -325,6 +366,8 @@ class Aligner:
             raise ValueError(f"phrases must be 'spacy', None or a callable, got {phrases!r}")
         self.teacher_tokenizer = teacher_tokenizer
         self.student_tokenizer = student_tokenizer
+        # One tokenizer on both sides: the Alignment records it (hid="auto" -> token level).
+        self.shared_tokenizer = same_tokenizer(teacher_tokenizer, student_tokenizer)
         self.phrases = phrases
         self.words = words
         self.num_threads = num_threads
@@ -362,7 +405,7 @@ class Aligner:
             sides.append(_pad(ids, offs, _pad_id(tok), side))
         if spans is None:
             spans = self.spans(texts)
-        return _merge(texts, sides[0], sides[1], spans, self.num_threads)
+        return _merge(texts, sides[0], sides[1], spans, self.num_threads, self.shared_tokenizer)
 
     def align_encoded(
         self,
@@ -376,7 +419,14 @@ class Aligner:
         texts = list(texts)
         if spans is None:
             spans = self.spans(texts)
-        return align_encoded(texts, teacher, student, spans, num_threads=self.num_threads)
+        return align_encoded(
+            texts,
+            teacher,
+            student,
+            spans,
+            num_threads=self.num_threads,
+            shared_tokenizer=None if self.shared_tokenizer else False,
+        )
 
 
 # ----------------------------------------------------------------------------- explain

@@ -14,7 +14,7 @@
 namespace mta_align {
 
 // Why a candidate unit was dropped (0 = kept). Checks run in this order; the first failing
-// check names the reason. Mirrored by mta_ext/reference/alignment.py and mta_ext/alignment.py.
+// check names the reason. Mirrored by mta_ext/_reasons.py (shared by the aligner and its twin).
 enum Status : int8_t {
   kKept = 0,
   kTeacherTruncated = 1,  // unit reaches outside the chars the teacher's tokens cover
