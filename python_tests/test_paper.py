@@ -272,3 +272,47 @@ def test_mtaloss_paper_recipe(models, shared_student):
     )
     assert comps["hid_level"] == "token"
     torch.testing.assert_close(loss, exp, rtol=2e-5, atol=1e-6)
+
+
+def test_alignment_records_a_shared_tokenizer():
+    alignment = pytest.importorskip("mta_ext.alignment")
+    tk = pytest.importorskip("tokenizers")
+    import copy
+    import re
+
+    corpus = ["the cat sat on the mat", "a dog ran in the park today"] * 5
+
+    def train(model, trainer):
+        tok = tk.Tokenizer(model)
+        tok.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+        tok.train_from_iterator(corpus, trainer)
+        return tok
+
+    a = train(tk.models.BPE(unk_token="[UNK]"), tk.trainers.BpeTrainer(vocab_size=60))
+    b = train(tk.models.WordPiece(unk_token="[UNK]"), tk.trainers.WordPieceTrainer(vocab_size=40))
+
+    def two_words(text):
+        return [(m.start(), m.end()) for m in re.finditer(r"\w+ \w+", text)]
+
+    texts = ["the cat sat on the mat", "a dog ran"]
+    for t_tok, s_tok, shared in ((a, a, True), (a, copy.deepcopy(a), True), (a, b, False)):
+        al = alignment.Aligner(t_tok, s_tok, phrases=two_words, words="all")(texts)
+        assert al.shared_tokenizer is shared
+        assert al.to("cpu").shared_tokenizer is shared
+        if shared:
+            for lay in al.units.values():
+                assert torch.equal(lay.teacher_ranges, lay.student_ranges)
+    spans = alignment.annotate_spans(texts, phrases=two_words, words="all")
+    enc_a = [e for e in a.encode_batch(texts)]
+    enc = {
+        "input_ids": [e.ids for e in enc_a],
+        "offset_mapping": [e.offsets for e in enc_a],
+    }
+    enc_b = [e for e in b.encode_batch(texts)]
+    other = {"input_ids": [e.ids for e in enc_b], "offset_mapping": [e.offsets for e in enc_b]}
+    assert alignment.align_encoded(texts, enc, enc, spans).shared_tokenizer is True
+    assert alignment.align_encoded(texts, enc, other, spans).shared_tokenizer is False
+    assert (
+        alignment.align_encoded(texts, enc, enc, spans, shared_tokenizer=False).shared_tokenizer
+        is False
+    )
