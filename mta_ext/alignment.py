@@ -1,6 +1,6 @@
 """Cross-tokenizer alignment: texts + two tokenizers -> shared word / phrase units.
 
-Each model maps its tokens to char spans through its own offset mapping (DESIGN.md §3); the C++
+Each model maps its tokens to char spans through its own offset mapping (docs/DESIGN.md §3); the C++
 engine ``mta_ext._align`` keeps a unit only when both sides own >= 1 token of it and no token
 of either side crosses its border, and returns the ragged layout the pooling ops take.
 
@@ -9,7 +9,7 @@ of either side crosses its border, and returns the ragged layout the pooling ops
     al.units["phrase"].teacher_ranges                         # int64 [N, 2] rows of [B*T_t]
     print(al.explain(0))
 
-Rules (DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` implement them):
+Rules (docs/DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` implement them):
 
 * A token's span is its offsets with the leading whitespace dropped (``' world'`` -> ``world``).
   Whitespace-only tokens belong to no unit by themselves (they may sit inside a phrase's range);

@@ -1,8 +1,8 @@
 """MTA structural losses: DSA (relational geometry of units) + Hid (projected unit alignment).
 
-``L_MTA = w_span · mean over layer pairs (L_DSA + λ_hid · L_Hid)`` (DESIGN.md §2), computed with
-the compiled ops: ``token_salience`` for the token weights, ``segment_pool`` to pool each side's
-units with its own weights, ``relational_loss`` for DSA. No Python control flow depends on tensor
+``L_MTA = w_span · mean over layer pairs (L_DSA + λ_hid · L_Hid)`` (docs/DESIGN.md §2),
+computed with the compiled ops: ``token_salience`` for the token weights, ``segment_pool`` to
+pool each side's units with its own weights, ``relational_loss`` for DSA. No Python control flow depends on tensor
 values and nothing syncs with the host, so ``torch.compile(fullgraph=True)`` traces it.
 """
 
@@ -294,7 +294,7 @@ def structural_loss(
     student_attention_mask: torch.Tensor | None = None,
     return_components: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-    """MTA structural loss ``w_span · mean_pairs(L_DSA + λ_hid · L_Hid)`` (DESIGN.md §2).
+    """MTA structural loss ``w_span · mean_pairs(L_DSA + λ_hid · L_Hid)`` (docs/DESIGN.md §2).
 
     Args:
         student_hidden_states: tuple of ``[B, T_s, D_s]`` as HF returns with

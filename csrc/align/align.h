@@ -1,7 +1,7 @@
 // Cross-tokenizer unit alignment: pure C++17, no torch.
 //
 // For each example, each side (teacher, student) maps its tokens to character units [a, b)
-// through its own offset mapping (DESIGN.md §3). A unit is kept only when both sides own at
+// through its own offset mapping (docs/DESIGN.md §3). A unit is kept only when both sides own at
 // least one token of it, no token straddles its borders on either side, it is not cut by
 // truncation and its token range holds no special token. Kept units come out in the ragged
 // "varlen" layout: token ranges index the flattened [B*T] token axis of each padded side.

@@ -1,6 +1,6 @@
 """Slow, obvious pure-Python twin of the C++ alignment merge (``mta_ext._align.align``).
 
-For every candidate unit and every token it asks the question of DESIGN.md §3 directly:
+For every candidate unit and every token it asks the question of docs/DESIGN.md §3 directly:
 is this token inside the unit, crossing its border, or elsewhere? No sorting tricks, no
 prefix arrays. Same inputs, same outputs and the same drop-reason codes as the engine.
 """

@@ -1,4 +1,4 @@
-"""Pure-PyTorch twins of the token-weighting schemes (DESIGN.md §2, "Token salience").
+"""Pure-PyTorch twins of the token-weighting schemes (docs/DESIGN.md §2.1, §2.6).
 
 Written for clarity, not speed: the salience twin materialises the full T x T attention matrix
 per example. All functions are detached (no gradient) and return float32 ``[B, T]`` (the confidence:
