@@ -2,8 +2,9 @@
 
 ``L_MTA = w_span · mean over layer pairs (L_DSA + λ_hid · L_Hid)`` (docs/DESIGN.md §2),
 computed with the compiled ops: ``token_salience`` for the token weights, ``segment_pool`` to
-pool each side's units with its own weights, ``relational_loss`` for DSA. No Python control flow depends on tensor
-values and nothing syncs with the host, so ``torch.compile(fullgraph=True)`` traces it.
+pool each side's units with its own weights, ``relational_loss`` for DSA. No Python control
+flow depends on tensor values and nothing syncs with the host, so
+``torch.compile(fullgraph=True)`` traces it.
 """
 
 from __future__ import annotations
