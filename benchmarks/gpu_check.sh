@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ONE prepared GPU check of issue 5, for a lent GPU machine (see the device notes): run it
+# The ONE prepared GPU check, for a lent GPU machine (see the device notes): run it
 # from the repository root of a copy of the working tree. It
 #   1. reports the machine (GPU, driver, torch, nvcc) and fails clearly if anything is missing;
 #   2. builds the extension against that machine's torch:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["LayoutTensors", "get_layout", "get_layouts", "get_masks"]
+__all__ = ["LayoutTensors", "get_layout", "get_layouts", "get_masks", "shares_tokenizer"]
 
 
 class LayoutTensors(NamedTuple):
@@ -88,3 +88,15 @@ def get_masks(
     if s is None:
         s = _side_mask(alignment, "student")
     return t, s
+
+
+def shares_tokenizer(alignment: Any) -> bool:
+    """Whether the alignment records that teacher and student share one tokenizer.
+
+    True only when ``alignment.shared_tokenizer is True`` (an ``Alignment`` built by an
+    ``Aligner`` whose two tokenizers are the same / identical, or by ``align_encoded`` from two
+    identical encodings). A plain dict of layouts carries no such fact: False.
+    """
+    if isinstance(alignment, Mapping):
+        return False
+    return getattr(alignment, "shared_tokenizer", False) is True

@@ -1,6 +1,6 @@
 """Cross-tokenizer alignment: texts + two tokenizers -> shared word / phrase units.
 
-Each model maps its tokens to char spans through its own offset mapping (DESIGN.md §3); the C++
+Each model maps its tokens to char spans through its own offset mapping (docs/DESIGN.md §3); the C++
 engine ``mta_ext._align`` keeps a unit only when both sides own >= 1 token of it and no token
 of either side crosses its border, and returns the ragged layout the pooling ops take.
 
@@ -9,7 +9,7 @@ of either side crosses its border, and returns the ragged layout the pooling ops
     al.units["phrase"].teacher_ranges                         # int64 [N, 2] rows of [B*T_t]
     print(al.explain(0))
 
-Rules (DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` implement them):
+Rules (docs/DESIGN.md §3, as the engine and ``mta_ext.reference.align_reference`` implement them):
 
 * A token's span is its offsets with the leading whitespace dropped (``' world'`` -> ``world``).
   Whitespace-only tokens belong to no unit by themselves (they may sit inside a phrase's range);
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from . import _align
+from ._reasons import REASONS
 from .phrases import SpanSource, _check_words, annotate_spans
-from .reference.alignment import REASONS
 
 GRANULARITIES = ("word", "phrase")
 Spans = Sequence[Mapping[str, Sequence[Sequence[int]]]]
@@ -90,6 +90,10 @@ class Alignment:
     [M, 2], ``status`` int8 [M], 0 = kept, else a code of ``REASONS``), for :meth:`explain`,
     and the merge's truncation windows ``teacher_window`` / ``student_window`` int64 [B, 2]:
     per example the chars [lo, hi) that no token removed by truncation overlaps.
+    shared_tokenizer: True when both sides come from one tokenizer (the ``Aligner`` was built
+    from the same or an identical tokenizer, or ``align_encoded`` got identical encodings), so
+    token ``t`` of the teacher is token ``t`` of the student and every unit's two ranges
+    coincide; the losses' ``hid="auto"`` then uses the token-level Hid.
     """
 
     texts: list[str]
@@ -97,6 +101,7 @@ class Alignment:
     student: dict[str, torch.Tensor]
     units: dict[str, UnitLayout]
     candidates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    shared_tokenizer: bool = False
 
     def to(self, device: torch.device | str) -> Alignment:
         return Alignment(
@@ -105,6 +110,7 @@ class Alignment:
             {k: v.to(device) for k, v in self.student.items()},
             {k: v.to(device) for k, v in self.units.items()},
             self.candidates,
+            self.shared_tokenizer,
         )
 
     def explain(self, i: int) -> str:
@@ -230,6 +236,34 @@ def _check_max_length(toks: Sequence[Any], max_length: int, add_special_tokens: 
         )
 
 
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers encode every text identically for the ``Aligner``: the same
+    object, or the same type with the same serialised pipeline (``tokenizers`` JSON, which holds
+    the model, normalizer, pre-tokenizer and special-token post-processor), pad id and padding
+    side. False when that cannot be established."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        ja = (a if _is_bare_tokenizer(a) else a.backend_tokenizer).to_str()
+        jb = (b if _is_bare_tokenizer(b) else b.backend_tokenizer).to_str()
+    except Exception:
+        return False
+    return (
+        ja == jb
+        and _pad_id(a) == _pad_id(b)
+        and getattr(a, "padding_side", None) == getattr(b, "padding_side", None)
+    )
+
+
+def _identical_sides(t: Mapping[str, np.ndarray], s: Mapping[str, np.ndarray]) -> bool:
+    return all(
+        t[k].shape == s[k].shape and bool((t[k] == s[k]).all())
+        for k in ("input_ids", "attention_mask", "offsets")
+    )
+
+
 def _pad_id(tok: Any) -> int:
     for name in ("pad_token_id", "eos_token_id"):
         v = getattr(tok, name, None)
@@ -332,6 +366,7 @@ def align_encoded(
     spans: Spans,
     *,
     num_threads: int = 0,
+    shared_tokenizer: bool | None = None,
 ) -> Alignment:
     """Align an already tokenized batch.
 
@@ -342,15 +377,22 @@ def align_encoded(
             (tensors / arrays, padded, with ``attention_mask``), or ragged lists.
         spans: per text ``{"word": [[a, b], ...], "phrase": [...]}`` (see annotate_spans).
         num_threads: OpenMP threads for the merge (0 = default).
+        shared_tokenizer: whether both encodings come from one tokenizer (recorded on the
+            ``Alignment``; ``hid="auto"`` then uses the token-level Hid). ``None``: True
+            exactly when the two encodings are identical (ids, mask and offsets).
     """
     texts = list(texts)
     B = len(texts)
     t = _side_from_encoding(teacher, "teacher", B)
     s = _side_from_encoding(student, "student", B)
-    return _merge(texts, t, s, spans, num_threads)
+    if shared_tokenizer is None:
+        shared_tokenizer = _identical_sides(t, s)
+    return _merge(texts, t, s, spans, num_threads, bool(shared_tokenizer))
 
 
-def _merge(texts, t, s, spans, num_threads, windows=(None, None)) -> Alignment:
+def _merge(
+    texts, t, s, spans, num_threads, shared_tokenizer: bool = False, windows=(None, None)
+) -> Alignment:
     B = len(texts)
     packed = _pack_spans(spans, B)
     windows = [
@@ -390,6 +432,7 @@ def _merge(texts, t, s, spans, num_threads, windows=(None, None)) -> Alignment:
         {k: torch.from_numpy(v) for k, v in s.items()},
         units,
         cands,
+        shared_tokenizer,
     )
 
 
@@ -420,6 +463,8 @@ class Aligner:
             raise ValueError(f"phrases must be 'spacy', None or a callable, got {phrases!r}")
         self.teacher_tokenizer = teacher_tokenizer
         self.student_tokenizer = student_tokenizer
+        # One tokenizer on both sides: the Alignment records it (hid="auto" -> token level).
+        self.shared_tokenizer = same_tokenizer(teacher_tokenizer, student_tokenizer)
         self.phrases = phrases
         self.words = words
         self.num_threads = num_threads
@@ -472,7 +517,9 @@ class Aligner:
             windows.append(win)
         if spans is None:
             spans = self.spans(texts)
-        return _merge(texts, sides[0], sides[1], spans, self.num_threads, windows)
+        return _merge(
+            texts, sides[0], sides[1], spans, self.num_threads, self.shared_tokenizer, windows
+        )
 
     def align_encoded(
         self,
@@ -486,7 +533,14 @@ class Aligner:
         texts = list(texts)
         if spans is None:
             spans = self.spans(texts)
-        return align_encoded(texts, teacher, student, spans, num_threads=self.num_threads)
+        return align_encoded(
+            texts,
+            teacher,
+            student,
+            spans,
+            num_threads=self.num_threads,
+            shared_tokenizer=None if self.shared_tokenizer else False,
+        )
 
 
 # ----------------------------------------------------------------------------- explain

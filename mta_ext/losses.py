@@ -1,9 +1,10 @@
 """MTA structural losses: DSA (relational geometry of units) + Hid (projected unit alignment).
 
-``L_MTA = w_span · mean over layer pairs (L_DSA + λ_hid · L_Hid)`` (DESIGN.md §2), computed with
-the compiled ops: ``token_salience`` for the token weights, ``segment_pool`` to pool each side's
-units with its own weights, ``relational_loss`` for DSA. No Python control flow depends on tensor
-values and nothing syncs with the host, so ``torch.compile(fullgraph=True)`` traces it.
+``L_MTA = w_span · mean over layer pairs (L_DSA + λ_hid · L_Hid)`` (docs/DESIGN.md §2),
+computed with the compiled ops: ``token_salience`` for the token weights, ``segment_pool`` to
+pool each side's units with its own weights, ``relational_loss`` for DSA. No Python control
+flow depends on tensor values and nothing syncs with the host, so
+``torch.compile(fullgraph=True)`` traces it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,43 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from ._layout import LayoutTensors, get_layout, get_masks
+from ._layout import LayoutTensors, get_layout, get_masks, shares_tokenizer
 from .ops.relational_loss import relational_loss
 from .ops.segment_pool import segment_pool
 from .ops.token_salience import token_salience
 from .schedule import LayerSchedule
 
-__all__ = ["WEIGHTINGS", "MTALoss", "structural_loss", "unit_weights"]
+__all__ = [
+    "HID_LEVELS",
+    "WEIGHTINGS",
+    "MTALoss",
+    "resolve_hid",
+    "structural_loss",
+    "teacher_confidence",
+    "unit_weights",
+]
 
 WEIGHTINGS = ("salience", "uniform", "entropy")
-_HID_LEVELS = ("unit", "token")
+HID_LEVELS = ("auto", "unit", "token")
+
+
+def resolve_hid(hid: str, alignment: Any) -> str:
+    """The Hid level ``hid`` means for ``alignment``: ``"auto"`` is ``"token"`` when the
+    alignment records that both sides share one tokenizer (``alignment.shared_tokenizer``),
+    else ``"unit"``; ``"unit"`` / ``"token"`` are returned unchanged, except that ``"token"``
+    raises ``ValueError`` for an alignment that records two different tokenizers."""
+    if hid not in HID_LEVELS:
+        raise ValueError(f"hid must be one of {HID_LEVELS}, got {hid!r}")
+    if hid == "token" and getattr(alignment, "shared_tokenizer", None) is False:
+        raise ValueError(
+            "hid='token' needs one shared tokenizer, but this Alignment was built from two "
+            "different tokenizers (alignment.shared_tokenizer is False); use hid='auto' or 'unit'"
+        )
+    if hid != "auto":
+        return hid
+    return "token" if shares_tokenizer(alignment) else "unit"
 
 
 def unit_weights(
@@ -57,24 +84,109 @@ def unit_weights(
     return W.to(out_dtype)
 
 
-def _token_weights(
-    kind: str,
-    hidden: torch.Tensor,
-    mask: torch.Tensor,
-    logits: torch.Tensor | None,
-    teacher: bool,
+def teacher_confidence(
+    teacher_logits: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    if kind == "salience":
-        return token_salience(hidden, mask)
-    if kind == "uniform" or not teacher:  # "entropy" is teacher-only: the student pools uniformly
+    """The teacher's per-token confidence ``e_t = 1 - H(p_t) / log V`` (detached).
+
+    ``H(p) = -Σ_v p_v log(p_v + 1e-8)`` with ``p = softmax(logits)``, exactly as the authors'
+    ``--entropy_weight`` code computes it (docs/DESIGN.md §2.6). Computed in row chunks of about
+    16M logits so a 50k vocabulary does not materialise a second ``[B, T, V]`` tensor.
+
+    Args:
+        teacher_logits: ``[B, T, V]`` floating logits.
+        attention_mask: optional ``[B, T]``; padding gets 0.
+
+    Returns:
+        ``[B, T]`` float32 (float64 for float64 logits), clamped to ``>= 0`` (rounding can take
+        a near-uniform row a few ulps below 0).
+    """
+    with torch.no_grad():
+        lg = teacher_logits.detach()
+        acc = torch.float64 if lg.dtype == torch.float64 else torch.float32
+        B, T, V = lg.shape
+        flat = lg.reshape(B * T, V)
+        rows = max(1, (1 << 24) // max(V, 1))
+        neg_ent = []
+        for i in range(0, B * T, rows):
+            p = torch.softmax(flat[i : i + rows].to(acc), -1)
+            neg_ent.append((p * (p + 1e-8).log()).sum(-1))
+        ne = torch.cat(neg_ent) if neg_ent else flat.new_zeros(0, dtype=acc)
+        e = (1.0 + ne / math.log(V)) if V > 1 else torch.ones_like(ne)
+        e = e.clamp_min(0.0).reshape(B, T)
+        if attention_mask is not None:
+            e = e * attention_mask.to(torch.bool)
+        return e
+
+
+def _pool_weights(kind: str, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # "entropy" pools each side with its own salience (the paper's recipe); e_t only replaces
+    # the teacher salience in W and in the token-level Hid weights.
+    if kind == "uniform":
         return mask.to(torch.float32)
-    with torch.no_grad():  # entropy: 1 - H(p_t) / log V, from the teacher's logits
-        lg = logits.detach()
-        p = torch.softmax(lg.to(torch.float64 if lg.dtype == torch.float64 else torch.float32), -1)
-        ent = torch.special.entr(p).sum(-1)
-        V = lg.shape[-1]
-        w = (1.0 - ent / math.log(V)) if V > 1 else torch.ones_like(ent)
-        return (w.clamp_min(0.0) * mask).to(torch.float32)
+    return token_salience(hidden, mask)
+
+
+class _RowCosine(torch.autograd.Function):
+    """``cos_t = p_t·h_t / (max(‖p_t‖, ε) max(‖h_t‖, ε))`` per row, as ``F.cosine_similarity``.
+
+    Fused: forward reads each ``[n, D]`` input once per reduction (a batched dot and two norms)
+    and keeps no normalised copies; backward builds ``∂cos/∂p = a h - β p`` with one output
+    buffer (``a = g / (max‖p‖ max‖h‖)``, ``β = g cos / (max‖p‖ ‖p‖)`` where ``‖p‖ > ε``, else
+    0, as the clamp makes the norm constant there: the true derivative of the clamped forward,
+    where torch's autograd of ``F.cosine_similarity`` differentiates the norm as if unclamped).
+    ``F.cosine_similarity`` also allocates both normalised inputs and several full-size
+    temporaries in its backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, p: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
+        n_p = torch.linalg.vector_norm(p, dim=-1)
+        n_h = torch.linalg.vector_norm(h, dim=-1)
+        dot = torch.bmm(p.unsqueeze(1), h.unsqueeze(2)).reshape(-1)
+        cos = dot / (n_p.clamp_min(eps) * n_h.clamp_min(eps))
+        ctx.save_for_backward(p, h, n_p, n_h, cos)
+        ctx.eps = eps
+        return cos
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: torch.Tensor):
+        p, h, n_p, n_h, cos = ctx.saved_tensors
+        eps = ctx.eps
+        cp, ch = n_p.clamp_min(eps), n_h.clamp_min(eps)
+        a = (g / (cp * ch)).unsqueeze(1)
+        gp = gh = None
+        if ctx.needs_input_grad[0]:
+            beta = torch.where(n_p > eps, g * cos / (cp * n_p), 0.0).unsqueeze(1)
+            gp = torch.mul(h, a).addcmul_(p, beta, value=-1.0)
+        if ctx.needs_input_grad[1]:
+            beta = torch.where(n_h > eps, g * cos / (ch * n_h), 0.0).unsqueeze(1)
+            gh = torch.mul(p, a).addcmul_(h, beta, value=-1.0)
+        return gp, gh, None
+
+
+def _token_hid(
+    proj: nn.Module,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    ranges: torch.Tensor,
+    token_weights: torch.Tensor,
+    W: torch.Tensor,
+) -> torch.Tensor:
+    """Token-level Hid ``Σ_k W_k Σ_{t∈k} w_t (1 - cos(P x_t, h_t)) / max(Σ_{t∈k} w_t, 1e-5)
+    / max(Σ_k W_k, 1e-5)`` on one shared flattened token axis (``x [M, D_s]``, ``h [M, D_t]``).
+
+    Every row is projected (static shapes, no host sync; on CPU, gathering only the covered
+    rows cost more in copies than it saved in GEMM at ~85% coverage). The cosine is fused
+    (:class:`_RowCosine`) and the per-unit pooling of ``1 - cos`` runs on an ``[M, 1]`` column.
+    """
+    pdt = _projector_dtype(proj)
+    p = proj(x if pdt is None else x.to(pdt))
+    cdt = _cos_dtype(p, h)
+    one_minus = 1.0 - _RowCosine.apply(p.to(cdt), h.to(cdt), 1e-5)
+    per_unit = segment_pool(one_minus.unsqueeze(1), ranges, token_weights)
+    return _weighted_mean(per_unit.squeeze(1), W)
 
 
 def _cos_dtype(*ts: torch.Tensor) -> torch.dtype:
@@ -218,12 +330,12 @@ def structural_loss(
     hid_weight: float = 0.1,
     span_weight: float = 2.0,
     teacher_logits: torch.Tensor | None = None,
-    hid: str = "unit",
+    hid: str = "auto",
     teacher_attention_mask: torch.Tensor | None = None,
     student_attention_mask: torch.Tensor | None = None,
     return_components: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """MTA structural loss ``w_span · mean_pairs(L_DSA + λ_hid · L_Hid)`` (DESIGN.md §2).
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+    """MTA structural loss ``w_span · mean_pairs(L_DSA + λ_hid · L_Hid)`` (docs/DESIGN.md §2).
 
     Args:
         student_hidden_states: tuple of ``[B, T_s, D_s]`` as HF returns with
@@ -238,17 +350,25 @@ def structural_loss(
             granularity)``.
         projectors: one module per pair mapping ``D_s -> D_t`` (``nn.Linear(D_s, D_t)``) for
             the Hid term, or ``None`` to skip Hid.
-        weighting: ``"salience"`` (each side's own token salience), ``"uniform"``, or
-            ``"entropy"`` (teacher tokens weighted by ``1 - H(p)/log V`` from
-            ``teacher_logits``; the student then pools uniformly).
+        weighting: ``"salience"`` (each side pools with its own token salience; W and the
+            token-level Hid use the teacher's), ``"uniform"`` (plain means), or
+            ``"entropy"``: the paper's ``--entropy_weight`` recipe. Both sides still pool with
+            their own salience; the teacher's confidence ``e_t = 1 - H(p_t)/log V`` (from
+            ``teacher_logits``, see :func:`teacher_confidence`) replaces the teacher salience
+            in the unit weights ``W`` and in the token weights of the token-level Hid.
         hid_weight: λ_hid. span_weight: w_span.
         teacher_logits: ``[B, T_t, V]``, needed for ``weighting="entropy"``.
-        hid: ``"unit"`` (cross-tokenizer) or ``"token"`` (shared tokenizer, equal ``T``:
-            per-token ``1 - cos(P h^S_t, h^T_t)``, pooled per unit with the teacher weights,
-            then weighted by ``W_k``).
+        hid: ``"auto"`` (default): ``"token"`` when the alignment records that both sides share
+            one tokenizer (``alignment.shared_tokenizer``, see :func:`resolve_hid`), else
+            ``"unit"``. ``"unit"``: ``1 - cos(P u^S_k, u^T_k)`` on pooled units (works across
+            tokenizers). ``"token"`` (shared tokenizer, equal ``T``, identical ranges): per-token
+            ``1 - cos(P h^S_t, h^T_t)``, pooled per unit with the teacher's token weights, then
+            weighted by ``W_k`` (the authors' formulation).
         teacher_attention_mask, student_attention_mask: ``[B, T]`` masks; default: taken from
             the alignment's encodings, else every token is treated as valid.
-        return_components: also return ``{"dsa/i": ..., "hid/i": ...}`` (detached) per pair.
+        return_components: also return the components: ``"dsa/i"`` and ``"hid/i"`` (detached
+            0-dim tensors, per pair), and with projectors ``"hid_level"``: the string
+            ``"token"`` or ``"unit"``, the Hid level used.
 
     Returns:
         0-dim float32 tensor (float64 for float64 inputs), or ``(loss, components)``. A batch
@@ -260,8 +380,7 @@ def structural_loss(
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if hid not in _HID_LEVELS:
-        raise ValueError(f"hid must be one of {_HID_LEVELS}, got {hid!r}")
+    hid = resolve_hid(hid, alignment)
     if weighting == "entropy" and teacher_logits is None:
         raise ValueError("weighting='entropy' needs teacher_logits=[B, T_t, V]")
     sched = schedule if isinstance(schedule, LayerSchedule) else LayerSchedule(schedule)
@@ -285,50 +404,58 @@ def structural_loss(
     def full_mask(m, h):
         return torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if m is None else m
 
-    # Token weights are per layer: cache them when several pairs share a layer.
+    # The teacher's confidence (entropy weighting) is per token, shared by every layer pair.
+    conf = None
+    if weighting == "entropy":
+        assert teacher_logits is not None
+        conf = teacher_confidence(teacher_logits, full_mask(mask_t, t_hs[0])).reshape(-1)
+    # Pooling weights are per layer: cache them when several pairs share a layer.
     t_w: dict[int, torch.Tensor] = {}
     s_w: dict[int, torch.Tensor] = {}
-    comps: dict[str, torch.Tensor] = {}
+    comps: dict[str, Any] = {}
     terms = []
     for i, p in enumerate(sched):
         ht, hs = t_hs[p.teacher_layer], s_hs[p.student_layer]
         B, Tt, Dt = ht.shape
         Ts, Ds = hs.shape[1], hs.shape[2]
         if p.teacher_layer not in t_w:
-            t_w[p.teacher_layer] = _token_weights(
-                weighting, ht, full_mask(mask_t, ht), teacher_logits, True
-            ).reshape(B * Tt)
+            t_w[p.teacher_layer] = _pool_weights(weighting, ht, full_mask(mask_t, ht)).reshape(-1)
         if p.student_layer not in s_w:
-            s_w[p.student_layer] = _token_weights(
-                weighting, hs, full_mask(mask_s, hs), None, False
-            ).reshape(B * Ts)
+            s_w[p.student_layer] = _pool_weights(weighting, hs, full_mask(mask_s, hs)).reshape(-1)
         wt, ws = t_w[p.teacher_layer], s_w[p.student_layer]
+        # Teacher token weights of W and of the token-level Hid: the teacher's pooling weights,
+        # or its confidence e_t under entropy weighting (the paper's recipe).
+        wu = wt if conf is None else conf
         lay = lays[p.granularity]
         ut = segment_pool(ht.reshape(B * Tt, Dt), lay.teacher_ranges, wt)
         us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws)
         # W in the accumulation type of the units (float64 only for float64 hidden states).
         acc64 = torch.float64 in (ht.dtype, hs.dtype)
-        W = unit_weights(wt.double() if acc64 else wt, lay.teacher_ranges, lay.cu_units)
+        W = unit_weights(wu.double() if acc64 else wu, lay.teacher_ranges, lay.cu_units)
         term = relational_loss(us, ut, W, lay.cu_units)
         comps[f"dsa/{i}"] = term.detach()
         if projectors is not None:
             proj = projectors[i]
-            pdt = _projector_dtype(proj)
             if hid == "unit":
+                pdt = _projector_dtype(proj)
                 pu = proj(us if pdt is None else us.to(pdt))
                 cdt = _cos_dtype(pu, ut)
                 cos = F.cosine_similarity(pu.to(cdt), ut.to(cdt), dim=-1, eps=1e-5)
                 lh = _weighted_mean(1.0 - cos, W)
             else:
-                x = hs.reshape(B * Ts, Ds)
-                pt = proj(x if pdt is None else x.to(pdt))
-                cdt = _cos_dtype(pt, ht)
-                cos = F.cosine_similarity(pt.to(cdt), ht.reshape(B * Tt, Dt).to(cdt), -1, 1e-5)
-                per_unit = segment_pool((1.0 - cos).unsqueeze(1), lay.teacher_ranges, wt)
-                lh = _weighted_mean(per_unit.squeeze(1), W)
+                lh = _token_hid(
+                    proj,
+                    hs.reshape(B * Ts, Ds),
+                    ht.reshape(B * Tt, Dt),
+                    lay.teacher_ranges,
+                    wu,
+                    W,
+                )
             comps[f"hid/{i}"] = lh.detach()
             term = term + hid_weight * lh.to(term.dtype)
         terms.append(term)
+    if projectors is not None:
+        comps["hid_level"] = hid
     loss = span_weight * torch.stack(terms).mean()
     return (loss, comps) if return_components else loss
 
@@ -382,15 +509,15 @@ class MTALoss(nn.Module):
         weighting: str = "salience",
         hid_weight: float = 0.1,
         span_weight: float = 2.0,
-        hid: str = "unit",
+        hid: str = "auto",
         bias: bool = True,
     ) -> None:
         super().__init__()
         self.schedule = schedule if isinstance(schedule, LayerSchedule) else LayerSchedule(schedule)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if hid not in _HID_LEVELS:
-            raise ValueError(f"hid must be one of {_HID_LEVELS}, got {hid!r}")
+        if hid not in HID_LEVELS:
+            raise ValueError(f"hid must be one of {HID_LEVELS}, got {hid!r}")
         self.weighting, self.hid, self.hid_weight, self.span_weight = (
             weighting,
             hid,
@@ -431,6 +558,48 @@ class MTALoss(nn.Module):
             )
         return cls(schedule, student_config.hidden_size, teacher_config.hidden_size, **kwargs)
 
+    @classmethod
+    def paper(
+        cls,
+        teacher_config: Any,
+        student_config: Any,
+        **overrides: Any,
+    ) -> MTALoss:
+        """The authors' GPT-2 1.5B -> 120M recipe in one call (docs/DESIGN.md §6).
+
+        Three layer pairs at 1/2, 3/4 and 4/4 of each model's depth (teacher 24/36/48 <->
+        student 6/9/12 for the paper's 48- and 12-layer models, the same fractions rounded for
+        other depths: :meth:`LayerSchedule.uniform` with 3 pairs), the first word-level and the
+        other two phrase-level; ``span_weight`` (w_span) 2.0, ``hid_weight`` (λ_hid) 0.1;
+        ``weighting="entropy"`` (so the teacher output must carry ``logits``);
+        ``hid="token"`` (teacher and student must share one tokenizer, as in the paper); one
+        ``nn.Linear(D_s, D_t)`` projector with bias per pair.
+
+        Args:
+            teacher_config, student_config: HF configs (``num_hidden_layers``,
+                ``hidden_size``; GPT-2's ``n_layer`` / ``n_embd`` are aliased by HF).
+            **overrides: any :class:`MTALoss` argument to change (``schedule=``, ``hid=``...).
+
+        Example:
+            >>> loss_fn = MTALoss.paper(teacher.config, student.config)
+            >>> loss_fn.schedule  # for GPT-2 XL (48 layers) -> GPT-2 (12 layers)
+            LayerSchedule([(24, 6, 'word'), (36, 9, 'phrase'), (48, 12, 'phrase')])
+        """
+        kw: dict[str, Any] = {
+            "weighting": "entropy",
+            "hid": "token",
+            "hid_weight": 0.1,
+            "span_weight": 2.0,
+            "bias": True,
+        }
+        kw.update(overrides)
+        schedule = kw.pop("schedule", None)
+        if schedule is None:
+            schedule = LayerSchedule.uniform(
+                teacher_config.num_hidden_layers, student_config.num_hidden_layers, 3, 1
+            )
+        return cls(schedule, student_config.hidden_size, teacher_config.hidden_size, **kw)
+
     def forward(
         self,
         student_out: Any,
@@ -440,7 +609,7 @@ class MTALoss(nn.Module):
         teacher_attention_mask: torch.Tensor | None = None,
         student_attention_mask: torch.Tensor | None = None,
         return_components: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         """``student_out`` / ``teacher_out``: HF model outputs (with ``hidden_states``, and
         ``logits`` for entropy weighting) or tuples of hidden states."""
         logits = _logits(teacher_out) if self.weighting == "entropy" else None

@@ -1,4 +1,4 @@
-"""Shared invariant checks for alignment tests: C++ == reference, and DESIGN.md §3 rules."""
+"""Shared invariant checks for alignment tests: C++ == reference, and docs/DESIGN.md §3 rules."""
 
 from __future__ import annotations
 

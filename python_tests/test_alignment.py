@@ -1,5 +1,5 @@
 """Cross-tokenizer alignment: exact small cases, real tokenizers of three families, tiny trained
-tokenizers, hypothesis properties (C++ == Python reference + DESIGN.md §3 invariants), padding,
+tokenizers, hypothesis properties (C++ == Python reference + docs/DESIGN.md §3 invariants), padding,
 truncation, special tokens, chat strings, empty batches and every bad-input error."""
 
 from __future__ import annotations

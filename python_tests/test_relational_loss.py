@@ -1,4 +1,4 @@
-"""relational_loss op (DSA) vs the pure-PyTorch reference (DESIGN.md §2)."""
+"""relational_loss op (DSA) vs the pure-PyTorch reference (docs/DESIGN.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""token_salience op vs the pure-PyTorch reference (DESIGN.md §2)."""
+"""token_salience op vs the pure-PyTorch reference (docs/DESIGN.md §2.1)."""
 
 from __future__ import annotations
 

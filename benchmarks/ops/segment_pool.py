@@ -1,4 +1,4 @@
-"""segment_pool forward+backward: mta_ext vs the reference (issue 2's benchmark)."""
+"""segment_pool forward+backward: mta_ext vs the reference."""
 
 from __future__ import annotations
 

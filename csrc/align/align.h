@@ -1,7 +1,7 @@
 // Cross-tokenizer unit alignment: pure C++17, no torch.
 //
 // For each example, each side (teacher, student) maps its tokens to character units [a, b)
-// through its own offset mapping (DESIGN.md §3). A unit is kept only when both sides own at
+// through its own offset mapping (docs/DESIGN.md §3). A unit is kept only when both sides own at
 // least one token of it, no token straddles its borders on either side, it is not cut by
 // truncation and its token range holds no special token. Kept units come out in the ragged
 // "varlen" layout: token ranges index the flattened [B*T] token axis of each padded side.
@@ -14,7 +14,7 @@
 namespace mta_align {
 
 // Why a candidate unit was dropped (0 = kept). Checks run in this order; the first failing
-// check names the reason. Mirrored by mta_ext/reference/alignment.py and mta_ext/alignment.py.
+// check names the reason. Mirrored by mta_ext/_reasons.py (shared by the aligner and its twin).
 enum Status : int8_t {
   kKept = 0,
   kTeacherTruncated = 1,  // unit reaches outside the chars the teacher's tokens cover, or

@@ -41,7 +41,7 @@ C10_ALWAYS_INLINE void zero_row(scalar_t* __restrict out, int64_t n) {
   for (int64_t d = 0; d < n; ++d) out[d] = static_cast<scalar_t>(0);
 }
 
-// The pooling denominator of DESIGN.md: max(sum of weights, 1e-5).
+// The pooling denominator of docs/DESIGN.md §2.2: max(sum of weights, 1e-5).
 template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t safe_denominator(acc_t wsum) {
   return wsum > acc_t(1e-5) ? wsum : acc_t(1e-5);

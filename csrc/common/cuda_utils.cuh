@@ -1,7 +1,7 @@
 // Small helpers shared by the CUDA kernels (csrc/ops/*.cu).
 //
 // Only c10/cuda headers: this machine's toolkit has no cuBLAS headers, so ATen/cuda/CUDAContext.h
-// cannot be included (see shared/ECOSYSTEM.md).
+// cannot be included.
 #pragma once
 
 #include <ATen/ATen.h>

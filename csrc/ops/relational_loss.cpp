@@ -1,7 +1,7 @@
 // relational_loss (DSA): schema, argument checks and the CPU kernels (forward and backward).
 //
 // loss = sum_b sum_{i!=j in b} W_i W_j (cS_ij - cT_ij)^2 / max(sum_b sum_{i!=j in b} W_i W_j, 1e-5)
-// with c the cosine Gram matrix of each example's units (DESIGN.md §2). Each example block is
+// with c the cosine Gram matrix of each example's units (docs/DESIGN.md §2.4). Each example block is
 // handled on its own: rows normalised (one pass), the Gram difference cS - cT by two GEMMs into
 // one N_b x N_b buffer, the weighted squared difference reduced in one pass. Memory is
 // O(N_b (N_b + Ds + Dt)) per example in flight, never N x N, and no autograd graph: for the

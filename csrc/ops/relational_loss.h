@@ -1,4 +1,4 @@
-// Relational (DSA) loss over ragged unit batches (DESIGN.md §2). Shared between the CPU (.cpp)
+// Relational (DSA) loss over ragged unit batches (docs/DESIGN.md §2.4). Shared between the CPU (.cpp)
 // and CUDA (.cu) implementations: argument checks and the exact constants of the maths.
 #pragma once
 

@@ -1,7 +1,7 @@
 // token_salience: schema, argument checks and the CPU kernel.
 //
 // w_t = (1/T_valid) sum_s softmax_t(S)[s,t], S = Ĥ Ĥᵀ / sqrt(D) with padding keys and the diagonal
-// masked (DESIGN.md §2). Padding is dropped first (valid rows compacted); the rows are normalised
+// masked (docs/DESIGN.md §2.1). Padding is dropped first (valid rows compacted); the rows are normalised
 // in one fused gather pass per example. Then, per example with n valid tokens:
 //  * n <= kSymmetricMaxKeys (2048), the common case: one work item per example (examples run in
 //    parallel) builds S (at most 16 MB) from its upper block triangle only (S is symmetric: about

@@ -1,7 +1,7 @@
 // token_salience: CUDA kernel; schema, argument checks and CPU kernel in token_salience.cpp.
 //
 // w_t = (1/T_valid) sum_s softmax_t(S)[s, t], S = Ĥ Ĥᵀ / sqrt(D), padding keys and the diagonal
-// masked (DESIGN.md §2). Flash-style: the T x T matrix never reaches global memory.
+// masked (docs/DESIGN.md §2.1). Flash-style: the T x T matrix never reaches global memory.
 //   1. scale kernel (a warp per token): c_t = D^-1/4 / (std_d(h_t) + 1e-5) for valid tokens,
 //      0 for padding, so S_st = c_s c_t (h_s . h_t).
 //   2. row-stats kernel (a block per 64 queries): streams 64-key tiles, each a 64x64 dot tile on

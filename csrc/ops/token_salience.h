@@ -1,4 +1,4 @@
-// Token salience (DESIGN.md §2): the attention each valid token receives under parameter-free
+// Token salience (docs/DESIGN.md §2.1): the attention each valid token receives under parameter-free
 // self-attention over the normalised hidden states. Shared between the CPU (.cpp) and CUDA (.cu)
 // implementations: argument checks and the exact constants of the maths.
 #pragma once

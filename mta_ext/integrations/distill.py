@@ -150,7 +150,8 @@ def distillation_loss(
             vals = [v for k, v in per_pair.items() if k.startswith(kind + "/")]
             if vals:
                 comps[kind] = _mean(vals)
-        comps.update({k: v.detach() for k, v in per_pair.items()})
+        # tensors only ("hid_level" is a string naming the Hid level; not a loggable number)
+        comps.update({k: v.detach() for k, v in per_pair.items() if isinstance(v, torch.Tensor)})
     if kd_weight > 0:
         assert logit_kd is not None
         kd = logit_kd(student_out, teacher_out, batch)

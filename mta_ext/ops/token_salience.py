@@ -54,7 +54,7 @@ def token_salience(
 
     ``Ĥ = H / (std_d(H) + 1e-5)`` (Bessel std, 0 when ``D == 1``), ``S = Ĥ Ĥᵀ / √D`` with padding
     keys and the diagonal masked, ``α = softmax_t(S)`` over valid query rows,
-    ``w_t = Σ_s α[s, t] / T_valid`` (DESIGN.md §2).
+    ``w_t = Σ_s α[s, t] / T_valid`` (docs/DESIGN.md §2.1).
 
     Args:
         hidden: ``[B, T, D]`` float32/float64/float16/bfloat16. Detached: no gradient.

@@ -1,6 +1,6 @@
 """Slow, obvious pure-Python twin of the C++ alignment merge (``mta_ext._align.align``).
 
-For every candidate unit and every token it asks the question of DESIGN.md §3 directly:
+For every candidate unit and every token it asks the question of docs/DESIGN.md §3 directly:
 is this token inside the unit, crossing its border, or elsewhere? No sorting tricks, no
 prefix arrays. Same inputs, same outputs and the same drop-reason codes as the engine.
 """
@@ -11,18 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Drop-reason codes (0 = kept). The first failing check, in this order, names the reason.
-KEPT = 0
-REASONS: dict[int, str] = {
-    1: "truncated (teacher)",
-    2: "truncated (student)",
-    3: "straddles a teacher token",
-    4: "straddles a student token",
-    5: "no teacher token",
-    6: "no student token",
-    7: "special token inside (teacher)",
-    8: "special token inside (student)",
-}
+from .._reasons import KEPT, REASONS  # noqa: F401  (re-exported: the codes it returns)
+
 _TRUNCATED, _STRADDLE, _NO_TOKEN, _SPECIAL = 1, 2, 3, 4
 
 

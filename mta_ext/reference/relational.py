@@ -1,4 +1,4 @@
-"""Pure-PyTorch twins of the unit-level pieces of DSA (DESIGN.md §2).
+"""Pure-PyTorch twins of the unit-level pieces of DSA (docs/DESIGN.md §2.3, §2.4).
 
 Per-example Python loops, written straight from the formulas; autograd does the backward.
 """

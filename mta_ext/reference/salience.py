@@ -1,7 +1,8 @@
-"""Pure-PyTorch twins of the token-weighting schemes (DESIGN.md §2, "Token salience").
+"""Pure-PyTorch twins of the token-weighting schemes (docs/DESIGN.md §2.1, §2.6).
 
 Written for clarity, not speed: the salience twin materialises the full T x T attention matrix
-per example. All functions are detached (no gradient) and return float32 ``[B, T]``.
+per example. All functions are detached (no gradient) and return float32 ``[B, T]`` (the confidence:
+float64 for float64 logits).
 """
 
 from __future__ import annotations
@@ -69,18 +70,20 @@ def uniform_weights(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def entropy_weights(teacher_logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Teacher confidence ``1 - H(p_t) / log V`` per token, 0 on padding.
+    """Teacher confidence ``e_t = 1 - H(p_t) / log V`` per token, 0 on padding.
+
+    ``H(p) = -Σ_v p_v log(p_v + 1e-8)``, ``p = softmax(logits)``: the authors' formula.
 
     Args:
         teacher_logits: ``[B, T, V]`` floating logits.
         attention_mask: ``[B, T]``.
 
     Returns:
-        ``[B, T]`` float32 in ``[0, 1]``.
+        ``[B, T]`` float32 (float64 for float64 logits), clamped to ``>= 0``.
     """
     V = teacher_logits.shape[-1]
-    p = torch.softmax(teacher_logits.to(_acc_dtype(teacher_logits.dtype)), dim=-1)
-    ent = torch.special.entr(p).sum(dim=-1)  # entr(0) = 0, so -inf logits are fine
+    acc = _acc_dtype(teacher_logits.dtype)
+    p = torch.softmax(teacher_logits.to(acc), dim=-1)
+    ent = -(p * torch.log(p + 1e-8)).sum(dim=-1)
     w = 1.0 - ent / math.log(V) if V > 1 else torch.ones_like(ent)
-    w = w.clamp_min(0.0) * attention_mask.bool()
-    return w.to(torch.float32)
+    return w.clamp_min(0.0) * attention_mask.bool()
