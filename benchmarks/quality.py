@@ -16,9 +16,10 @@ Setup (defaults; every number is a flag):
 * **Student**: 6 of SmolLM2-135M's 30 layers (indices 0, 6, 12, 17, 23, 29: evenly spaced,
   first and last kept) with its embeddings, final norm and tied head (~49M parameters, 21M
   outside the embeddings). Why: the full 135M student is already fluent on this corpus (held-out
-  CE 3.4) and costs ~4x more per step, which leaves ~60 steps per run for 12 runs in an hour;
-  a 6-layer student starts far from the teacher (held-out CE ~15: the dropped layers broke
-  the residual stream's path to the head) so there is something to learn, as in the paper's
+  CE 3.4) and needs ~3x the compute per step (FLOP estimate: 30 vs 6 layers, same head), which
+  would leave ~40 steps per run for 12 runs in an hour; a 6-layer student starts far from the
+  teacher (held-out CE 15.6: the dropped layers broke the residual stream's path to the head)
+  so there is something to learn, as in the paper's
   1.5B -> 120M setting, while keeping the real byte-level BPE tokenizer (a real
   cross-tokenizer pair) and the pretrained embeddings (a random-init student would spend the
   whole budget learning token statistics). It starts identical in every arm and seed.
@@ -50,6 +51,7 @@ Setup (defaults; every number is a flag):
 Outputs: ``benchmarks/results/quality_<device>[_quick].{json,png,md}``. Every finished
 (arm, seed) is also written to a run folder in the cache, keyed by the settings, and reused
 when the same command runs again (``--fresh`` ignores it): an interrupted run resumes.
+``--quick`` works in a temporary cache (unless ``--cache-dir``), so it always runs every step.
 
 ``--quick`` (CI smoke test, no assertion on the outcome): 1 seed, 4 steps, 2-layer student and
 a handful of passages with the demo models when their packages are installed, else tiny
@@ -71,6 +73,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -446,7 +449,7 @@ def _loss(
             use_cache=False,
         )
     ce = out.loss.float()
-    row: dict[str, float] = {"ce": float(ce)}
+    row: dict[str, float] = {"ce": float(ce.detach())}
     loss = (1.0 - args.kd_weight) * ce if arm.kd else ce
     mta_kw = {"hid_weight": 0.1, "span_weight": 2.0}
     if arm.dsa:
@@ -460,7 +463,7 @@ def _loss(
             **mta_kw,
         )
         loss = loss + args.mta_weight * mta
-        row["mta"] = float(mta)
+        row["mta"] = float(mta.detach())
     elif arm.hid:
         mta, comps = _hid_only(
             out.hidden_states, t_hs, alignment, ctx.schedule_cached, projectors, **mta_kw
@@ -482,7 +485,7 @@ def _loss(
                         f"hid-only {k}={float(v)} differs from structural_loss's {float(ref[k])}"
                     )
         loss = loss + args.mta_weight * mta
-        row["mta"] = float(mta)
+        row["mta"] = float(mta.detach())
     else:
         comps = {}
     for kind in ("dsa", "hid"):
@@ -493,8 +496,8 @@ def _loss(
         assert ctx.boundary_pairs is not None and t_topk is not None
         kd = _kd_uld(ctx.boundary_pairs, out.logits, t_topk, alignment)
         loss = loss + args.kd_weight * kd
-        row["kd"] = float(kd)
-    row["loss"] = float(loss)
+        row["kd"] = float(kd.detach())
+    row["loss"] = float(loss.detach())
     return loss, row
 
 
@@ -609,10 +612,11 @@ def run_one(ctx: Context, arm: Arm, seed: int) -> dict[str, Any]:
     params = [p for g in groups for p in g["params"]]
     history: list[dict[str, float]] = []
     t_train = time.perf_counter()
+    c_train = time.process_time()
     for step, idx in enumerate(
         _batches(len(ctx.train_examples), args.steps, args.batch_size, seed)
     ):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = ctx.collator([ctx.train_examples[i] for i in idx])
         t_hs: tuple[torch.Tensor, ...] = ()
         t_topk = None
@@ -628,7 +632,8 @@ def run_one(ctx: Context, arm: Arm, seed: int) -> dict[str, Any]:
         sched.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        row.update(step=step + 1, seconds=time.perf_counter() - t0)
+        # cpu_s: this process's CPU time (all threads); on a shared machine wall >> cpu_s / threads
+        row.update(step=step + 1, seconds=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
         history.append(row)
         if (step + 1) % max(1, args.steps // 6) == 0 or step + 1 == args.steps:
             _log(
@@ -637,7 +642,8 @@ def run_one(ctx: Context, arm: Arm, seed: int) -> dict[str, Any]:
                 + f"  ({row['seconds']:.2f}s)"
             )
     train_s = time.perf_counter() - t_train
-    t0 = time.perf_counter()
+    train_cpu_s = time.process_time() - c_train
+    t0, c0 = time.perf_counter(), time.process_time()
     from mta_ext.integrations import heldout_ce
 
     rec: dict[str, Any] = {"arm": arm.name, "seed": seed}
@@ -651,7 +657,9 @@ def run_one(ctx: Context, arm: Arm, seed: int) -> dict[str, Any]:
             rec[f"train_{k}_final"] = sum(h[k] for h in tail) / len(tail)
     rec["history"] = history
     rec["train_s"] = train_s
+    rec["train_cpu_s"] = train_cpu_s
     rec["eval_s"] = time.perf_counter() - t0
+    rec["eval_cpu_s"] = time.process_time() - c0
     rec["s_per_step_median"] = statistics.median(h["seconds"] for h in history)
     rec["load_avg_end"] = _load()
     _log(
@@ -743,7 +751,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, commit {m['git_commit']}, "
         f"{m['date']}; load average at start {result['load_avg_start']}, at end "
         f"{result['load_avg_end']}; total {result['total_s'] / 60:.1f} min "
-        f"(teacher cache {result['teacher_cache_s']:.0f} s).",
+        f"(spans + teacher cache {result['teacher_cache_s']:.0f} s); process CPU "
+        f"time {result['total_cpu_s'] / 60:.1f} min.",
         "",
         "Mean ± sample standard deviation over seeds; Δ = paired (same seed) difference to `ce`. "
         "Lower CE / DSA is better, higher ROUGE-L is better. Verdict: |mean Δ CE| ≤ 2 standard "
@@ -914,9 +923,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _rouge_self_check()
     t_start = time.perf_counter()
     load_start = _load()
-    threads = args.threads or (_auto_threads() if args.device == "cpu" else 1)
-    torch.set_num_threads(threads)
-    root = Path(args.cache_dir).expanduser() if args.cache_dir else cache_dir() / "quality"
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or _auto_threads())
+    threads = torch.get_num_threads()
+    # --quick (the CI smoke run) never reuses an earlier run's caches: it exercises every step.
+    tmp = tempfile.TemporaryDirectory(prefix="mta_quality_") if args.quick else None
+    if args.cache_dir:
+        root = Path(args.cache_dir).expanduser()
+    else:
+        root = Path(tmp.name) if tmp is not None else cache_dir() / "quality"
     root.mkdir(parents=True, exist_ok=True)
     _log(
         f"benchmarks.quality: models={args.models} device={args.device} threads={threads} "
@@ -1000,7 +1015,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     cdir = root / f"cache-{key}"
     cdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     spans_path = cdir / "spans.json"
     if phrases and spans_path.is_file():
         spans = json.loads(spans_path.read_text())
@@ -1039,6 +1054,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del teacher
         gc.collect()
     teacher_cache_s = time.perf_counter() - t0
+    teacher_cache_cpu_s = time.process_time() - c0
     train_cache = TeacherCache(paths["train"], args.device)
     eval_cache = TeacherCache(paths["eval"], args.device)
     prompts = (
@@ -1108,7 +1124,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             records.append(rec)
 
     # ---- report ----------------------------------------------------------------------------------
-    torch.set_num_threads(threads)
     result: dict[str, Any] = {
         "config": {**vars(args), "arms": arms},
         "machine": machine_info(args.device),
@@ -1135,9 +1150,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summarize(records, arms),
         "runs": records,
         "teacher_cache_s": teacher_cache_s,
+        "teacher_cache_cpu_s": teacher_cache_cpu_s,
         "load_avg_start": load_start,
         "load_avg_end": _load(),
         "total_s": time.perf_counter() - t_start,
+        "total_cpu_s": time.process_time(),
         "runs_dir": str(runs_dir),
     }
     out_dir = Path(args.out) if args.out else RESULTS_DIR
@@ -1148,6 +1165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot(result, out_dir / f"{stem}.png")
     _log("\n" + markdown(result))
     _log(f"wrote {out_dir / stem}.{{json,md,png}}; total {result['total_s']:.0f} s")
+    if tmp is not None:
+        tmp.cleanup()
     return result
 
 
