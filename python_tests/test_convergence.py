@@ -114,7 +114,8 @@ def _assert_within_derived(name, got, want, exact, dtype):
     worst = int(torch.argmax(err / bound))
     assert bool((err <= bound).all()), (
         f"{name}: extension vs reference {float(err[worst]):.3e} exceeds the derived bound "
-        f"{float(bound[worst]):.3e} (reference vs float64 {float((want - exact)[worst].abs()):.3e}) "
+        f"{float(bound[worst]):.3e} "
+        f"(reference vs float64 {float((want - exact)[worst].abs()):.3e}) "
         f"at index {worst}"
     )
 
