@@ -789,6 +789,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     summ, recs = result["summary"], result["runs"]
     arms = list(summ)
@@ -854,7 +855,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         c = smooth(mean_curve(a))
         ax.plot(range(1, len(c) + 1), c, color=colors[a], label=a, lw=1.6)
     ax.set_yscale("log")
-    ax.set_title("training CE (mean over seeds, running mean)", fontsize=11)
+    fmt = matplotlib.ticker.FormatStrFormatter("%.0f")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
+    ax.set_title("training CE (mean over seeds, running mean; log scale)", fontsize=11)
     ax.set_xlabel("step")
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
