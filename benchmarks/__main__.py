@@ -2,8 +2,10 @@
 
     python -m benchmarks [--quick] [--device cpu|cuda] [--skip NAME ...]
 
-``--quick`` is CI-sized (well under 2 minutes, smoke only: no assertion on speed, results go
-to *_quick.json and do not touch the README). The full mode writes the JSON files that
+``--quick`` is CI-sized (a few minutes, smoke only: no assertion on speed or outcome, results
+go to *_quick.* files and do not touch the README); it includes the distillation-quality study
+``benchmarks.quality``, whose full run (~1 h on 2 cores) runs only on its own
+(``python -m benchmarks.quality``). The full mode writes the JSON files that
 ``python -m benchmarks.report`` turns into the README's table and plots.
 """
 
@@ -24,7 +26,10 @@ BENCHES = [
     "bench_step",
     "bench_kd",
     "bench_data",
+    "quality",
 ]
+# Run only with --quick here (their full runs are long and started on their own).
+QUICK_ONLY = {"quality"}
 
 
 def main() -> None:
@@ -35,6 +40,9 @@ def main() -> None:
     args = p.parse_args()
     for name in BENCHES:
         if name in args.skip:
+            continue
+        if name in QUICK_ONLY and not args.quick:
+            print(f"[skip] {name}: full run on its own: python -m benchmarks.{name}")
             continue
         try:
             mod = importlib.import_module(f"benchmarks.{name}")
