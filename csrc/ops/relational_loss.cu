@@ -33,6 +33,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -73,10 +74,12 @@ struct MmaType<c10::Half> {
 
 // ---------------------------------------------------------------- norms
 
+// Rows arrive scaled by a power of two sc_i (see pow2_rows; sc == nullptr: unscaled), so the
+// norm clamp max(|u_i|, eps) of the original row is max(|u'_i|, eps sc_i) of the scaled one.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(256)
-    norms_kernel(const scalar_t* __restrict__ u, int64_t N, int64_t D, acc_t* __restrict__ r,
-                 acc_t* __restrict__ nrm) {
+    norms_kernel(const scalar_t* __restrict__ u, int64_t N, int64_t D,
+                 const acc_t* __restrict__ sc, acc_t* __restrict__ r, acc_t* __restrict__ nrm) {
   const int64_t row = int64_t(blockIdx.x) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= N) return;
@@ -88,7 +91,8 @@ __global__ void __launch_bounds__(256)
   }
   s = cuda::warp_sum(s);
   if (lane == 0) {
-    const acc_t nr = max(sqrt(s), acc_t(kCosEps));
+    const acc_t eps = sc ? acc_t(kCosEps) * sc[row] : acc_t(kCosEps);
+    const acc_t nr = max(sqrt(s), eps);
     nrm[row] = nr;
     r[row] = acc_t(1) / nr;
   }
@@ -275,7 +279,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const bool ok = vi[i] && vj[j] && !(diag && ty + 16 * i == tx + 16 * j);
-        const acc_t d = gS[i][j] * rsi[i] * rsj[j] - gT[i][j] * rti[i] * rtj[j];
+        // Uncontracted products (cuda::mul_rn): equal student and teacher inputs give exactly
+        // d = 0, as on the CPU (an FMA would leave ~1e-15 of rounding in one of the two).
+        const acc_t d = cuda::mul_rn(cuda::mul_rn(gS[i][j], rsi[i]), rsj[j]) -
+                        cuda::mul_rn(cuda::mul_rn(gT[i][j], rti[i]), rtj[j]);
         sum += ok ? wi[i] * wj[j] * d * d : acc_t(0);
       }
     sum = block_sum(sum, wred);
@@ -294,7 +301,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < 4; ++j) {
         const int64_t li = li0 + ty + 16 * i, lj = lj0 + tx + 16 * j;
         const bool ok = vi[i] && vj[j] && li != lj;
-        const acc_t cS = gS[i][j] * rsi[i] * rsj[j], cT = gT[i][j] * rti[i] * rtj[j];
+        const acc_t cS = cuda::mul_rn(cuda::mul_rn(gS[i][j], rsi[i]), rsj[j]);
+        const acc_t cT = cuda::mul_rn(cuda::mul_rn(gT[i][j], rti[i]), rtj[j]);
         const acc_t e = ok ? scale * wi[i] * wj[j] * (cS - cT) : acc_t(0);
         if (vi[i] && vj[j]) {
           E[moff + li * n + lj] = e;
@@ -334,29 +342,33 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------- finalize
 
-// One block: out = num / max(den, 1e-5) (forward) or grad * 4 / max(den, 1e-5) (the backward
-// scale), num = sum of tile partials, den = sum_b sum_{i in b} W_i (sum_b W - W_i), n_b >= 2.
+// One block: out = num / max(den, eps) (forward) or grad * 4 / max(den, eps) (the backward
+// scale), num = sum of tile partials, den = sum_b 2 sum_{j in b} W_j (sum_{i<j in b} W_i) over
+// examples with n_b >= 2 (non-negative terms only: no cancellation), W divided by its maximum c
+// and eps = 1e-5 / c^2 (eps_p, on the device: see prepare).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const acc_t* __restrict__ partial, int64_t ntiles, const acc_t* __restrict__ w,
-                    const int64_t* __restrict__ cu, int64_t B, const acc_t* __restrict__ grad,
-                    acc_t* __restrict__ out) {
+                    const int64_t* __restrict__ cu, int64_t B, const acc_t* __restrict__ eps_p,
+                    const acc_t* __restrict__ grad, acc_t* __restrict__ out) {
   __shared__ acc_t wred[kThreads / 32];
   acc_t num = 0, den = 0;
   for (int64_t t = threadIdx.x; t < ntiles; t += kThreads) num += partial[t];
   for (int64_t b = threadIdx.x; b < B; b += kThreads) {
     const int64_t s = cu[b], e = cu[b + 1];
     if (e - s < 2) continue;
-    acc_t tot = 0, pw = 0;
-    for (int64_t k = s; k < e; ++k) tot += w[k];
-    for (int64_t k = s; k < e; ++k) pw += w[k] * (tot - w[k]);
-    den += pw;
+    acc_t prefix = 0, pw = 0;
+    for (int64_t k = s; k < e; ++k) {
+      pw += w[k] * prefix;
+      prefix += w[k];
+    }
+    den += acc_t(2) * pw;
   }
   num = block_sum(num, wred);
   __syncthreads();
   den = block_sum(den, wred);
   if (threadIdx.x == 0) {
-    const acc_t d = max(den, acc_t(kWeightSumEps));
+    const acc_t d = max(den, eps_p[0]);
     out[0] = grad ? grad[0] * acc_t(4) / d : num / d;
   }
 }
@@ -444,6 +456,7 @@ __global__ void __launch_bounds__(kThreads)
     grad_rows_kernel(const scalar_t* __restrict__ us, const scalar_t* __restrict__ ut, int64_t Ds,
                      int64_t Dt, const acc_t* __restrict__ rs, const acc_t* __restrict__ nrms,
                      const acc_t* __restrict__ rt, const acc_t* __restrict__ nrmt,
+                     const acc_t* __restrict__ scs, const acc_t* __restrict__ sct,
                      const int64_t* __restrict__ rowplan, const acc_t* __restrict__ E,
                      const acc_t* __restrict__ radS, const acc_t* __restrict__ radT, bool need_s,
                      bool need_t, scalar_t* __restrict__ gs, scalar_t* __restrict__ gt) {
@@ -457,6 +470,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* u = teacher ? ut : us;
   const acc_t* r = teacher ? rt : rs;
   const acc_t* nrm = teacher ? nrmt : nrms;
+  const acc_t* sc = teacher ? sct : scs;  // row scales 2^-e (nullptr: 1)
   const acc_t* rad = teacher ? radT : radS;
   scalar_t* g = teacher ? gt : gs;
   const acc_t sgn = teacher ? acc_t(-1) : acc_t(1);
@@ -495,7 +509,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t s = 0; s < Tb; ++s) rd += rad[roff + li * Tb + s];
     rd *= sgn;
     const acc_t ri = r[gi];
-    const bool clamped = nrm[gi] <= acc_t(kCosEps);
+    // The rows are u'_i = sc_i u_i: the clamp is |u'_i| <= eps sc_i, and dL/du_i = sc_i dL/du'_i.
+    const acc_t sci = sc ? sc[gi] : acc_t(1);
+    const bool clamped = nrm[gi] <= acc_t(kCosEps) * sci;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t d = d0 + tx + 16 * j;
@@ -503,7 +519,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t G = sgn * acc[i][j];
       const acc_t gv =
           clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
-      g[gi * D + d] = static_cast<scalar_t>(gv);
+      g[gi * D + d] = static_cast<scalar_t>(gv * sci);
     }
   }
 }
@@ -559,19 +575,50 @@ at::ScalarType compute_dtype(const at::Tensor& us, const at::Tensor& ut, const a
 
 struct Prepared {
   at::Tensor us, ut, w, rs, nrms, rt, nrmt;
+  at::Tensor scs, sct;  // per-row power-of-two scales (undefined for fp16: rows unscaled)
+  at::Tensor eps;       // [1]: 1e-5 / c^2, c = max weight (1 if all weights are 0)
   at::ScalarType ct, acc;
 };
+
+// Each row of u scaled by 2^-e_i, max|u_i| 2^-e_i in [0.5, 1) (e_i = 0 for zero or non-finite
+// rows; e_i >= min_exponent + 25 so that 2^-e_i is finite), and the scales 2^-e_i. Exact (powers
+// of two) except for elements ~2^126 below their row's maximum, which underflow; cosines are
+// scale invariant, so the Gram and norm kernels then never overflow (|u| > ~1.8e19 in fp32/bf16)
+// nor underflow (|u| < ~1e-19). Device ops only: no host sync. fp16 rows are left as they are
+// (|u| <= 65504: their squares and products can neither overflow nor underflow in fp32, and
+// scaling could push small fp16 elements into subnormals).
+std::pair<at::Tensor, at::Tensor> pow2_rows(const at::Tensor& u, at::ScalarType acc) {
+  if (u.scalar_type() == at::kHalf || u.size(1) == 0 || u.size(0) == 0) return {u, at::Tensor()};
+  const auto amax = u.abs().amax(1).to(acc);
+  const auto ok = at::isfinite(amax).logical_and_(amax.gt(0));
+  auto e = std::get<1>(at::frexp(at::where(ok, amax, at::ones_like(amax))));
+  e = at::where(ok, e, at::zeros_like(e))
+          .clamp_min(acc == at::kDouble ? std::numeric_limits<double>::min_exponent + 25
+                                        : std::numeric_limits<float>::min_exponent + 25);
+  const auto sc = at::ldexp(at::ones_like(amax), e.neg());
+  return {(u.to(acc) * sc.unsqueeze(1)).to(u.scalar_type()).contiguous(), sc.contiguous()};
+}
 
 Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
                  const at::Tensor& unit_weights, cudaStream_t stream) {
   Prepared pr;
   pr.ct = compute_dtype(u_student, u_teacher, unit_weights);
   pr.acc = pr.ct == at::kDouble ? at::kDouble : at::kFloat;
-  pr.us = u_student.detach().to(pr.ct).contiguous();
-  pr.ut = u_teacher.detach().to(pr.ct).contiguous();
-  pr.w = unit_weights.detach().to(pr.acc).contiguous();
-  const int64_t N = pr.us.size(0);
+  std::tie(pr.us, pr.scs) = pow2_rows(u_student.detach().to(pr.ct).contiguous(), pr.acc);
+  std::tie(pr.ut, pr.sct) = pow2_rows(u_teacher.detach().to(pr.ct).contiguous(), pr.acc);
+  // Weights divided by their maximum c, the clamp 1e-5 becoming 1e-5 / c^2 (the loss is
+  // otherwise invariant): no W_i W_j overflows (1e30 weights) or underflows. On the device.
   const auto ao = pr.us.options().dtype(pr.acc);
+  pr.w = unit_weights.detach().to(pr.acc).contiguous();
+  if (pr.w.numel() > 0) {
+    auto c = pr.w.amax();
+    c = at::where(c.gt(0), c, at::ones_like(c));
+    pr.w = pr.w.div(c).contiguous();
+    pr.eps = at::full({1}, kWeightSumEps, ao).div_(c).div_(c);
+  } else {
+    pr.eps = at::full({1}, kWeightSumEps, ao);
+  }
+  const int64_t N = pr.us.size(0);
   pr.rs = at::empty({N}, ao);
   pr.nrms = at::empty({N}, ao);
   pr.rt = at::empty({N}, ao);
@@ -579,14 +626,16 @@ Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
   if (N == 0) return pr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_norms", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const unsigned blocks = unsigned(ceil_div<int64_t>(N, 8));
+    const unsigned blocks = cuda::grid_1d(N, 8, kFwd, "units");
     norms_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(
-        pr.us.const_data_ptr<scalar_t>(), N, pr.us.size(1), pr.rs.mutable_data_ptr<acc_t>(),
-        pr.nrms.mutable_data_ptr<acc_t>());
+        pr.us.const_data_ptr<scalar_t>(), N, pr.us.size(1),
+        pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
+        pr.rs.mutable_data_ptr<acc_t>(), pr.nrms.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     norms_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(
-        pr.ut.const_data_ptr<scalar_t>(), N, pr.ut.size(1), pr.rt.mutable_data_ptr<acc_t>(),
-        pr.nrmt.mutable_data_ptr<acc_t>());
+        pr.ut.const_data_ptr<scalar_t>(), N, pr.ut.size(1),
+        pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
+        pr.rt.mutable_data_ptr<acc_t>(), pr.nrmt.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return pr;
@@ -637,6 +686,8 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
   const auto args = std::make_tuple(
       us, ut, Ds, Dt, pr.rs.const_data_ptr<acc_t>(), pr.nrms.const_data_ptr<acc_t>(),
       pr.rt.const_data_ptr<acc_t>(), pr.nrmt.const_data_ptr<acc_t>(),
+      pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
+      pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
       pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(), radS.const_data_ptr<acc_t>(),
       radT.const_data_ptr<acc_t>(), need_student, need_teacher, gs.mutable_data_ptr<scalar_t>(),
       gt.mutable_data_ptr<scalar_t>());
@@ -659,9 +710,9 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
 template <typename acc_t>
 void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* partial,
                      int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream) {
-  finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(partial, ntiles, pr.w.const_data_ptr<acc_t>(),
-                                                     cu.const_data_ptr<int64_t>(), cu.numel() - 1,
-                                                     grad, out);
+  finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(
+      partial, ntiles, pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
+      pr.eps.const_data_ptr<acc_t>(), grad, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -691,7 +742,7 @@ at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
     const at::Tensor& cu, const at::Tensor& u_student, const at::Tensor& u_teacher,
     const at::Tensor& unit_weights, const std::optional<at::Tensor>& grad, bool need_student,
-    bool need_teacher, bool want_loss) {
+    bool need_teacher, bool want_loss, bool grads_in_acc = false) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto pr = prepare(u_student, u_teacher, unit_weights, stream);
   const auto pl = make_plan(cu);
@@ -730,6 +781,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
       launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, need_student, need_teacher, gs,
                                         gt, dchunks, stream);
   });
+  if (grads_in_acc) return {loss, gs.to(pr.acc), gt.to(pr.acc)};
   return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
 }
 
@@ -759,16 +811,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cuda(
   const auto cu =
       check_relational_loss_args(kFwdGrad, u_student, u_teacher, unit_weights, cu_units);
   const int64_t N = u_student.size(0), Ds = u_student.size(1), Dt = u_teacher.size(1);
-  auto empty_s = at::empty({0, Ds}, u_student.options());
-  auto empty_t = at::empty({0, Dt}, u_teacher.options());
-  if (N == 0) {
-    const auto acc = compute_dtype(u_student, u_teacher, unit_weights) == at::kDouble
-                         ? at::kDouble
-                         : at::kFloat;
-    return {at::zeros({}, u_student.options().dtype(acc)), empty_s, empty_t};
-  }
-  auto [loss, gs, gt] = loss_and_grad_impl(cu, u_student, u_teacher, unit_weights, std::nullopt,
-                                           need_student, need_teacher, /*want_loss=*/true);
+  // The gradients for g = 1 are returned in the accumulation dtype (as on the CPU): the autograd
+  // backward scales them before rounding to the input dtype.
+  const auto acc =
+      compute_dtype(u_student, u_teacher, unit_weights) == at::kDouble ? at::kDouble : at::kFloat;
+  auto empty_s = at::empty({0, Ds}, u_student.options().dtype(acc));
+  auto empty_t = at::empty({0, Dt}, u_teacher.options().dtype(acc));
+  if (N == 0) return {at::zeros({}, u_student.options().dtype(acc)), empty_s, empty_t};
+  auto [loss, gs, gt] =
+      loss_and_grad_impl(cu, u_student, u_teacher, unit_weights, std::nullopt, need_student,
+                         need_teacher, /*want_loss=*/true, /*grads_in_acc=*/true);
   return {loss, need_student ? gs : empty_s, need_teacher ? gt : empty_t};
 }
 
