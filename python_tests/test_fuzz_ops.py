@@ -336,7 +336,7 @@ def _case_token_salience(rng: random.Random, dtype: torch.dtype) -> str:
     two = _threads(lambda: mta_ext.token_salience(h, m), 2)
     assert _bitwise_equal(one, two), "token_salience: 1 vs 2 threads differ"
     hd = h.double()
-    std = hd.std(dim=-1, keepdim=True) if d > 1 else torch.zeros_like(hd)
+    std = hd.std(dim=-1, keepdim=True) if d > 1 and hd.numel() else torch.zeros_like(hd)
     hn = hd / (std + 1e-5)
     logits = (hn @ hn.transpose(1, 2)).abs().max().item() / math.sqrt(d) if hd.numel() else 0.0
     limit = 1e300 if dtype == torch.float64 else 1e36

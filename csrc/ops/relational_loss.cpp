@@ -144,7 +144,7 @@ MTA_CPU_CLONES void normalize_into(const acc_t* x, int64_t n, int64_t D, acc_t* 
 // |x| > eps, (g_n - n (n . g_n)) / |x|; where the norm was clamped, g_n / eps. Written as scalar_t.
 template <typename acc_t, typename scalar_t>
 MTA_CPU_CLONES void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* nrm, int64_t n,
-                             int64_t D, acc_t sign, scalar_t* out) {
+                             int64_t D, double sign, double k, scalar_t* out) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t* g = gn + i * D;
     const acc_t* v = nrows + i * D;
@@ -152,13 +152,17 @@ MTA_CPU_CLONES void normalize_backward_into(const acc_t* gn, const acc_t* nrows,
 #pragma omp simd reduction(+ : dot)
     for (int64_t d = 0; d < D; ++d) dot += g[d] * v[d];
     if (nrm[i] <= static_cast<acc_t>(kCosEps)) dot = 0;  // clamped norm: plain g / eps
-    const acc_t inv = sign / nrm[i];
+    // k / |x| in double: k (4 g / Z) may be far below the type's range when the weights are
+    // tiny while 1 / |x| is large (clamped norms), their product is not.
+    const acc_t inv = static_cast<acc_t>(sign * k / static_cast<double>(nrm[i]));
     scalar_t* o = out + i * D;
     for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>((g[d] - v[d] * dot) * inv);
   }
 }
 
-// sum_{i != j} w_i w_j d_ij^2 over an n x n block.
+// sum_{i != j} w_i w_j d_ij^2 over an n x n block whose diagonal the caller zeroed (i == j is
+// not a pair). Subtracting the diagonal term from the full row sum instead would cancel: d_ii is
+// not 0 when a norm is clamped, and w_i d_ii^2 can dwarf the row's real pairs.
 template <typename acc_t>
 MTA_CPU_CLONES acc_t weighted_square_sum(const acc_t* dp, const acc_t* wb, int64_t n) {
   acc_t total = 0;
@@ -167,7 +171,7 @@ MTA_CPU_CLONES acc_t weighted_square_sum(const acc_t* dp, const acc_t* wb, int64
     acc_t row = 0;
 #pragma omp simd reduction(+ : row)
     for (int64_t j = 0; j < n; ++j) row += wb[j] * di[j] * di[j];
-    total += wb[i] * (row - wb[i] * di[i] * di[i]);  // i == j is not a pair
+    total += wb[i] * row;
   }
   return total;
 }
@@ -189,7 +193,7 @@ MTA_CPU_CLONES void scale_to_m(acc_t* dp, const acc_t* wb, int64_t n, acc_t scal
 // (scale = 4 g / Z) of the rows into gs / gt (which may be undefined when not requested).
 template <typename acc_t>
 void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, int64_t a,
-                   int64_t e, at::ScalarType acc, acc_t* num, acc_t scale, const at::Tensor& gs,
+                   int64_t e, at::ScalarType acc, acc_t* num, double scale, const at::Tensor& gs,
                    const at::Tensor& gt) {
   const int64_t n = e - a, Ds = us.size(1), Dt = ut.size(1);
   const auto xs = us.slice(0, a, e).to(acc).contiguous();
@@ -205,16 +209,17 @@ void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, i
   auto d = at::mm(ns, ns.t());
   d.sub_(at::mm(nt, nt.t()));
   acc_t* dp = d.mutable_data_ptr<acc_t>();
+  for (int64_t i = 0; i < n; ++i) dp[i * n + i] = 0;  // i == j is not a pair
   const acc_t* wb = w + a;
   if (num != nullptr) *num = weighted_square_sum<acc_t>(dp, wb, n);
   if (!gs.defined() && !gt.defined()) return;
-  scale_to_m<acc_t>(dp, wb, n, scale);
+  scale_to_m<acc_t>(dp, wb, n, acc_t(1));  // M' = W Wᵀ o D; the scale k is applied per row
   // dL/dNs = M Ns; dL/dNt = -M Nt (the teacher Gram enters with a minus sign).
   if (gs.defined()) {
     const auto gn = at::mm(d, ns);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "rl_grad_s", [&] {
       normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(), ns.const_data_ptr<acc_t>(),
-                                               nrm_s, n, Ds, acc_t(1),
+                                               nrm_s, n, Ds, 1.0, scale,
                                                gs.mutable_data_ptr<scalar_t>() + a * Ds);
     });
   }
@@ -222,7 +227,7 @@ void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, i
     const auto gn = at::mm(d, nt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "rl_grad_t", [&] {
       normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(), nt.const_data_ptr<acc_t>(),
-                                               nrm_t, n, Dt, acc_t(-1),
+                                               nrm_t, n, Dt, -1.0, scale,
                                                gt.mutable_data_ptr<scalar_t>() + a * Dt);
     });
   }
@@ -275,11 +280,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
   AT_DISPATCH_FLOATING_TYPES(acc, "relational_loss_cpu", [&] {
     using acc_t = scalar_t;
     const acc_t* wp = w.const_data_ptr<acc_t>();
-    // eps / c^2 may exceed the type (tiny c): inf, and then the loss and gradients are 0, which
-    // is what the exact values round to.
-    const acc_t z = std::max(total_pair_weight<acc_t>(wp, cu), static_cast<acc_t>(eps_eff));
+    // Z' and the clamp in double: eps / c^2 may exceed the type when the weights are tiny.
+    const double z =
+        std::max(static_cast<double>(total_pair_weight<acc_t>(wp, cu)), eps_eff);
     // d loss / d cS_ij = 2 W_i W_j (cS - cT)_ij / Z, and c = n nᵀ uses n twice: 4 M n / Z.
-    const acc_t scale = static_cast<acc_t>(4.0 * grad_scale) / z;
+    const double scale = 4.0 * grad_scale / z;
     std::vector<acc_t> num(B, acc_t(0));
     // Tiny batches run inline: an OpenMP region costs more than the work (and much more on a
     // loaded machine, where a descheduled worker stalls the whole region).
@@ -299,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
     if (want_loss) {
       acc_t sum = 0;
       for (int64_t b = 0; b < B; ++b) sum += num[b];  // fixed order
-      loss = at::full({}, sum / z, w.options());
+      loss = at::full({}, static_cast<double>(sum) / z, w.options());
     }
   });
   return {loss, gs, gt};
