@@ -13,7 +13,8 @@
 //             input precision, no tf32), then the weighted squared difference reduced in the
 //             block -> one partial per tile.
 //   finalize: one block sums the tile partials and the pair-weight denominator in a fixed order.
-// Backward keeps only E = scale * W_i W_j (cS - cT) (zero diagonal; N_b x N_b per example) and
+// Backward keeps only E = W_i W_j (cS - cT) (zero diagonal; N_b x N_b per example; the scale
+// k = 4 g / Z is applied per output row, in double) and
 // per-(row, tile) partials of sum_j E_ij c_ij (the radial term of the normalisation backward),
 // then a second kernel computes G_i = sum_j E_ij r_j u_j (64 rows x 64 columns per block) and
 // g_i = r_i (G_i - u_i r_i sum_j E_ij c_ij). No float atomics anywhere: every value has one
@@ -289,7 +290,8 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) partial[blockIdx.x] = diag ? sum : acc_t(2) * sum;
   }
   if constexpr (kMode != kLoss) {
-    const acc_t scale = *scale_p;
+    // E' = W_i W_j (cS - cT): the scale k = 4 g / Z is applied per output row in double by
+    // grad_rows_kernel (k can lie below the type's range when the weights are tiny).
     const int64_t moff = p[kMoff], roff = p[kRoff], Tb = p[kTb];
     const int64_t li0 = ti * kTile, lj0 = tj * kTile;  // local unit indices in the example
     acc_t rowS[4], rowT[4], colS[4], colT[4];
@@ -303,7 +305,7 @@ __global__ void __launch_bounds__(kThreads)
         const bool ok = vi[i] && vj[j] && li != lj;
         const acc_t cS = cuda::mul_rn(cuda::mul_rn(gS[i][j], rsi[i]), rsj[j]);
         const acc_t cT = cuda::mul_rn(cuda::mul_rn(gT[i][j], rti[i]), rtj[j]);
-        const acc_t e = ok ? scale * wi[i] * wj[j] * (cS - cT) : acc_t(0);
+        const acc_t e = ok ? wi[i] * wj[j] * (cS - cT) : acc_t(0);
         if (vi[i] && vj[j]) {
           E[moff + li * n + lj] = e;
           if (!diag) E[moff + lj * n + li] = e;
@@ -349,8 +351,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const acc_t* __restrict__ partial, int64_t ntiles, const acc_t* __restrict__ w,
-                    const int64_t* __restrict__ cu, int64_t B, const acc_t* __restrict__ eps_p,
-                    const acc_t* __restrict__ grad, acc_t* __restrict__ out) {
+                    const int64_t* __restrict__ cu, int64_t B, const double* __restrict__ eps_p,
+                    const acc_t* __restrict__ grad, acc_t* __restrict__ out,
+                    double* __restrict__ k_out) {
   __shared__ acc_t wred[kThreads / 32];
   acc_t num = 0, den = 0;
   for (int64_t t = threadIdx.x; t < ntiles; t += kThreads) num += partial[t];
@@ -368,8 +371,12 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   den = block_sum(den, wred);
   if (threadIdx.x == 0) {
-    const acc_t d = max(den, eps_p[0]);
-    out[0] = grad ? grad[0] * acc_t(4) / d : num / d;
+    // In double: eps / c^2 may exceed fp32 when the weights are tiny.
+    const double d = max(double(den), eps_p[0]);
+    if (grad)
+      k_out[0] = double(grad[0]) * 4.0 / d;
+    else
+      out[0] = static_cast<acc_t>(double(num) / d);
   }
 }
 
@@ -458,7 +465,8 @@ __global__ void __launch_bounds__(kThreads)
                      const acc_t* __restrict__ rt, const acc_t* __restrict__ nrmt,
                      const acc_t* __restrict__ scs, const acc_t* __restrict__ sct,
                      const int64_t* __restrict__ rowplan, const acc_t* __restrict__ E,
-                     const acc_t* __restrict__ radS, const acc_t* __restrict__ radT, bool need_s,
+                     const acc_t* __restrict__ radS, const acc_t* __restrict__ radT,
+                     const double* __restrict__ kd, bool need_s,
                      bool need_t, scalar_t* __restrict__ gs, scalar_t* __restrict__ gt) {
   constexpr size_t kBytes = kTc ? kTcSmem : sizeof(simt::Stage<acc_t>);
   static_assert(kBytes <= 48 * 1024, "static shared memory limit");
@@ -511,6 +519,7 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t ri = r[gi];
     // The rows are u'_i = sc_i u_i: the clamp is |u'_i| <= eps sc_i, and dL/du_i = sc_i dL/du'_i.
     const acc_t sci = sc ? sc[gi] : acc_t(1);
+    const double ksc = kd[0] * double(sci);  // k = 4 g / Z, and the row scale
     const bool clamped = nrm[gi] <= acc_t(kCosEps) * sci;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -519,7 +528,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t G = sgn * acc[i][j];
       const acc_t gv =
           clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
-      g[gi * D + d] = static_cast<scalar_t>(gv * sci);
+      g[gi * D + d] = static_cast<scalar_t>(double(gv) * ksc);
     }
   }
 }
@@ -576,7 +585,7 @@ at::ScalarType compute_dtype(const at::Tensor& us, const at::Tensor& ut, const a
 struct Prepared {
   at::Tensor us, ut, w, rs, nrms, rt, nrmt;
   at::Tensor scs, sct;  // per-row power-of-two scales (undefined for fp16: rows unscaled)
-  at::Tensor eps;       // [1]: 1e-5 / c^2, c = max weight (1 if all weights are 0)
+  at::Tensor eps;       // [1] double: 1e-5 / c^2, c = max weight (1 if all weights are 0)
   at::ScalarType ct, acc;
 };
 
@@ -614,9 +623,10 @@ Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
     auto c = pr.w.amax();
     c = at::where(c.gt(0), c, at::ones_like(c));
     pr.w = pr.w.div(c).contiguous();
-    pr.eps = at::full({1}, kWeightSumEps, ao).div_(c).div_(c);
+    const auto cd = c.to(at::kDouble);
+    pr.eps = at::full({1}, kWeightSumEps, ao.dtype(at::kDouble)).div_(cd).div_(cd);
   } else {
-    pr.eps = at::full({1}, kWeightSumEps, ao);
+    pr.eps = at::full({1}, kWeightSumEps, ao.dtype(at::kDouble));
   }
   const int64_t N = pr.us.size(0);
   pr.rs = at::empty({N}, ao);
@@ -676,7 +686,8 @@ void launch_tiles(const Prepared& pr, const Plan& pl, acc_t* partial, const acc_
 // `if constexpr` really discards the tensor-core kernel for every type but bf16.
 template <typename scalar_t, typename acc_t>
 void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
-                      const at::Tensor& radS, const at::Tensor& radT, bool need_student,
+                      const at::Tensor& radS, const at::Tensor& radT, const at::Tensor& kbuf,
+                      bool need_student,
                       bool need_teacher, at::Tensor& gs, at::Tensor& gt, int64_t dchunks,
                       cudaStream_t stream) {
   const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
@@ -689,7 +700,8 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
       pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
       pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
       pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(), radS.const_data_ptr<acc_t>(),
-      radT.const_data_ptr<acc_t>(), need_student, need_teacher, gs.mutable_data_ptr<scalar_t>(),
+      radT.const_data_ptr<acc_t>(), kbuf.const_data_ptr<double>(), need_student, need_teacher,
+      gs.mutable_data_ptr<scalar_t>(),
       gt.mutable_data_ptr<scalar_t>());
   auto launch = [&](auto kernel) {
     std::apply([&](auto... a) { kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
@@ -709,10 +721,11 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
 
 template <typename acc_t>
 void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* partial,
-                     int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream) {
+                     int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream,
+                     double* k_out = nullptr) {
   finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(
       partial, ntiles, pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
-      pr.eps.const_data_ptr<acc_t>(), grad, out);
+      pr.eps.const_data_ptr<double>(), grad, out, k_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -748,7 +761,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
   const auto pl = make_plan(cu);
   const auto ao = pr.us.options().dtype(pr.acc);
   const auto g = grad ? grad->detach().to(pr.acc).reshape({1}).contiguous() : at::ones({1}, ao);
-  auto scale = at::empty({1}, ao);
+  auto kbuf = at::empty({1}, ao.dtype(at::kDouble));  // k = 4 g / max(Z', eps'), in double
   auto loss = want_loss ? cuda::new_output({}, ao) : at::Tensor();
   auto partial = at::empty({std::max<int64_t>(pl.ntiles, 1)}, ao);
   auto E = at::empty({std::max<int64_t>(pl.e_size, 1)}, ao);
@@ -762,23 +775,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
   TORCH_CHECK(dchunks <= 65535, kBwd, ": hidden width too large for one CUDA launch");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_finalize<acc_t>(pr, cu, nullptr, 0, g.const_data_ptr<acc_t>(),
-                           scale.mutable_data_ptr<acc_t>(), stream);
+    launch_finalize<acc_t>(pr, cu, nullptr, 0, g.const_data_ptr<acc_t>(), nullptr, stream,
+                           kbuf.mutable_data_ptr<double>());
     if (want_loss) {
       launch_tiles<scalar_t, acc_t, kLossAndGrad>(
-          pr, pl, partial.mutable_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
+          pr, pl, partial.mutable_data_ptr<acc_t>(), nullptr,
           E.mutable_data_ptr<acc_t>(), radS.mutable_data_ptr<acc_t>(),
           radT.mutable_data_ptr<acc_t>(), stream);
       launch_finalize<acc_t>(pr, cu, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
                              loss.mutable_data_ptr<acc_t>(), stream);
     } else {
-      launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, nullptr, scale.const_data_ptr<acc_t>(),
+      launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, nullptr, nullptr,
                                            E.mutable_data_ptr<acc_t>(),
                                            radS.mutable_data_ptr<acc_t>(),
                                            radT.mutable_data_ptr<acc_t>(), stream);
     }
     if (pl.nrows > 0 && dchunks > 0)
-      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, need_student, need_teacher, gs,
+      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, kbuf, need_student, need_teacher, gs,
                                         gt, dchunks, stream);
   });
   if (grads_in_acc) return {loss, gs.to(pr.acc), gt.to(pr.acc)};
