@@ -265,8 +265,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
   // The fused op keeps its gradients (for an upstream gradient of 1) in the accumulation type:
   // the autograd backward scales them by the real upstream gradient before rounding to the
   // input dtype, so fp16/bf16 neither overflow nor underflow under loss scaling.
-  const auto gopt_s = grads_in_acc ? us.options().dtype(acc) : us.options();
-  const auto gopt_t = grads_in_acc ? ut.options().dtype(acc) : ut.options();
+  // Always computed in the accumulation dtype and rounded to the input dtype once at the end
+  // (the separate backward), so fused and separate gradients share their bits.
+  const auto gopt_s = us.options().dtype(acc);
+  const auto gopt_t = ut.options().dtype(acc);
   at::Tensor gs = at::empty({need_student ? N : 0, Ds}, gopt_s);
   at::Tensor gt = at::empty({need_teacher ? N : 0, Dt}, gopt_t);
   for (int64_t b = 0; b < B; ++b) {  // rows without a pair get no gradient
@@ -307,6 +309,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
       loss = at::full({}, static_cast<double>(sum) / z, w.options());
     }
   });
+  if (!grads_in_acc) {
+    gs = gs.to(us.scalar_type());
+    gt = gt.to(ut.scalar_type());
+  }
   return {loss, gs, gt};
 }
 

@@ -467,7 +467,7 @@ __global__ void __launch_bounds__(kThreads)
                      const int64_t* __restrict__ rowplan, const acc_t* __restrict__ E,
                      const acc_t* __restrict__ radS, const acc_t* __restrict__ radT,
                      const double* __restrict__ kd, bool need_s,
-                     bool need_t, scalar_t* __restrict__ gs, scalar_t* __restrict__ gt) {
+                     bool need_t, acc_t* __restrict__ gs, acc_t* __restrict__ gt) {
   constexpr size_t kBytes = kTc ? kTcSmem : sizeof(simt::Stage<acc_t>);
   static_assert(kBytes <= 48 * 1024, "static shared memory limit");
   __shared__ __align__(128) unsigned char smem[kBytes];
@@ -480,7 +480,8 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t* nrm = teacher ? nrmt : nrms;
   const acc_t* sc = teacher ? sct : scs;  // row scales 2^-e (nullptr: 1)
   const acc_t* rad = teacher ? radT : radS;
-  scalar_t* g = teacher ? gt : gs;
+  acc_t* g = teacher ? gt : gs;  // in the accumulation type: rounded to the input dtype once,
+                                 // by the caller (fused and separate backward share the bits)
   const acc_t sgn = teacher ? acc_t(-1) : acc_t(1);
 
   const int64_t* p = rowplan + int64_t(blockIdx.x) * kPlanCols;
@@ -528,7 +529,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t G = sgn * acc[i][j];
       const acc_t gv =
           clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
-      g[gi * D + d] = static_cast<scalar_t>(double(gv) * ksc);
+      g[gi * D + d] = static_cast<acc_t>(double(gv) * ksc);
     }
   }
 }
@@ -701,8 +702,8 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
       pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
       pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(), radS.const_data_ptr<acc_t>(),
       radT.const_data_ptr<acc_t>(), kbuf.const_data_ptr<double>(), need_student, need_teacher,
-      gs.mutable_data_ptr<scalar_t>(),
-      gt.mutable_data_ptr<scalar_t>());
+      gs.mutable_data_ptr<acc_t>(),
+      gt.mutable_data_ptr<acc_t>());
   auto launch = [&](auto kernel) {
     std::apply([&](auto... a) { kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -768,8 +769,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
   auto radS = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
   auto radT = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
   const auto co = pr.us.options();  // compute dtype ct
-  auto gs = need_student ? cuda::new_output(pr.us.sizes(), co) : at::zeros(pr.us.sizes(), co);
-  auto gt = need_teacher ? cuda::new_output(pr.ut.sizes(), co) : at::zeros(pr.ut.sizes(), co);
+  const auto go = co.dtype(pr.acc);  // gradients computed in the accumulation dtype
+  auto gs = need_student ? cuda::new_output(pr.us.sizes(), go) : at::zeros(pr.us.sizes(), go);
+  auto gt = need_teacher ? cuda::new_output(pr.ut.sizes(), go) : at::zeros(pr.ut.sizes(), go);
   const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
   const int64_t dchunks = ceil_div<int64_t>(std::max(Ds, Dt), kTile);
   TORCH_CHECK(dchunks <= 65535, kBwd, ": hidden width too large for one CUDA launch");
@@ -794,7 +796,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
       launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, kbuf, need_student, need_teacher, gs,
                                         gt, dchunks, stream);
   });
-  if (grads_in_acc) return {loss, gs.to(pr.acc), gt.to(pr.acc)};
+  if (grads_in_acc) return {loss, gs, gt};
   return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
 }
 
