@@ -417,7 +417,9 @@ def test_relational_loss_matches_reference(gen, dtype, case):
     # where the exact gradient is 0 (D = 1: every cosine is +-1) the kernels return rounding
     # noise of the size of the terms they summed, which the bound covers.
     floor = _rl_grad_bound(us, ut, w, cu, g.item()) / 8 if us.numel() else 0.0
-    scale = max(rgs.abs().max().item(), rgt.abs().max().item(), floor, 1e-300) if us.numel() else 1.0
+    scale = (
+        max(rgs.abs().max().item(), rgt.abs().max().item(), floor, 1e-300) if us.numel() else 1.0
+    )
     if dtype == torch.float16:  # tiny gradients land in fp16's subnormals (step 2^-24)
         gtol = {"rtol": gtol["rtol"], "atol": gtol["atol"] + 4 * 2.0**-24 / scale}
     torch.testing.assert_close(gs.cpu().double() / scale, rgs / scale, **gtol)
@@ -577,7 +579,9 @@ def test_relational_loss_extreme_magnitudes(gen, dtype):
     # Powers of two: the same rounded values, scaled (norms stay above the 1e-12 clamp); squares
     # of 2^90-sized rows overflow fp32 unless the rows are scaled first.
     for s in (2.0**-30, 2.0**90):
-        got = ops.relational_loss((us * s).to(DEV), (ut * s).to(DEV), (w * 1e30).to(DEV), cu.to(DEV))
+        got = ops.relational_loss(
+            (us * s).to(DEV), (ut * s).to(DEV), (w * 1e30).to(DEV), cu.to(DEV)
+        )
         torch.testing.assert_close(got.cpu().double(), base, rtol=1e-5, atol=1e-7)
 
 
