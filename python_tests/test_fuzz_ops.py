@@ -28,7 +28,7 @@ from mta_ext import reference
 ops = torch.ops.mta_ext
 FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LONG = os.environ.get("MTA_FUZZ") == "long"
-CASES = int(os.environ.get("MTA_FUZZ_CASES", 12000 if LONG else 240))
+CASES = int(os.environ.get("MTA_FUZZ_CASES", 12000 if LONG else 600))
 SEED = int(os.environ.get("MTA_FUZZ_SEED", 20240611))
 # Unit roundoff of the accumulation type of each input dtype, and of the dtype itself.
 U_ACC = {torch.float64: 2.0**-53}
