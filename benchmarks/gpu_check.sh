@@ -9,7 +9,11 @@
 #      inputs, NaN-poisoned outputs, fp64 gradcheck, bit-identical backward, opcheck);
 #   4. runs the GPU benchmarks (benchmarks/bench_gpu.py) and prints one short table vs the
 #      targets; JSON to $OUT/bench_gpu.json and benchmarks/results/gpu_<card>.json;
-#   5. if time is left: compute-sanitizer memcheck + racecheck on a small smoke run.
+#   5. the review checks (benchmarks/gpu_review_checks.py): fused vs separate relational_loss bit
+#      for bit in every dtype, bf16/fp16 tensor-core Grams within rtol 2e-4 on large cases, and
+#      the performance cliffs (deep overlap in csr_sort, very long units, token_salience with
+#      B = 1, the mirrored E writes), JSON to $OUT/review_checks.json;
+#   6. if time is left: compute-sanitizer memcheck + racecheck + synccheck on a small smoke run.
 # Everything under a global deadline (GPU_CHECK_BUDGET_S, default 470 s: under 8 minutes).
 # Exit status: 0 all good; 1 build/test/bench failure; 2 the machine lacks something.
 # GPU_CHECK_DRY=1 checks the script itself on a machine without a GPU: no device required, the
@@ -30,8 +34,9 @@ left() { local l=$((BUDGET - ($(date +%s) - T0))); echo $((l > 1 ? l : 1)); }
 cap() { local l; l=$(left); echo $((l < $1 ? l : $1)); }  # seconds for a stage: min(N, left)
 die() { log "FAILED: $1"; exit "${2:-1}"; }
 status_build=skipped status_tests=skipped status_bench=skipped status_sanitizer=skipped
+status_review=skipped
 summary() {
-  log "summary: build=$status_build tests=$status_tests bench=$status_bench sanitizer=$status_sanitizer"
+  log "summary: build=$status_build tests=$status_tests bench=$status_bench review=$status_review sanitizer=$status_sanitizer"
   log "logs in $OUT"
 }
 trap summary EXIT
@@ -120,11 +125,21 @@ if [ -s "$OUT/bench_gpu.json" ] && [ "$DRY" != 1 ]; then
   cp "$OUT/bench_gpu.json" "$REPO/benchmarks/results/gpu_${card}.json"
 fi
 
-# ------------------------------------------------------------------ 5. sanitizer (if time left)
+# ------------------------------------------------------------------ 5. review checks
+log "review checks (fused vs separate, tensor-core Grams, performance cliffs)"
+status_review=failed
+review_args=()
+[ "$DRY" = 1 ] && review_args=(--dry-run)
+if (cd "$WORK" && timeout "$(cap 120)" "$PY" "$REPO/benchmarks/gpu_review_checks.py" \
+      "${review_args[@]}" --json "$OUT/review_checks.json" 2>&1 | tee "$OUT/review_checks.log"); then
+  status_review=ok
+fi
+
+# ------------------------------------------------------------------ 6. sanitizer (if time left)
 if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 90 ]; then
   status_sanitizer=ok
-  for tool in memcheck racecheck; do
-    t=$(( $(cap 300) / 2 ))
+  for tool in memcheck racecheck synccheck; do
+    t=$(( $(cap 300) / 3 ))
     [ "$t" -lt 30 ] && { status_sanitizer="$status_sanitizer,$tool-skipped"; continue; }
     log "compute-sanitizer --tool $tool (timeout ${t}s)"
     (cd "$WORK" && timeout "$t" compute-sanitizer --tool "$tool" --error-exitcode 9 \
@@ -140,4 +155,4 @@ if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 90 ]; then
 fi
 
 [ -f "$OUT/bench_table.txt" ] && cat "$OUT/bench_table.txt"
-[ "$status_tests" = ok ] && [ "$status_bench" = ok ] || exit 1
+[ "$status_tests" = ok ] && [ "$status_bench" = ok ] && [ "$status_review" = ok ] || exit 1

@@ -356,6 +356,30 @@ RL_CASES = [
 ]
 
 
+def _rl_grad_bound(us, ut, w, cu, g: float) -> float:
+    """max_i of the a-priori bound |dL/du_i| <= 8 g W_i sum_{j != i} W_j / (Z max(|u_i|, 1e-12))
+    (|cS - cT| <= 2 and |d c_ij / d u_i| <= 1 / max(|u_i|, eps)), over both sides."""
+    w = w.double()
+    c = w.max().item() if w.numel() else 0.0
+    if c <= 0:
+        return 0.0
+    w = w / c
+    z, rows = 0.0, []
+    for b in range(len(cu) - 1):
+        a, e = int(cu[b]), int(cu[b + 1])
+        if e - a >= 2:
+            z += (w[a:e].sum() ** 2 - (w[a:e] ** 2).sum()).item()
+            rows.append((a, e))
+    z = max(z, 1e-5 / c / c)
+    bound = 0.0
+    for u in (us, ut):
+        nrm = u.double().norm(dim=1).clamp_min(1e-12)
+        for a, e in rows:
+            bnd = 8 * g * w[a:e] * (w[a:e].sum() - w[a:e]) / (z * nrm[a:e])
+            bound = max(bound, bnd.max().item())
+    return bound
+
+
 def _rl_ref(us, ut, w, cu, need_grad=True):
     usr = us.double().requires_grad_(need_grad)
     utr = ut.double().requires_grad_(need_grad)
@@ -389,7 +413,13 @@ def test_relational_loss_matches_reference(gen, dtype, case):
     rgt = torch.zeros_like(utr) if rgt is None else rgt
     _finite(gs, gt)
     gtol = _tol(dtype) if dtype != torch.float32 else {"rtol": 1e-3, "atol": 1e-5}
-    scale = max(rgs.abs().max().item(), rgt.abs().max().item(), 1e-12) if us.numel() else 1.0
+    # The floor of the normalisation is an a-priori bound on the gradient, not a tiny constant:
+    # where the exact gradient is 0 (D = 1: every cosine is +-1) the kernels return rounding
+    # noise of the size of the terms they summed, which the bound covers.
+    floor = _rl_grad_bound(us, ut, w, cu, g.item()) / 8 if us.numel() else 0.0
+    scale = (
+        max(rgs.abs().max().item(), rgt.abs().max().item(), floor, 1e-300) if us.numel() else 1.0
+    )
     if dtype == torch.float16:  # tiny gradients land in fp16's subnormals (step 2^-24)
         gtol = {"rtol": gtol["rtol"], "atol": gtol["atol"] + 4 * 2.0**-24 / scale}
     torch.testing.assert_close(gs.cpu().double() / scale, rgs / scale, **gtol)
@@ -477,22 +507,31 @@ def test_relational_loss_bad_input_cuda():
 @needs_gpu
 @needs_relational
 @pytest.mark.skipif(not _has_op("relational_loss_and_grad"), reason="fused op not merged")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", FLOATS)
 def test_relational_loss_and_grad_fused(gen, dtype):
     us, ut, w, cu = _units(gen, [70, 1, 0, 130, 9], 40, 24, dtype, dtype)
     args = (us.to(DEV), ut.to(DEV), w.to(DEV), cu.to(DEV))
     loss, gs, gt = ops.relational_loss_and_grad(*args, True, True)
     _finite(loss, gs, gt)
-    one = torch.ones((), device=DEV)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert gs.dtype == acc and gt.dtype == acc  # kept in the accumulation dtype
+    one = torch.ones((), device=DEV, dtype=acc)
     bs, bt = ops.relational_loss_backward(one, *args, True, True)
-    # Same tiles, same kernels: the fused op equals forward + backward(1) bit for bit.
+    # Same tiles, same kernels: the fused op equals forward + backward(1) bit for bit (the
+    # backward rounds the same values to the input dtype).
     assert torch.equal(loss, ops.relational_loss(*args))
-    assert torch.equal(gs, bs) and torch.equal(gt, bt)
+    assert torch.equal(gs.to(dtype), bs) and torch.equal(gt.to(dtype), bt)
     ref, _, _ = _rl_ref(us, ut, w, cu)
     tol = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 1e-6}
     torch.testing.assert_close(loss.cpu().double(), ref.detach(), **tol)
     _, gs0, gt0 = ops.relational_loss_and_grad(*args, False, True)
     assert gs0.shape == (0, us.shape[1]) and torch.equal(gt0, gt)
+    # Public wrapper under loss scaling (GradScaler's 2^16) equals the plain op's backward.
+    a = args[0].clone().requires_grad_(True)
+    out = mta_ext.relational_loss(a, args[1], args[2], args[3])
+    (ga,) = torch.autograd.grad(out, (a,), torch.tensor(65536.0, device=DEV, dtype=out.dtype))
+    bs16, _ = ops.relational_loss_backward(one * 65536, *args, True, False)
+    torch.testing.assert_close(ga.double(), bs16.double(), rtol=_tol(dtype)["rtol"], atol=0)
     # The public wrapper takes the fused path when inputs require grad.
     from mta_ext.ops import relational_loss as public
 
@@ -502,3 +541,66 @@ def test_relational_loss_and_grad_fused(gen, dtype):
     ga, gb = torch.autograd.grad(out, (a, b), torch.tensor(0.5, device=DEV, dtype=out.dtype))
     torch.testing.assert_close(ga.double(), (0.5 * gs.double()), rtol=1e-2, atol=1e-6)
     torch.testing.assert_close(gb.double(), (0.5 * gt.double()), rtol=1e-2, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ review findings
+
+
+@needs_gpu
+@needs_salience
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_token_salience_two_tokens_width_one(dtype):
+    # D = 1, std = 0: logits ~4e10. Both kernels must round the logit identically (no FMA
+    # contraction in one of them), so the row maximum gives exp(0): [0.5, 0.5], not inf or 0.
+    for pair in ((1.7, 2.3), (0.5, 3.0)):
+        h = torch.tensor([[[pair[0]], [pair[1]]]]).to(dtype)
+        out = ops.token_salience(h.to(DEV), torch.ones(1, 2, dtype=torch.bool, device=DEV), 0)
+        assert out.cpu().tolist() == [[0.5, 0.5]], (dtype, pair, out)
+
+
+@needs_gpu
+@needs_relational
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_relational_loss_identical_inputs_exact_zero(gen, dtype):
+    # Decided contract: equal student and teacher units give a loss of exactly 0 on every device
+    # (uncontracted cosine products on CUDA, two separate Gram products on the CPU).
+    u = torch.randn(150, 24).to(dtype).to(DEV)
+    w = torch.rand(150, device=DEV)
+    cu = torch.tensor([0, 70, 150], device=DEV)
+    assert ops.relational_loss(u, u.clone(), w, cu).item() == 0.0
+
+
+@needs_gpu
+@needs_relational
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_relational_loss_extreme_magnitudes(gen, dtype):
+    us, ut, w, cu = _units(gen, [9, 70], 12, 10, dtype, dtype)
+    base = ops.relational_loss(us.to(DEV), ut.to(DEV), w.to(DEV), cu.to(DEV)).cpu().double()
+    # Powers of two: the same rounded values, scaled (norms stay above the 1e-12 clamp); squares
+    # of 2^90-sized rows overflow fp32 unless the rows are scaled first.
+    for s in (2.0**-30, 2.0**90):
+        got = ops.relational_loss(
+            (us * s).to(DEV), (ut * s).to(DEV), (w * 1e30).to(DEV), cu.to(DEV)
+        )
+        torch.testing.assert_close(got.cpu().double(), base, rtol=1e-5, atol=1e-7)
+
+
+@needs_gpu
+@needs_salience
+@needs_relational
+def test_non_finite_inputs_propagate_on_device(gen):
+    # The contract of test_fuzz_ops.py, on the device (no host check: values propagate).
+    h = torch.randn(3, 70, 8)
+    m = torch.ones(3, 70, dtype=torch.bool)
+    clean = ops.token_salience(h.to(DEV), m.to(DEV), 0).cpu()
+    h[0, 5, 2] = float("nan")
+    out = ops.token_salience(h.to(DEV), m.to(DEV), 0).cpu()
+    assert torch.isnan(out[0]).all() and torch.equal(out[1:], clean[1:])
+    us, ut, w, cu = _units(gen, [9, 70], 12, 10, torch.float32, torch.float32)
+    us[2, 1] = float("inf")
+    loss = ops.relational_loss(us.to(DEV), ut.to(DEV), w.to(DEV), cu.to(DEV))
+    assert torch.isnan(loss).item()
+    hp = torch.randn(6, 16)
+    hp[1, 3] = float("nan")
+    pooled = ops.segment_pool(hp.to(DEV), torch.tensor([[0, 2], [2, 6]], device=DEV), None).cpu()
+    assert torch.isnan(pooled[0, 3]) and torch.isfinite(pooled[1]).all()

@@ -47,4 +47,20 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t safe_denominator(acc_t wsum) {
   return wsum > acc_t(1e-5) ? wsum : acc_t(1e-5);
 }
 
+// Per-unit weight normalisation of segment_pool: every weight of a unit is divided by the unit's
+// largest weight wmax before it multiplies a row, and the denominator becomes
+// max(sum w / wmax, 1e-5 / wmax) -- the same value, but no product w_t h_t overflows (1e30 weights
+// on 1e30 rows) and the backward's per-(token, unit) factor (w_t / wmax) / den' is <= 1.
+// wmax == 0 (all weights 0): factor 0, denominator 1e-5. Without weights wmax is 1.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t unit_inv_denominator(acc_t wsum_normalised, acc_t wmax) {
+  const acc_t eps = wmax > acc_t(0) ? acc_t(1e-5) / wmax : acc_t(1e-5);
+  return acc_t(1) / (wsum_normalised > eps ? wsum_normalised : eps);
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t normalised_weight(acc_t w, acc_t wmax) {
+  return wmax > acc_t(0) ? w / wmax : acc_t(0);
+}
+
 }  // namespace mta_ext

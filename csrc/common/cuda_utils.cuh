@@ -1,7 +1,7 @@
 // Small helpers shared by the CUDA kernels (csrc/ops/*.cu).
 //
 // Only c10/cuda headers: this machine's toolkit has no cuBLAS headers, so ATen/cuda/CUDAContext.h
-// cannot be included.
+// cannot be included (the CI toolkit lacks them).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -37,17 +38,34 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   return at::empty(sizes, options);
 }
 
-// Compute capability major of the current device (cached per device index).
+// Compute capability major of the current device (cached per device index). The cache is
+// written and read with relaxed atomics: two host threads may both query the driver the first
+// time and store the same value, but no thread ever reads a torn or racy int.
 inline int device_major(int device) {
-  static int cache[64] = {0};
+  static std::atomic<int> cache[64] = {};
   if (device < 0 || device >= 64) device = 0;
-  if (cache[device] == 0) {
-    int major = 0;
+  int major = cache[device].load(std::memory_order_relaxed);
+  if (major == 0) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    cache[device] = major;
+    cache[device].store(major, std::memory_order_relaxed);
   }
-  return cache[device];
+  return major;
 }
+
+// A 1-D grid of ceil(n / per_block) blocks, checked against CUDA's grid.x limit (2^31 - 1)
+// instead of silently truncating in an unsigned cast.
+inline unsigned grid_1d(int64_t n, int64_t per_block, const char* op, const char* what) {
+  const int64_t blocks = ceil_div<int64_t>(n, per_block);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), op, ": too many ", what, " (", n,
+              ") for one CUDA launch");
+  return unsigned(blocks);
+}
+
+// Products rounded on their own (round to nearest): nvcc never contracts __fmul_rn / __dmul_rn
+// into an FMA with a neighbouring add, so a value computed this way has the same bits wherever
+// it is computed (e.g. an attention logit in two kernels, or cS and cT of equal inputs).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // A V-wide vector of T loaded/stored with one instruction (V * sizeof(T) == 16 for the fast
 // path; V == 1 is the scalar fallback for unaligned pointers or rows).

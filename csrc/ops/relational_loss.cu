@@ -13,7 +13,8 @@
 //             input precision, no tf32), then the weighted squared difference reduced in the
 //             block -> one partial per tile.
 //   finalize: one block sums the tile partials and the pair-weight denominator in a fixed order.
-// Backward keeps only E = scale * W_i W_j (cS - cT) (zero diagonal; N_b x N_b per example) and
+// Backward keeps only E = W_i W_j (cS - cT) (zero diagonal; N_b x N_b per example; the scale
+// k = 4 g / Z is applied per output row, in double) and
 // per-(row, tile) partials of sum_j E_ij c_ij (the radial term of the normalisation backward),
 // then a second kernel computes G_i = sum_j E_ij r_j u_j (64 rows x 64 columns per block) and
 // g_i = r_i (G_i - u_i r_i sum_j E_ij c_ij). No float atomics anywhere: every value has one
@@ -33,6 +34,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -73,10 +75,12 @@ struct MmaType<c10::Half> {
 
 // ---------------------------------------------------------------- norms
 
+// Rows arrive scaled by a power of two sc_i (see pow2_rows; sc == nullptr: unscaled), so the
+// norm clamp max(|u_i|, eps) of the original row is max(|u'_i|, eps sc_i) of the scaled one.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(256)
-    norms_kernel(const scalar_t* __restrict__ u, int64_t N, int64_t D, acc_t* __restrict__ r,
-                 acc_t* __restrict__ nrm) {
+    norms_kernel(const scalar_t* __restrict__ u, int64_t N, int64_t D,
+                 const acc_t* __restrict__ sc, acc_t* __restrict__ r, acc_t* __restrict__ nrm) {
   const int64_t row = int64_t(blockIdx.x) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= N) return;
@@ -88,7 +92,8 @@ __global__ void __launch_bounds__(256)
   }
   s = cuda::warp_sum(s);
   if (lane == 0) {
-    const acc_t nr = max(sqrt(s), acc_t(kCosEps));
+    const acc_t eps = sc ? acc_t(kCosEps) * sc[row] : acc_t(kCosEps);
+    const acc_t nr = max(sqrt(s), eps);
     nrm[row] = nr;
     r[row] = acc_t(1) / nr;
   }
@@ -275,14 +280,18 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const bool ok = vi[i] && vj[j] && !(diag && ty + 16 * i == tx + 16 * j);
-        const acc_t d = gS[i][j] * rsi[i] * rsj[j] - gT[i][j] * rti[i] * rtj[j];
+        // Uncontracted products (cuda::mul_rn): equal student and teacher inputs give exactly
+        // d = 0, as on the CPU (an FMA would leave ~1e-15 of rounding in one of the two).
+        const acc_t d = cuda::mul_rn(cuda::mul_rn(gS[i][j], rsi[i]), rsj[j]) -
+                        cuda::mul_rn(cuda::mul_rn(gT[i][j], rti[i]), rtj[j]);
         sum += ok ? wi[i] * wj[j] * d * d : acc_t(0);
       }
     sum = block_sum(sum, wred);
     if (threadIdx.x == 0) partial[blockIdx.x] = diag ? sum : acc_t(2) * sum;
   }
   if constexpr (kMode != kLoss) {
-    const acc_t scale = *scale_p;
+    // E' = W_i W_j (cS - cT): the scale k = 4 g / Z is applied per output row in double by
+    // grad_rows_kernel (k can lie below the type's range when the weights are tiny).
     const int64_t moff = p[kMoff], roff = p[kRoff], Tb = p[kTb];
     const int64_t li0 = ti * kTile, lj0 = tj * kTile;  // local unit indices in the example
     acc_t rowS[4], rowT[4], colS[4], colT[4];
@@ -294,8 +303,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < 4; ++j) {
         const int64_t li = li0 + ty + 16 * i, lj = lj0 + tx + 16 * j;
         const bool ok = vi[i] && vj[j] && li != lj;
-        const acc_t cS = gS[i][j] * rsi[i] * rsj[j], cT = gT[i][j] * rti[i] * rtj[j];
-        const acc_t e = ok ? scale * wi[i] * wj[j] * (cS - cT) : acc_t(0);
+        const acc_t cS = cuda::mul_rn(cuda::mul_rn(gS[i][j], rsi[i]), rsj[j]);
+        const acc_t cT = cuda::mul_rn(cuda::mul_rn(gT[i][j], rti[i]), rtj[j]);
+        const acc_t e = ok ? wi[i] * wj[j] * (cS - cT) : acc_t(0);
         if (vi[i] && vj[j]) {
           E[moff + li * n + lj] = e;
           if (!diag) E[moff + lj * n + li] = e;
@@ -334,30 +344,39 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------- finalize
 
-// One block: out = num / max(den, 1e-5) (forward) or grad * 4 / max(den, 1e-5) (the backward
-// scale), num = sum of tile partials, den = sum_b sum_{i in b} W_i (sum_b W - W_i), n_b >= 2.
+// One block: out = num / max(den, eps) (forward) or grad * 4 / max(den, eps) (the backward
+// scale), num = sum of tile partials, den = sum_b 2 sum_{j in b} W_j (sum_{i<j in b} W_i) over
+// examples with n_b >= 2 (non-negative terms only: no cancellation), W divided by its maximum c
+// and eps = 1e-5 / c^2 (eps_p, on the device: see prepare).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const acc_t* __restrict__ partial, int64_t ntiles, const acc_t* __restrict__ w,
-                    const int64_t* __restrict__ cu, int64_t B, const acc_t* __restrict__ grad,
-                    acc_t* __restrict__ out) {
+                    const int64_t* __restrict__ cu, int64_t B, const double* __restrict__ eps_p,
+                    const acc_t* __restrict__ grad, acc_t* __restrict__ out,
+                    double* __restrict__ k_out) {
   __shared__ acc_t wred[kThreads / 32];
   acc_t num = 0, den = 0;
   for (int64_t t = threadIdx.x; t < ntiles; t += kThreads) num += partial[t];
   for (int64_t b = threadIdx.x; b < B; b += kThreads) {
     const int64_t s = cu[b], e = cu[b + 1];
     if (e - s < 2) continue;
-    acc_t tot = 0, pw = 0;
-    for (int64_t k = s; k < e; ++k) tot += w[k];
-    for (int64_t k = s; k < e; ++k) pw += w[k] * (tot - w[k]);
-    den += pw;
+    acc_t prefix = 0, pw = 0;
+    for (int64_t k = s; k < e; ++k) {
+      pw += w[k] * prefix;
+      prefix += w[k];
+    }
+    den += acc_t(2) * pw;
   }
   num = block_sum(num, wred);
   __syncthreads();
   den = block_sum(den, wred);
   if (threadIdx.x == 0) {
-    const acc_t d = max(den, acc_t(kWeightSumEps));
-    out[0] = grad ? grad[0] * acc_t(4) / d : num / d;
+    // In double: eps / c^2 may exceed fp32 when the weights are tiny.
+    const double d = max(double(den), eps_p[0]);
+    if (grad)
+      k_out[0] = double(grad[0]) * 4.0 / d;
+    else
+      out[0] = static_cast<acc_t>(double(num) / d);
   }
 }
 
@@ -444,9 +463,11 @@ __global__ void __launch_bounds__(kThreads)
     grad_rows_kernel(const scalar_t* __restrict__ us, const scalar_t* __restrict__ ut, int64_t Ds,
                      int64_t Dt, const acc_t* __restrict__ rs, const acc_t* __restrict__ nrms,
                      const acc_t* __restrict__ rt, const acc_t* __restrict__ nrmt,
+                     const acc_t* __restrict__ scs, const acc_t* __restrict__ sct,
                      const int64_t* __restrict__ rowplan, const acc_t* __restrict__ E,
-                     const acc_t* __restrict__ radS, const acc_t* __restrict__ radT, bool need_s,
-                     bool need_t, scalar_t* __restrict__ gs, scalar_t* __restrict__ gt) {
+                     const acc_t* __restrict__ radS, const acc_t* __restrict__ radT,
+                     const double* __restrict__ kd, bool need_s,
+                     bool need_t, acc_t* __restrict__ gs, acc_t* __restrict__ gt) {
   constexpr size_t kBytes = kTc ? kTcSmem : sizeof(simt::Stage<acc_t>);
   static_assert(kBytes <= 48 * 1024, "static shared memory limit");
   __shared__ __align__(128) unsigned char smem[kBytes];
@@ -457,8 +478,10 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* u = teacher ? ut : us;
   const acc_t* r = teacher ? rt : rs;
   const acc_t* nrm = teacher ? nrmt : nrms;
+  const acc_t* sc = teacher ? sct : scs;  // row scales 2^-e (nullptr: 1)
   const acc_t* rad = teacher ? radT : radS;
-  scalar_t* g = teacher ? gt : gs;
+  acc_t* g = teacher ? gt : gs;  // in the accumulation type: rounded to the input dtype once,
+                                 // by the caller (fused and separate backward share the bits)
   const acc_t sgn = teacher ? acc_t(-1) : acc_t(1);
 
   const int64_t* p = rowplan + int64_t(blockIdx.x) * kPlanCols;
@@ -495,7 +518,10 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t s = 0; s < Tb; ++s) rd += rad[roff + li * Tb + s];
     rd *= sgn;
     const acc_t ri = r[gi];
-    const bool clamped = nrm[gi] <= acc_t(kCosEps);
+    // The rows are u'_i = sc_i u_i: the clamp is |u'_i| <= eps sc_i, and dL/du_i = sc_i dL/du'_i.
+    const acc_t sci = sc ? sc[gi] : acc_t(1);
+    const double ksc = kd[0] * double(sci);  // k = 4 g / Z, and the row scale
+    const bool clamped = nrm[gi] <= acc_t(kCosEps) * sci;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t d = d0 + tx + 16 * j;
@@ -503,7 +529,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t G = sgn * acc[i][j];
       const acc_t gv =
           clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
-      g[gi * D + d] = static_cast<scalar_t>(gv);
+      g[gi * D + d] = static_cast<acc_t>(double(gv) * ksc);
     }
   }
 }
@@ -559,19 +585,51 @@ at::ScalarType compute_dtype(const at::Tensor& us, const at::Tensor& ut, const a
 
 struct Prepared {
   at::Tensor us, ut, w, rs, nrms, rt, nrmt;
+  at::Tensor scs, sct;  // per-row power-of-two scales (undefined for fp16: rows unscaled)
+  at::Tensor eps;       // [1] double: 1e-5 / c^2, c = max weight (1 if all weights are 0)
   at::ScalarType ct, acc;
 };
+
+// Each row of u scaled by 2^-e_i, max|u_i| 2^-e_i in [0.5, 1) (e_i = 0 for zero or non-finite
+// rows; e_i >= min_exponent + 25 so that 2^-e_i is finite), and the scales 2^-e_i. Exact (powers
+// of two) except for elements ~2^126 below their row's maximum, which underflow; cosines are
+// scale invariant, so the Gram and norm kernels then never overflow (|u| > ~1.8e19 in fp32/bf16)
+// nor underflow (|u| < ~1e-19). Device ops only: no host sync. fp16 rows are left as they are
+// (|u| <= 65504: their squares and products can neither overflow nor underflow in fp32, and
+// scaling could push small fp16 elements into subnormals).
+std::pair<at::Tensor, at::Tensor> pow2_rows(const at::Tensor& u, at::ScalarType acc) {
+  if (u.scalar_type() == at::kHalf || u.size(1) == 0 || u.size(0) == 0) return {u, at::Tensor()};
+  const auto amax = u.abs().amax(1).to(acc);
+  const auto ok = at::isfinite(amax).logical_and_(amax.gt(0));
+  auto e = std::get<1>(at::frexp(at::where(ok, amax, at::ones_like(amax))));
+  e = at::where(ok, e, at::zeros_like(e))
+          .clamp_min(acc == at::kDouble ? std::numeric_limits<double>::min_exponent + 25
+                                        : std::numeric_limits<float>::min_exponent + 25);
+  const auto sc = at::ldexp(at::ones_like(amax), e.neg());
+  return {(u.to(acc) * sc.unsqueeze(1)).to(u.scalar_type()).contiguous(), sc.contiguous()};
+}
 
 Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
                  const at::Tensor& unit_weights, cudaStream_t stream) {
   Prepared pr;
   pr.ct = compute_dtype(u_student, u_teacher, unit_weights);
   pr.acc = pr.ct == at::kDouble ? at::kDouble : at::kFloat;
-  pr.us = u_student.detach().to(pr.ct).contiguous();
-  pr.ut = u_teacher.detach().to(pr.ct).contiguous();
-  pr.w = unit_weights.detach().to(pr.acc).contiguous();
-  const int64_t N = pr.us.size(0);
+  std::tie(pr.us, pr.scs) = pow2_rows(u_student.detach().to(pr.ct).contiguous(), pr.acc);
+  std::tie(pr.ut, pr.sct) = pow2_rows(u_teacher.detach().to(pr.ct).contiguous(), pr.acc);
+  // Weights divided by their maximum c, the clamp 1e-5 becoming 1e-5 / c^2 (the loss is
+  // otherwise invariant): no W_i W_j overflows (1e30 weights) or underflows. On the device.
   const auto ao = pr.us.options().dtype(pr.acc);
+  pr.w = unit_weights.detach().to(pr.acc).contiguous();
+  if (pr.w.numel() > 0) {
+    auto c = pr.w.amax();
+    c = at::where(c.gt(0), c, at::ones_like(c));
+    pr.w = pr.w.div(c).contiguous();
+    const auto cd = c.to(at::kDouble);
+    pr.eps = at::full({1}, kWeightSumEps, ao.dtype(at::kDouble)).div_(cd).div_(cd);
+  } else {
+    pr.eps = at::full({1}, kWeightSumEps, ao.dtype(at::kDouble));
+  }
+  const int64_t N = pr.us.size(0);
   pr.rs = at::empty({N}, ao);
   pr.nrms = at::empty({N}, ao);
   pr.rt = at::empty({N}, ao);
@@ -579,14 +637,16 @@ Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
   if (N == 0) return pr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_norms", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const unsigned blocks = unsigned(ceil_div<int64_t>(N, 8));
+    const unsigned blocks = cuda::grid_1d(N, 8, kFwd, "units");
     norms_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(
-        pr.us.const_data_ptr<scalar_t>(), N, pr.us.size(1), pr.rs.mutable_data_ptr<acc_t>(),
-        pr.nrms.mutable_data_ptr<acc_t>());
+        pr.us.const_data_ptr<scalar_t>(), N, pr.us.size(1),
+        pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
+        pr.rs.mutable_data_ptr<acc_t>(), pr.nrms.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     norms_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(
-        pr.ut.const_data_ptr<scalar_t>(), N, pr.ut.size(1), pr.rt.mutable_data_ptr<acc_t>(),
-        pr.nrmt.mutable_data_ptr<acc_t>());
+        pr.ut.const_data_ptr<scalar_t>(), N, pr.ut.size(1),
+        pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
+        pr.rt.mutable_data_ptr<acc_t>(), pr.nrmt.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return pr;
@@ -627,7 +687,8 @@ void launch_tiles(const Prepared& pr, const Plan& pl, acc_t* partial, const acc_
 // `if constexpr` really discards the tensor-core kernel for every type but bf16.
 template <typename scalar_t, typename acc_t>
 void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
-                      const at::Tensor& radS, const at::Tensor& radT, bool need_student,
+                      const at::Tensor& radS, const at::Tensor& radT, const at::Tensor& kbuf,
+                      bool need_student,
                       bool need_teacher, at::Tensor& gs, at::Tensor& gt, int64_t dchunks,
                       cudaStream_t stream) {
   const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
@@ -637,9 +698,12 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
   const auto args = std::make_tuple(
       us, ut, Ds, Dt, pr.rs.const_data_ptr<acc_t>(), pr.nrms.const_data_ptr<acc_t>(),
       pr.rt.const_data_ptr<acc_t>(), pr.nrmt.const_data_ptr<acc_t>(),
+      pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
+      pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
       pl.rows.const_data_ptr<int64_t>(), E.const_data_ptr<acc_t>(), radS.const_data_ptr<acc_t>(),
-      radT.const_data_ptr<acc_t>(), need_student, need_teacher, gs.mutable_data_ptr<scalar_t>(),
-      gt.mutable_data_ptr<scalar_t>());
+      radT.const_data_ptr<acc_t>(), kbuf.const_data_ptr<double>(), need_student, need_teacher,
+      gs.mutable_data_ptr<acc_t>(),
+      gt.mutable_data_ptr<acc_t>());
   auto launch = [&](auto kernel) {
     std::apply([&](auto... a) { kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -658,10 +722,11 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
 
 template <typename acc_t>
 void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* partial,
-                     int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream) {
-  finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(partial, ntiles, pr.w.const_data_ptr<acc_t>(),
-                                                     cu.const_data_ptr<int64_t>(), cu.numel() - 1,
-                                                     grad, out);
+                     int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream,
+                     double* k_out = nullptr) {
+  finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(
+      partial, ntiles, pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
+      pr.eps.const_data_ptr<double>(), grad, out, k_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -691,45 +756,47 @@ at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
     const at::Tensor& cu, const at::Tensor& u_student, const at::Tensor& u_teacher,
     const at::Tensor& unit_weights, const std::optional<at::Tensor>& grad, bool need_student,
-    bool need_teacher, bool want_loss) {
+    bool need_teacher, bool want_loss, bool grads_in_acc = false) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto pr = prepare(u_student, u_teacher, unit_weights, stream);
   const auto pl = make_plan(cu);
   const auto ao = pr.us.options().dtype(pr.acc);
   const auto g = grad ? grad->detach().to(pr.acc).reshape({1}).contiguous() : at::ones({1}, ao);
-  auto scale = at::empty({1}, ao);
+  auto kbuf = at::empty({1}, ao.dtype(at::kDouble));  // k = 4 g / max(Z', eps'), in double
   auto loss = want_loss ? cuda::new_output({}, ao) : at::Tensor();
   auto partial = at::empty({std::max<int64_t>(pl.ntiles, 1)}, ao);
   auto E = at::empty({std::max<int64_t>(pl.e_size, 1)}, ao);
   auto radS = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
   auto radT = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
   const auto co = pr.us.options();  // compute dtype ct
-  auto gs = need_student ? cuda::new_output(pr.us.sizes(), co) : at::zeros(pr.us.sizes(), co);
-  auto gt = need_teacher ? cuda::new_output(pr.ut.sizes(), co) : at::zeros(pr.ut.sizes(), co);
+  const auto go = co.dtype(pr.acc);  // gradients computed in the accumulation dtype
+  auto gs = need_student ? cuda::new_output(pr.us.sizes(), go) : at::zeros(pr.us.sizes(), go);
+  auto gt = need_teacher ? cuda::new_output(pr.ut.sizes(), go) : at::zeros(pr.ut.sizes(), go);
   const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
   const int64_t dchunks = ceil_div<int64_t>(std::max(Ds, Dt), kTile);
   TORCH_CHECK(dchunks <= 65535, kBwd, ": hidden width too large for one CUDA launch");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_finalize<acc_t>(pr, cu, nullptr, 0, g.const_data_ptr<acc_t>(),
-                           scale.mutable_data_ptr<acc_t>(), stream);
+    launch_finalize<acc_t>(pr, cu, nullptr, 0, g.const_data_ptr<acc_t>(), nullptr, stream,
+                           kbuf.mutable_data_ptr<double>());
     if (want_loss) {
       launch_tiles<scalar_t, acc_t, kLossAndGrad>(
-          pr, pl, partial.mutable_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
+          pr, pl, partial.mutable_data_ptr<acc_t>(), nullptr,
           E.mutable_data_ptr<acc_t>(), radS.mutable_data_ptr<acc_t>(),
           radT.mutable_data_ptr<acc_t>(), stream);
       launch_finalize<acc_t>(pr, cu, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
                              loss.mutable_data_ptr<acc_t>(), stream);
     } else {
-      launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, nullptr, scale.const_data_ptr<acc_t>(),
+      launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, nullptr, nullptr,
                                            E.mutable_data_ptr<acc_t>(),
                                            radS.mutable_data_ptr<acc_t>(),
                                            radT.mutable_data_ptr<acc_t>(), stream);
     }
     if (pl.nrows > 0 && dchunks > 0)
-      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, need_student, need_teacher, gs,
+      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, kbuf, need_student, need_teacher, gs,
                                         gt, dchunks, stream);
   });
+  if (grads_in_acc) return {loss, gs, gt};
   return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
 }
 
@@ -759,16 +826,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cuda(
   const auto cu =
       check_relational_loss_args(kFwdGrad, u_student, u_teacher, unit_weights, cu_units);
   const int64_t N = u_student.size(0), Ds = u_student.size(1), Dt = u_teacher.size(1);
-  auto empty_s = at::empty({0, Ds}, u_student.options());
-  auto empty_t = at::empty({0, Dt}, u_teacher.options());
-  if (N == 0) {
-    const auto acc = compute_dtype(u_student, u_teacher, unit_weights) == at::kDouble
-                         ? at::kDouble
-                         : at::kFloat;
-    return {at::zeros({}, u_student.options().dtype(acc)), empty_s, empty_t};
-  }
-  auto [loss, gs, gt] = loss_and_grad_impl(cu, u_student, u_teacher, unit_weights, std::nullopt,
-                                           need_student, need_teacher, /*want_loss=*/true);
+  // The gradients for g = 1 are returned in the accumulation dtype (as on the CPU): the autograd
+  // backward scales them before rounding to the input dtype.
+  const auto acc =
+      compute_dtype(u_student, u_teacher, unit_weights) == at::kDouble ? at::kDouble : at::kFloat;
+  auto empty_s = at::empty({0, Ds}, u_student.options().dtype(acc));
+  auto empty_t = at::empty({0, Dt}, u_teacher.options().dtype(acc));
+  if (N == 0) return {at::zeros({}, u_student.options().dtype(acc)), empty_s, empty_t};
+  auto [loss, gs, gt] =
+      loss_and_grad_impl(cu, u_student, u_teacher, unit_weights, std::nullopt, need_student,
+                         need_teacher, /*want_loss=*/true, /*grads_in_acc=*/true);
   return {loss, need_student ? gs : empty_s, need_teacher ? gt : empty_t};
 }
 

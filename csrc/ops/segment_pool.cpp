@@ -73,13 +73,18 @@ at::Tensor segment_pool_cpu(const at::Tensor& hidden, const at::Tensor& ranges,
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t s = r[2 * k], e = r[2 * k + 1];
         std::fill(acc.begin(), acc.end(), acc_t(0));
+        acc_t wmax = 1;  // weights divided by the unit's largest (see unit_inv_denominator)
+        if (w) {
+          wmax = 0;
+          for (int64_t t = s; t < e; ++t) wmax = std::max(wmax, w[t]);
+        }
         acc_t wsum = 0;
         for (int64_t t = s; t < e; ++t) {
-          const acc_t wt = w ? w[t] : acc_t(1);
+          const acc_t wt = w ? normalised_weight(w[t], wmax) : acc_t(1);
           wsum += wt;
           axpy_row(acc.data(), h + t * D, wt, D);
         }
-        store_scaled_row(o + k * D, acc.data(), acc_t(1) / safe_denominator(wsum), D);
+        store_scaled_row(o + k * D, acc.data(), unit_inv_denominator(wsum, wmax), D);
       }
     });
   });
@@ -116,13 +121,20 @@ at::Tensor segment_pool_backward_cpu(const at::Tensor& grad_out, const at::Tenso
     const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
     const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
     scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
-    // 1 / max(sum_{t in k} w_t, 1e-5) per unit, exactly as the forward computes it.
-    std::vector<acc_t> inv(N);
+    // Per unit, exactly as the forward computes them: wmax and the normalised denominator.
+    std::vector<acc_t> inv(N), wmaxs(N, acc_t(1));
     at::parallel_for(0, N, 1024, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
+        acc_t wmax = 1;
+        if (w) {
+          wmax = 0;
+          for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) wmax = std::max(wmax, w[t]);
+        }
         acc_t wsum = 0;
-        for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) wsum += w ? w[t] : acc_t(1);
-        inv[k] = acc_t(1) / safe_denominator(wsum);
+        for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t)
+          wsum += w ? normalised_weight(w[t], wmax) : acc_t(1);
+        inv[k] = unit_inv_denominator(wsum, wmax);
+        wmaxs[k] = wmax;
       }
     });
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
@@ -135,11 +147,13 @@ at::Tensor segment_pool_backward_cpu(const at::Tensor& grad_out, const at::Tenso
           continue;
         }
         std::fill(acc.begin(), acc.end(), acc_t(0));
+        // grad_hidden[t] = sum_k (w_t / wmax_k) inv_k grad_out[k]: each factor is <= 1.
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t k = units[j];
-          axpy_row(acc.data(), g + k * D, inv[k], D);
+          const acc_t f = w ? normalised_weight(w[t], wmaxs[k]) * inv[k] : inv[k];
+          axpy_row(acc.data(), g + k * D, f, D);
         }
-        store_scaled_row(gh + t * D, acc.data(), w ? w[t] : acc_t(1), D);
+        store_scaled_row(gh + t * D, acc.data(), acc_t(1), D);
       }
     });
   });

@@ -6,12 +6,13 @@
 // Rows whose start is not 16-byte aligned (odd D, offset views) take the V = 1 path.
 //
 // Backward is token-centric and deterministic without float atomics:
-//   1. per unit: inv_k = 1 / max(sum w, 1e-5) (the same loop as the forward, so the same bits)
+//   1. per unit: wmax_k and inv_k = 1 / max(sum w / wmax_k, 1e-5 / wmax_k) (the same loops as the
+//      forward, so the same bits)
 //      and +1/-1 at start/end in an integer difference array (integer atomics: order-free);
 //   2. two integer prefix sums: coverage per token, then the CSR row pointer;
 //   3. fill the CSR with integer atomic cursors (any order), then sort each token's short list
 //      by unit index, so every token sums its units in increasing unit order;
-//   4. gather: grad_hidden[t] = w_t * sum_{k ∋ t} inv_k * grad_out[k], one writer per row.
+//   4. gather: grad_hidden[t] = sum_{k ∋ t} (w_t / wmax_k) inv_k grad_out[k], one writer per row.
 #include "ops/segment_pool.h"
 
 #include "common/accumulate.h"
@@ -34,17 +35,38 @@ constexpr const char* kFwd = "segment_pool";
 constexpr const char* kBwd = "segment_pool_backward";
 constexpr int kBlock = 128;  // threads per block of the row kernels
 
-// 1 / max(sum_{t in [s, e)} w_t, 1e-5), summed in token order (forward and backward share it).
+// The unit's largest weight (1 without weights) and 1 / max(sum_t w_t / wmax, 1e-5 / wmax),
+// summed in token order (forward and backward share it; see unit_inv_denominator).
 template <typename acc_t>
-__device__ __forceinline__ acc_t inv_denominator(const acc_t* __restrict__ w, int64_t s,
-                                                 int64_t e) {
+struct UnitDen {
+  acc_t wmax, inv;
+};
+template <typename acc_t>
+__device__ __forceinline__ UnitDen<acc_t> unit_denominator(const acc_t* __restrict__ w, int64_t s,
+                                                           int64_t e) {
+  if (w == nullptr) return {acc_t(1), unit_inv_denominator(static_cast<acc_t>(e - s), acc_t(1))};
+  acc_t wmax = 0;
+  for (int64_t t = s; t < e; ++t) wmax = max(wmax, w[t]);
   acc_t wsum = 0;
-  if (w == nullptr) {
-    wsum = static_cast<acc_t>(e - s);
+  for (int64_t t = s; t < e; ++t) wsum += normalised_weight(w[t], wmax);
+  return {wmax, unit_inv_denominator(wsum, wmax)};
+}
+
+// One V-wide row segment from global memory as ONE vector load (ld.global.nc.v4 / .v2 for
+// 16 bytes) into a register copy. Dereferencing the reinterpret_cast pointer straight into a
+// `const Vec&` parameter lets nvcc split it into V narrow loads (8 x u16 for bf16).
+template <typename scalar_t, int V>
+__device__ __forceinline__ Vec<scalar_t, V> load_vec(const scalar_t* __restrict__ p) {
+  Vec<scalar_t, V> v;
+  if constexpr (sizeof(Vec<scalar_t, V>) == 16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    static_assert(sizeof(raw) == sizeof(v));
+    __builtin_memcpy(&v, &raw, 16);
   } else {
-    for (int64_t t = s; t < e; ++t) wsum += w[t];
+#pragma unroll
+    for (int i = 0; i < V; ++i) v.v[i] = p[i];
   }
-  return acc_t(1) / safe_denominator(wsum);
+  return v;
 }
 
 template <typename scalar_t, typename acc_t, int V>
@@ -72,7 +94,9 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t k = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (k >= N) return;
   const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
-  const acc_t inv = inv_denominator(w, s, e);
+  const UnitDen<acc_t> den = unit_denominator(w, s, e);
+  // w_t / wmax (1 without weights): no product w_t h_t overflows.
+  auto wt = [&](int64_t t) { return w ? normalised_weight(w[t], den.wmax) : acc_t(1); };
   const int64_t nvec = D / V;
   for (int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; c < nvec;
        c += int64_t(gridDim.y) * blockDim.x) {
@@ -83,28 +107,34 @@ __global__ void __launch_bounds__(kBlock)
     int64_t t = s;
     // Four independent 16-byte loads in flight, then the FMAs in token order.
     for (; t + 4 <= e; t += 4) {
-      VT x0 = *reinterpret_cast<const VT*>(col + (t + 0) * D);
-      VT x1 = *reinterpret_cast<const VT*>(col + (t + 1) * D);
-      VT x2 = *reinterpret_cast<const VT*>(col + (t + 2) * D);
-      VT x3 = *reinterpret_cast<const VT*>(col + (t + 3) * D);
-      fma_vec(acc, x0, w ? w[t + 0] : acc_t(1));
-      fma_vec(acc, x1, w ? w[t + 1] : acc_t(1));
-      fma_vec(acc, x2, w ? w[t + 2] : acc_t(1));
-      fma_vec(acc, x3, w ? w[t + 3] : acc_t(1));
+      const VT x0 = load_vec<scalar_t, V>(col + (t + 0) * D);
+      const VT x1 = load_vec<scalar_t, V>(col + (t + 1) * D);
+      const VT x2 = load_vec<scalar_t, V>(col + (t + 2) * D);
+      const VT x3 = load_vec<scalar_t, V>(col + (t + 3) * D);
+      fma_vec(acc, x0, wt(t + 0));
+      fma_vec(acc, x1, wt(t + 1));
+      fma_vec(acc, x2, wt(t + 2));
+      fma_vec(acc, x3, wt(t + 3));
     }
-    for (; t < e; ++t) fma_vec(acc, *reinterpret_cast<const VT*>(col + t * D), w ? w[t] : acc_t(1));
-    store_vec(out + k * D + c * V, acc, inv);
+    for (; t < e; ++t) {
+      const VT x = load_vec<scalar_t, V>(col + t * D);
+      fma_vec(acc, x, wt(t));
+    }
+    store_vec(out + k * D + c * V, acc, den.inv);
   }
 }
 
-// Unit pass of the backward: inv_k and the coverage difference array.
+// Unit pass of the backward: wmax_k, inv_k and the coverage difference array.
 template <typename acc_t>
 __global__ void unit_prep_kernel(const int64_t* __restrict__ ranges, const acc_t* __restrict__ w,
-                                 int64_t N, acc_t* __restrict__ inv, int* __restrict__ diff) {
+                                 int64_t N, acc_t* __restrict__ inv, acc_t* __restrict__ wmax,
+                                 int* __restrict__ diff) {
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= N) return;
   const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
-  inv[k] = inv_denominator(w, s, e);
+  const UnitDen<acc_t> den = unit_denominator(w, s, e);
+  inv[k] = den.inv;
+  wmax[k] = den.wmax;
   if (s < e) {
     atomicAdd(diff + s, 1);
     atomicAdd(diff + e, -1);
@@ -138,18 +168,19 @@ __global__ void csr_sort_kernel(const int64_t* __restrict__ row_ptr, int64_t M,
   }
 }
 
-// grad_hidden[t] = w_t * sum_j inv[units[j]] * grad_out[units[j]], j over token t's sorted list.
+// grad_hidden[t] = sum_j f(t, k_j) grad_out[k_j], k_j = units[j] over token t's sorted list,
+// f(t, k) = (w_t / wmax_k) inv_k (<= 1; inv_k without weights), as the CPU kernel.
 template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kBlock)
     pool_bwd_gather_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ row_ptr,
                            const int* __restrict__ units, const acc_t* __restrict__ inv,
-                           const acc_t* __restrict__ w, scalar_t* __restrict__ gh, int64_t M,
-                           int64_t D) {
+                           const acc_t* __restrict__ wmax, const acc_t* __restrict__ w,
+                           scalar_t* __restrict__ gh, int64_t M, int64_t D) {
   using VT = Vec<scalar_t, V>;
   const int64_t t = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (t >= M) return;
   const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
-  const acc_t wt = w ? w[t] : acc_t(1);
+  auto f = [&](int k) { return w ? normalised_weight(w[t], wmax[k]) * inv[k] : inv[k]; };
   const int64_t nvec = D / V;
   for (int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; c < nvec;
        c += int64_t(gridDim.y) * blockDim.x) {
@@ -160,16 +191,17 @@ __global__ void __launch_bounds__(kBlock)
     int64_t j = j0;
     for (; j + 2 <= j1; j += 2) {
       const int k0 = units[j], k1 = units[j + 1];
-      VT x0 = *reinterpret_cast<const VT*>(col + int64_t(k0) * D);
-      VT x1 = *reinterpret_cast<const VT*>(col + int64_t(k1) * D);
-      fma_vec(acc, x0, inv[k0]);
-      fma_vec(acc, x1, inv[k1]);
+      const VT x0 = load_vec<scalar_t, V>(col + int64_t(k0) * D);
+      const VT x1 = load_vec<scalar_t, V>(col + int64_t(k1) * D);
+      fma_vec(acc, x0, f(k0));
+      fma_vec(acc, x1, f(k1));
     }
     if (j < j1) {
       const int k = units[j];
-      fma_vec(acc, *reinterpret_cast<const VT*>(col + int64_t(k) * D), inv[k]);
+      const VT x = load_vec<scalar_t, V>(col + int64_t(k) * D);
+      fma_vec(acc, x, f(k));
     }
-    store_vec(gh + t * D + c * V, acc, wt);
+    store_vec(gh + t * D + c * V, acc, acc_t(1));
   }
 }
 
@@ -246,11 +278,13 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
 
   // 1. inv_k and the coverage difference array.
   auto inv = at::empty({N}, grad_out.options().dtype(acc_dt));
+  auto wmax = at::empty({N}, grad_out.options().dtype(acc_dt));
   auto diff = at::zeros({M + 1}, idx_opts);
   AT_DISPATCH_FLOATING_TYPES(acc_dt, "segment_pool_unit_prep", [&] {
     const scalar_t* w = a.weights ? a.weights->const_data_ptr<scalar_t>() : nullptr;
-    unit_prep_kernel<scalar_t><<<unsigned(ceil_div<int64_t>(N, 256)), 256, 0, stream>>>(
-        r, w, N, inv.mutable_data_ptr<scalar_t>(), diff.mutable_data_ptr<int>());
+    unit_prep_kernel<scalar_t><<<cuda::grid_1d(N, 256, kBwd, "units"), 256, 0, stream>>>(
+        r, w, N, inv.mutable_data_ptr<scalar_t>(), wmax.mutable_data_ptr<scalar_t>(),
+        diff.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // 2. coverage per token and the CSR row pointer (integer scans: exact, order-free).
@@ -261,11 +295,11 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   auto units = at::empty({std::max<int64_t>(P, 1)}, idx_opts);
   if (P > 0) {
     auto cursor = at::zeros({M}, idx_opts);
-    csr_fill_kernel<<<unsigned(ceil_div<int64_t>(N, 256)), 256, 0, stream>>>(
+    csr_fill_kernel<<<cuda::grid_1d(N, 256, kBwd, "units"), 256, 0, stream>>>(
         r, N, row_ptr.const_data_ptr<int64_t>(), cursor.mutable_data_ptr<int>(),
         units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    csr_sort_kernel<<<unsigned(ceil_div<int64_t>(M, 256)), 256, 0, stream>>>(
+    csr_sort_kernel<<<cuda::grid_1d(M, 256, kBwd, "rows"), 256, 0, stream>>>(
         row_ptr.const_data_ptr<int64_t>(), M, units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -280,14 +314,15 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
     const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
     const int* un = units.const_data_ptr<int>();
     const acc_t* iv = inv.const_data_ptr<acc_t>();
+    const acc_t* wm = wmax.const_data_ptr<acc_t>();
     if (cuda::rows_16b_aligned<scalar_t>(g, D) && cuda::rows_16b_aligned<scalar_t>(gh, D)) {
       const auto L = row_launch(M, D / V);
       pool_bwd_gather_kernel<scalar_t, acc_t, V>
-          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, w, gh, M, D);
+          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, wm, w, gh, M, D);
     } else {
       const auto L = row_launch(M, D);
       pool_bwd_gather_kernel<scalar_t, acc_t, 1>
-          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, w, gh, M, D);
+          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, wm, w, gh, M, D);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -62,21 +62,29 @@ constexpr int64_t kSymmetricBlock = 64;  // upper triangle ~ (1 + 64/n)/2 of the
 
 
 // y = x / (std(x) + eps) * D^-1/4 for one row: Bessel-corrected std (0 when D == 1, where it is
-// undefined), mean and variance accumulated in acc_t with vectorised reductions, combined in
-// double.
+// undefined), mean and variance accumulated in acc_t with vectorised reductions on the row scaled
+// by a power of two (max |x| 2^-e in [0.5, 1): the squared deviations neither overflow above
+// |x| ~ 1.8e19 in fp32 nor underflow), combined in double. Non-finite elements propagate (NaN).
 template <typename scalar_t, typename acc_t>
 MTA_CPU_CLONES void normalize_row(const scalar_t* x, acc_t* y, int64_t D) {
+  acc_t amax = 0;
+  for (int64_t d = 0; d < D; ++d) amax = std::max(amax, std::abs(static_cast<acc_t>(x[d])));
+  int e = 0;
+  if (amax > acc_t(0) && std::isfinite(amax)) std::frexp(amax, &e);
+  e = std::max(e, std::numeric_limits<acc_t>::min_exponent + 25);  // 2^-e stays finite
+  const acc_t s = std::ldexp(acc_t(1), -e);
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t d = 0; d < D; ++d) sum += static_cast<acc_t>(x[d]);
+  for (int64_t d = 0; d < D; ++d) sum += static_cast<acc_t>(x[d]) * s;
   const acc_t mean = static_cast<acc_t>(static_cast<double>(sum) / D);
   acc_t ss = 0;
 #pragma omp simd reduction(+ : ss)
   for (int64_t d = 0; d < D; ++d) {
-    const acc_t c = static_cast<acc_t>(x[d]) - mean;
+    const acc_t c = static_cast<acc_t>(x[d]) * s - mean;
     ss += c * c;
   }
-  const double sd = D > 1 ? std::sqrt(static_cast<double>(ss) / (D - 1)) : 0.0;
+  const double sd =
+      D > 1 ? std::ldexp(std::sqrt(static_cast<double>(ss) / (D - 1)), e) : 0.0;
   const acc_t scale = static_cast<acc_t>(std::pow(double(D), -0.25) / (sd + kSalienceStdEps));
   for (int64_t d = 0; d < D; ++d) y[d] = static_cast<acc_t>(x[d]) * scale;
 }

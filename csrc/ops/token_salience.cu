@@ -52,17 +52,38 @@ __global__ void __launch_bounds__(256)
     return;
   }
   const scalar_t* x = h + row * D;
+  // Scale the row by a power of two (max |x| 2^-e in [0.5, 1)) before summing and squaring, so
+  // the squared deviations neither overflow (|x| > ~1.8e19 in fp32) nor underflow; non-finite
+  // elements propagate (NaN scale). The same maths as the CPU kernel.
+  acc_t amax = 0;
+  for (int64_t d = lane; d < D; d += 32) amax = max(amax, abs(static_cast<acc_t>(x[d])));
+  amax = cuda::warp_max(amax);
+  int e = 0;
+  if (amax > acc_t(0) && isfinite(amax)) frexp(amax, &e);
+  e = max(e, std::numeric_limits<acc_t>::min_exponent + 25);  // 2^-e stays finite
+  const acc_t sc = ldexp(acc_t(1), -e);
   acc_t s = 0;
-  for (int64_t d = lane; d < D; d += 32) s += static_cast<acc_t>(x[d]);
+  for (int64_t d = lane; d < D; d += 32) s += static_cast<acc_t>(x[d]) * sc;
   const acc_t mean = cuda::warp_sum(s) / acc_t(D);
   acc_t q = 0;
   for (int64_t d = lane; d < D; d += 32) {
-    const acc_t v = static_cast<acc_t>(x[d]) - mean;
+    const acc_t v = static_cast<acc_t>(x[d]) * sc - mean;
     q += v * v;
   }
   q = cuda::warp_sum(q);
-  const acc_t sd = D > 1 ? sqrt(q / acc_t(D - 1)) : acc_t(0);
-  if (lane == 0) scale[row] = d_pow / (sd + acc_t(kSalienceStdEps));
+  // In double for fp32 too (as the CPU kernel): sd 2^e must not overflow before the division.
+  const double sd = D > 1 ? ldexp(sqrt(double(q) / double(D - 1)), e) : 0.0;
+  if (lane == 0) scale[row] = static_cast<acc_t>(double(d_pow) / (sd + kSalienceStdEps));
+}
+
+// The attention logit S_qk = (h_q . h_k) c_q c_k, rounded by two explicit round-to-nearest
+// multiplies. row_stats_kernel and column_kernel both call this, and nvcc cannot contract it into
+// an FMA with the following "- m_q": the two kernels see the same bits, so the row maximum gives
+// exactly exp(0) in both (a contracted logit is off by up to half an ulp of S, which for
+// |S| ~ 1e3 and above turns exp(S - m) into inf or 0).
+template <typename acc_t>
+__device__ __forceinline__ acc_t logit(acc_t dot, acc_t cq, acc_t ck) {
+  return cuda::mul_rn(cuda::mul_rn(dot, cq), ck);
 }
 
 // Loads element (row, k) of example b's hidden states as acc_t, 0 outside [0, T) x [0, D).
@@ -121,7 +142,7 @@ __global__ void __launch_bounds__(simt::kThreads)
       acc_t tmax = neg_inf<acc_t>();
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        s[j] = (kv[j] && key[j] != q[i]) ? acc[i][j] * sq[i] * sk[j] : neg_inf<acc_t>();
+        s[j] = (kv[j] && key[j] != q[i]) ? logit(acc[i][j], sq[i], sk[j]) : neg_inf<acc_t>();
         tmax = max(tmax, s[j]);
       }
       // The 16 lanes tx of one ty hold one query row; every lane runs the shuffles.
@@ -139,7 +160,8 @@ __global__ void __launch_bounds__(simt::kThreads)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       if (q[i] >= T) continue;
-      const bool ok = mb[q[i]] && l[i] > acc_t(0);
+      // l == 0: no valid key. A NaN l (non-finite hidden states) must propagate, not read as 0.
+      const bool ok = mb[q[i]] && !(l[i] == acc_t(0));
       m_out[b * T + q[i]] = ok ? m[i] : acc_t(0);
       inv_l_out[b * T + q[i]] = ok ? acc_t(1) / l[i] : acc_t(0);
     }
@@ -186,7 +208,7 @@ __global__ void __launch_bounds__(simt::kThreads)
       const acc_t sq = sb[q], mq = m_in[b * T + q];
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        if (kv[j] && key[j] != q) col[j] += exp(acc[i][j] * sq * sk[j] - mq) * il;
+        if (kv[j] && key[j] != q) col[j] += exp(logit(acc[i][j], sq, sk[j]) - mq) * il;
     }
   }
 #pragma unroll
@@ -226,7 +248,7 @@ at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& atten
     const scalar_t* hp = h.const_data_ptr<scalar_t>();
     const bool* mp = mask.const_data_ptr<bool>();
     const acc_t d_pow = static_cast<acc_t>(std::pow(double(D), -0.25));
-    scale_kernel<scalar_t, acc_t><<<unsigned(ceil_div<int64_t>(B * T, 8)), 256, 0, stream>>>(
+    scale_kernel<scalar_t, acc_t><<<cuda::grid_1d(B * T, 8, kOp, "tokens"), 256, 0, stream>>>(
         hp, mp, B * T, D, d_pow, scale.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     row_stats_kernel<scalar_t, acc_t><<<unsigned(B * tiles), simt::kThreads, 0, stream>>>(

@@ -121,10 +121,12 @@ def _relational_loss_and_grad_fake(
 ):
     _check(u_student, u_teacher, unit_weights, cu_units)
     n = u_student.shape[0]
+    acc = _acc_dtype(u_student, u_teacher, unit_weights)
+    # The precomputed gradients (upstream gradient 1) are kept in the accumulation dtype.
     return (
-        u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights)),
-        u_student.new_empty((n if need_student else 0, u_student.shape[1])),
-        u_teacher.new_empty((n if need_teacher else 0, u_teacher.shape[1])),
+        u_student.new_empty((), dtype=acc),
+        u_student.new_empty((n if need_student else 0, u_student.shape[1]), dtype=acc),
+        u_teacher.new_empty((n if need_teacher else 0, u_teacher.shape[1]), dtype=acc),
     )
 
 
@@ -158,13 +160,16 @@ def _setup_context_fused(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(grad_s, grad_t)
     ctx.save_for_backward(*inputs[:4], grad_s, grad_t)
     ctx.has_s, ctx.has_t = inputs[4], inputs[5]
+    ctx.dtype_s, ctx.dtype_t = inputs[0].dtype, inputs[1].dtype
 
 
 def _backward_fused(ctx, grad, _grad_gs, _grad_gt):
     u_student, u_teacher, unit_weights, cu_units, grad_s, grad_t = ctx.saved_tensors
     want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    gs = (grad_s * grad).to(grad_s.dtype) if want_s and ctx.has_s else None
-    gt = (grad_t * grad).to(grad_t.dtype) if want_t and ctx.has_t else None
+    # grad_s / grad_t are in the accumulation dtype: scale there, round to the input dtype once
+    # (an fp16 gradient for g = 1 could overflow, or underflow before a loss scale of 2^16).
+    gs = (grad_s * grad.to(grad_s.dtype)).to(ctx.dtype_s) if want_s and ctx.has_s else None
+    gt = (grad_t * grad.to(grad_t.dtype)).to(ctx.dtype_t) if want_t and ctx.has_t else None
     miss_s, miss_t = want_s and not ctx.has_s, want_t and not ctx.has_t
     if miss_s or miss_t:  # not precomputed (called with need_*=False): recompute those
         rs, rt = _ops.relational_loss_backward(
