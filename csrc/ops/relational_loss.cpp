@@ -15,6 +15,7 @@
 #include "ops/relational_loss.h"
 
 #include "common/accumulate.h"
+#include "common/no_autocast.h"
 #include "common/checks.h"
 
 #include <ATen/ATen.h>
@@ -318,6 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
 
 at::Tensor relational_loss_cpu(const at::Tensor& u_student, const at::Tensor& u_teacher,
                                const at::Tensor& unit_weights, const at::Tensor& cu_units) {
+  const NoAutocast no_autocast;
   return std::get<0>(
       run(kFwd, u_student, u_teacher, unit_weights, cu_units, true, 0.0, false, false));
 }
@@ -325,6 +327,7 @@ at::Tensor relational_loss_cpu(const at::Tensor& u_student, const at::Tensor& u_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cpu(
     const at::Tensor& u_student, const at::Tensor& u_teacher, const at::Tensor& unit_weights,
     const at::Tensor& cu_units, bool need_student, bool need_teacher) {
+  const NoAutocast no_autocast;
   return run(kFwdGrad, u_student, u_teacher, unit_weights, cu_units, true, 1.0, need_student,
              need_teacher, /*grads_in_acc=*/true);
 }
@@ -333,6 +336,7 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& u_student, const at::Tensor& u_teacher,
     const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,
     bool need_teacher) {
+  const NoAutocast no_autocast;
   check_float(kBwd, "grad", grad);
   TORCH_CHECK_VALUE(grad.numel() == 1, kBwd, ": grad must be a scalar, got shape ", grad.sizes());
   const double g = grad.detach().to(at::kDouble).item<double>();

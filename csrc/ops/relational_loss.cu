@@ -21,6 +21,7 @@
 // writer and fixed summation orders, so results are bit-identical across runs.
 #include "ops/relational_loss.h"
 
+#include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "common/simt_tile.cuh"
@@ -732,6 +733,7 @@ void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* part
 
 at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u_teacher,
                                 const at::Tensor& unit_weights, const at::Tensor& cu_units) {
+  const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(u_student.device());
   const auto cu = check_relational_loss_args(kFwd, u_student, u_teacher, unit_weights, cu_units);
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -804,6 +806,7 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& u_student, const at::Tensor& u_teacher,
     const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,
     bool need_teacher) {
+  const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(u_student.device());
   const auto cu = check_relational_loss_args(kBwd, u_student, u_teacher, unit_weights, cu_units);
   check_float(kBwd, "grad", grad);
@@ -822,6 +825,7 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cuda(
     const at::Tensor& u_student, const at::Tensor& u_teacher, const at::Tensor& unit_weights,
     const at::Tensor& cu_units, bool need_student, bool need_teacher) {
+  const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(u_student.device());
   const auto cu =
       check_relational_loss_args(kFwdGrad, u_student, u_teacher, unit_weights, cu_units);

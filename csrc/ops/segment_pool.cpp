@@ -7,6 +7,7 @@
 #include "ops/segment_pool.h"
 
 #include "common/accumulate.h"
+#include "common/no_autocast.h"
 #include "common/checks.h"
 
 #include <ATen/ATen.h>
@@ -53,6 +54,7 @@ constexpr const char* kBwd = "segment_pool_backward";
 
 at::Tensor segment_pool_cpu(const at::Tensor& hidden, const at::Tensor& ranges,
                             const std::optional<at::Tensor>& weights) {
+  const NoAutocast no_autocast;
   check_float(kFwd, "hidden", hidden);
   check_dim(kFwd, "hidden", hidden, 2, "[M, D]");
   const int64_t M = hidden.size(0), D = hidden.size(1);
@@ -93,6 +95,7 @@ at::Tensor segment_pool_cpu(const at::Tensor& hidden, const at::Tensor& ranges,
 
 at::Tensor segment_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& ranges,
                                      const std::optional<at::Tensor>& weights, int64_t num_rows) {
+  const NoAutocast no_autocast;
   check_float(kBwd, "grad_out", grad_out);
   check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
   TORCH_CHECK_VALUE(num_rows >= 0, kBwd, ": num_rows must be >= 0, got ", num_rows);

@@ -16,6 +16,7 @@
 #include "ops/segment_pool.h"
 
 #include "common/accumulate.h"
+#include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 
@@ -227,6 +228,7 @@ constexpr int vec_width() {
 
 at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
                              const std::optional<at::Tensor>& weights) {
+  const NoAutocast no_autocast;
   check_float(kFwd, "hidden", hidden);
   check_dim(kFwd, "hidden", hidden, 2, "[M, D]");
   const c10::cuda::CUDAGuard guard(hidden.device());
@@ -259,6 +261,7 @@ at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
 at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& ranges,
                                       const std::optional<at::Tensor>& weights,
                                       int64_t num_rows) {
+  const NoAutocast no_autocast;
   check_float(kBwd, "grad_out", grad_out);
   check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
   TORCH_CHECK_VALUE(num_rows >= 0, kBwd, ": num_rows must be >= 0, got ", num_rows);

@@ -15,6 +15,7 @@
 // and thread counts.
 #include "ops/token_salience.h"
 
+#include "common/no_autocast.h"
 #include "common/checks.h"
 
 #include "common/accumulate.h"
@@ -174,6 +175,7 @@ void normalize_rows(const at::Tensor& hc, const int64_t* rows, int64_t n, int64_
 
 at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attention_mask,
                               int64_t key_block) {
+  const NoAutocast no_autocast;
   const auto mask = check_token_salience_args(kOp, hidden, attention_mask, key_block);
   const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
   auto out = at::zeros({B, T}, hidden.options().dtype(at::kFloat));

@@ -15,6 +15,7 @@
 // CPU-path knob; the CUDA path always streams 64-key tiles.
 #include "ops/token_salience.h"
 
+#include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "common/simt_tile.cuh"
@@ -227,6 +228,7 @@ __global__ void __launch_bounds__(simt::kThreads)
 
 at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask,
                                int64_t key_block) {
+  const NoAutocast no_autocast;
   const auto mask = check_token_salience_args(kOp, hidden, attention_mask, key_block);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
