@@ -35,8 +35,9 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
                     ref_name, " is on ", ref.device(), "; move them to the same device");
 }
 
+// Value checks: callers run them only when value_checks_enabled() (common/debug.h).
 // ranges [N,2] must satisfy 0 <= start <= end <= num_rows. Done with tensor ops so that it works
-// on any device (one host sync on CUDA); reports the first offending unit.
+// on any device (host syncs on CUDA: the debug mode only); reports the first offending unit.
 void check_ranges_values(const char* op, const char* name, const at::Tensor& ranges,
                          int64_t num_rows, const char* rows_name);
 

@@ -1,33 +1,21 @@
-// relational_loss (DSA): schema, argument checks and the CPU kernels (forward and backward).
+// relational_loss (DSA): schema, argument checks and dispatch. The kernels:
+// cpu/relational_loss_cpu.cpp and cuda/relational_loss_cuda.cu (+ its .cuh device tiles); the
+// CUDA tile plan in relational_loss_plan.{h,cpp}.
 //
 // loss = sum_b sum_{i!=j in b} W_i W_j (cS_ij - cT_ij)^2 / max(sum_b sum_{i!=j in b} W_i W_j, 1e-5)
-// with c the cosine Gram matrix of each example's units (docs/DESIGN.md §2.4). Each example block is
-// handled on its own: rows normalised (one pass), the Gram difference cS - cT by two GEMMs into
-// one N_b x N_b buffer, the weighted squared difference reduced in one pass. Memory is
-// O(N_b (N_b + Ds + Dt)) per example in flight, never N x N, and no autograd graph: for the
-// gradient the same buffer becomes M = 4 g / Z * W Wᵀ o (cS - cT) (zero diagonal), then
-// dL/dNs = M Ns, dL/dNt = -M Nt and the normalisation's backward. Three ops share that code:
-// relational_loss (forward), relational_loss_and_grad (forward that also returns the gradients
-// for g = 1, so the autograd backward is a scaling: fwd+bwd in one pass) and
-// relational_loss_backward (recomputes; used when the plain op is differentiated). Examples run
-// in parallel; per-example partial sums are reduced in example order, so results are
-// bit-identical across runs and thread counts.
+// (docs/DESIGN.md §2.4). Metadata is checked on every call; cu_units and the weights' values
+// only where value_checks_enabled() (common/debug.h).
 #include "ops/relational_loss.h"
 
-#include "common/accumulate.h"
-#include "common/no_autocast.h"
 #include "common/checks.h"
+#include "common/debug.h"
+#include "cpu/relational_loss_cpu.h"
+#ifdef MTA_WITH_CUDA
+#include "cuda/relational_loss_cuda.h"
+#endif
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <tuple>
-#include <vector>
 
 namespace mta_ext {
 
@@ -52,9 +40,11 @@ at::Tensor check_relational_loss_args(const char* op, const at::Tensor& u_studen
   check_same_device(op, "unit_weights", unit_weights, "u_student", u_student);
   check_same_device(op, "cu_units", cu_units, "u_student", u_student);
   auto cu = cu_units.to(at::kLong).contiguous();
-  // Value checks with tensor ops (device independent); report the first offending example.
+  if (!value_checks_enabled(cu)) return cu;  // a device tensor outside the debug mode
+  // Value checks (CPU tensors, or the debug mode); report the first offending example.
+  note_value_check();
   const int64_t B = cu.size(0) - 1;
-  auto c = cu.cpu();
+  auto c = cu.cpu();  // host sync: debug mode
   const int64_t* cp = c.const_data_ptr<int64_t>();
   TORCH_CHECK_VALUE(cp[0] == 0, op, ": cu_units[0] must be 0, got ", cp[0]);
   for (int64_t b = 0; b < B; ++b)
@@ -63,307 +53,58 @@ at::Tensor check_relational_loss_args(const char* op, const at::Tensor& u_studen
                       "] = ", cp[b + 1]);
   TORCH_CHECK_VALUE(cp[B] == N, op, ": cu_units[-1] = ", cp[B],
                     " must equal the number of units N = ", N);
-  check_nonnegative(op, "unit_weights", unit_weights);
+  check_nonnegative(op, "unit_weights", unit_weights);  // one more value check
   return cu;
 }
 
-namespace {
-
-constexpr const char* kFwd = "relational_loss";
-constexpr const char* kBwd = "relational_loss_backward";
-constexpr const char* kFwdGrad = "relational_loss_and_grad";
-constexpr double kSerialWork = 1 << 22;  // multiply-adds below which one thread does it all
-
-at::ScalarType acc_dtype(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w) {
-  return (a.scalar_type() == at::kDouble || b.scalar_type() == at::kDouble ||
-          w.scalar_type() == at::kDouble)
-             ? at::kDouble
-             : at::kFloat;
-}
-
-std::vector<int64_t> to_vector(const at::Tensor& cu) {
-  const int64_t* p = cu.const_data_ptr<int64_t>();
-  return std::vector<int64_t>(p, p + cu.numel());
-}
-
-// Z = sum_b sum_{i != j in b} W_i W_j, per example as 2 sum_j W_j (sum_{i<j} W_i): every term is
-// >= 0 and nothing is subtracted (the textbook sum_i W_i (sum W - W_i) cancels catastrophically
-// when the weights span many orders of magnitude). Reduced in example order; the caller clamps.
-template <typename acc_t>
-acc_t total_pair_weight(const acc_t* w, const std::vector<int64_t>& cu) {
-  acc_t z = 0;
-  for (size_t b = 0; b + 1 < cu.size(); ++b) {
-    const int64_t a = cu[b], e = cu[b + 1];
-    if (e - a < 2) continue;
-    acc_t prefix = 0, zb = 0;
-    for (int64_t i = a; i < e; ++i) {
-      zb += w[i] * prefix;
-      prefix += w[i];
+plan::Sizes resolve_plan_sizes(const char* op, const at::Tensor& cu, int64_t N,
+                               at::OptionalIntArrayRef plan_sizes) {
+  const int64_t B = cu.size(0) - 1;
+  if (plan_sizes.has_value()) {
+    const auto v = *plan_sizes;
+    TORCH_CHECK_VALUE(v.size() == 4, op,
+                      ": plan_sizes must be [num_tiles, num_row_tiles, gram_size, radial_size] "
+                      "(4 ints), got ", v.size());
+    for (const int64_t x : v)
+      TORCH_CHECK_VALUE(x >= 0, op, ": plan_sizes must be >= 0, got ", v);
+    plan::Sizes s;
+    s.tiles = v[0];
+    s.rows = v[1];
+    s.e = v[2];
+    s.rad = v[3];
+    if (value_checks_enabled(cu)) {
+      const auto c = cu.cpu();  // host sync: debug mode
+      const plan::Sizes t = plan::plan_sizes(c.const_data_ptr<int64_t>(), B, N);
+      TORCH_CHECK_VALUE(t.tiles == s.tiles && t.rows == s.rows && t.e == s.e && t.rad == s.rad,
+                        op, ": plan_sizes = ", v, " do not match cu_units (expected [", t.tiles,
+                        ", ", t.rows, ", ", t.e, ", ", t.rad,
+                        "]); pass the layout's own plan_sizes");
     }
-    z += acc_t(2) * zb;
+    return s;
   }
-  return z;
+  if (!host_readable(cu)) note_host_metadata_fallback();
+  const auto c = cu.cpu();  // host sync: raw-op fallback
+  return plan::plan_sizes(c.const_data_ptr<int64_t>(), B, N);
 }
-
-// Power-of-two scale 2^-e with max|x| * 2^-e in [0.5, 1) (or smaller for rows below ~2^-100 in
-// fp32), or 1 when max|x| is 0 or not finite:
-// rows are scaled by it (exactly) before squaring, so squares neither overflow nor underflow.
-template <typename acc_t>
-C10_ALWAYS_INLINE int pow2_exponent(acc_t amax) {
-  if (!(amax > acc_t(0)) || !std::isfinite(amax)) return 0;
-  int e = 0;
-  std::frexp(amax, &e);
-  // Not below min_exponent + 25: 2^-e must stay finite (subnormal rows are scaled less).
-  return std::max(e, std::numeric_limits<acc_t>::min_exponent + 25);
-}
-
-// Writes x[i] / max(|x[i]|, eps) into row i of out ([n, D] contiguous) and the clamped norm into
-// nrm[i]. x: [n, D] contiguous, in the accumulation type. The row is scaled by a power of two
-// before squaring (no overflow above |x| ~ 1.8e19 in fp32, no underflow below ~1e-19); the
-// normalised row is formed in the scaled domain. Non-finite elements propagate (NaN row).
-template <typename acc_t>
-MTA_CPU_CLONES void normalize_into(const acc_t* x, int64_t n, int64_t D, acc_t* out, acc_t* nrm) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t* xi = x + i * D;
-    acc_t amax = 0;
-    for (int64_t d = 0; d < D; ++d) amax = std::max(amax, std::abs(xi[d]));
-    const int e = pow2_exponent(amax);
-    const acc_t s = std::ldexp(acc_t(1), -e);
-    acc_t ss = 0;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t d = 0; d < D; ++d) ss += (xi[d] * s) * (xi[d] * s);
-    // max(|x|, eps) in the scaled domain: |x| s vs eps s.
-    const acc_t r = std::max(std::sqrt(ss), static_cast<acc_t>(kCosEps) * s);
-    nrm[i] = std::ldexp(r, e);  // the clamped norm |x| (inf only if |x| exceeds the type)
-    const acc_t inv = acc_t(1) / r;
-    acc_t* o = out + i * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = (xi[d] * s) * inv;
-  }
-}
-
-// Gradient w.r.t. x of a normalised row n = x / max(|x|, eps), given g_n (times `sign`): where
-// |x| > eps, (g_n - n (n . g_n)) / |x|; where the norm was clamped, g_n / eps. Written as scalar_t.
-template <typename acc_t, typename scalar_t>
-MTA_CPU_CLONES void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* nrm, int64_t n,
-                             int64_t D, double sign, double k, scalar_t* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t* g = gn + i * D;
-    const acc_t* v = nrows + i * D;
-    acc_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t d = 0; d < D; ++d) dot += g[d] * v[d];
-    if (nrm[i] <= static_cast<acc_t>(kCosEps)) dot = 0;  // clamped norm: plain g / eps
-    // k / |x| in double: k (4 g / Z) may be far below the type's range when the weights are
-    // tiny while 1 / |x| is large (clamped norms), their product is not.
-    const acc_t inv = static_cast<acc_t>(sign * k / static_cast<double>(nrm[i]));
-    scalar_t* o = out + i * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>((g[d] - v[d] * dot) * inv);
-  }
-}
-
-// sum_{i != j} w_i w_j d_ij^2 over an n x n block whose diagonal the caller zeroed (i == j is
-// not a pair). Subtracting the diagonal term from the full row sum instead would cancel: d_ii is
-// not 0 when a norm is clamped, and w_i d_ii^2 can dwarf the row's real pairs.
-template <typename acc_t>
-MTA_CPU_CLONES acc_t weighted_square_sum(const acc_t* dp, const acc_t* wb, int64_t n) {
-  acc_t total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t* di = dp + i * n;
-    acc_t row = 0;
-#pragma omp simd reduction(+ : row)
-    for (int64_t j = 0; j < n; ++j) row += wb[j] * di[j] * di[j];
-    total += wb[i] * row;
-  }
-  return total;
-}
-
-// d_ij <- scale w_i w_j d_ij, zero diagonal.
-template <typename acc_t>
-MTA_CPU_CLONES void scale_to_m(acc_t* dp, const acc_t* wb, int64_t n, acc_t scale) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t wi = wb[i] * scale;
-    acc_t* di = dp + i * n;
-    for (int64_t j = 0; j < n; ++j) di[j] *= wi * wb[j];
-    di[i] = 0;
-  }
-}
-
-// One example block [a, e) (n >= 2 units). Computes D = cS - cT with two GEMMs on the normalised
-// rows; if num != nullptr stores sum_{i != j} W_i W_j D_ij^2 there; if a gradient is requested
-// turns D into M = scale * W Wᵀ o D (zero diagonal) and writes scale-weighted gradients
-// (scale = 4 g / Z) of the rows into gs / gt (which may be undefined when not requested).
-template <typename acc_t>
-void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, int64_t a,
-                   int64_t e, at::ScalarType acc, acc_t* num, double scale, const at::Tensor& gs,
-                   const at::Tensor& gt) {
-  const int64_t n = e - a, Ds = us.size(1), Dt = ut.size(1);
-  const auto xs = us.slice(0, a, e).to(acc).contiguous();
-  const auto xt = ut.slice(0, a, e).to(acc).contiguous();
-  auto ns = at::empty({n, Ds}, xs.options()), nt = at::empty({n, Dt}, xs.options());
-  auto nrm = at::empty({2, n}, xs.options());
-  acc_t* nrm_s = nrm.mutable_data_ptr<acc_t>();
-  acc_t* nrm_t = nrm_s + n;
-  normalize_into<acc_t>(xs.const_data_ptr<acc_t>(), n, Ds, ns.mutable_data_ptr<acc_t>(), nrm_s);
-  normalize_into<acc_t>(xt.const_data_ptr<acc_t>(), n, Dt, nt.mutable_data_ptr<acc_t>(), nrm_t);
-  // cS - cT from two separate products (not one addmm, whose fused accumulation leaves rounding
-  // residue): identical student and teacher inputs give exactly 0.
-  auto d = at::mm(ns, ns.t());
-  d.sub_(at::mm(nt, nt.t()));
-  acc_t* dp = d.mutable_data_ptr<acc_t>();
-  for (int64_t i = 0; i < n; ++i) dp[i * n + i] = 0;  // i == j is not a pair
-  const acc_t* wb = w + a;
-  if (num != nullptr) *num = weighted_square_sum<acc_t>(dp, wb, n);
-  if (!gs.defined() && !gt.defined()) return;
-  scale_to_m<acc_t>(dp, wb, n, acc_t(1));  // M' = W Wᵀ o D; the scale k is applied per row
-  // dL/dNs = M Ns; dL/dNt = -M Nt (the teacher Gram enters with a minus sign).
-  if (gs.defined()) {
-    const auto gn = at::mm(d, ns);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "rl_grad_s", [&] {
-      normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(), ns.const_data_ptr<acc_t>(),
-                                               nrm_s, n, Ds, 1.0, scale,
-                                               gs.mutable_data_ptr<scalar_t>() + a * Ds);
-    });
-  }
-  if (gt.defined()) {
-    const auto gn = at::mm(d, nt);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "rl_grad_t", [&] {
-      normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(), nt.const_data_ptr<acc_t>(),
-                                               nrm_t, n, Dt, -1.0, scale,
-                                               gt.mutable_data_ptr<scalar_t>() + a * Dt);
-    });
-  }
-}
-
-// Shared driver. want_loss: compute the loss (returned, else an undefined tensor). grad_scale:
-// upstream gradient g; gradients are produced for need_student / need_teacher (zero rows for
-// examples with < 2 units), shapes [0, D] when not requested.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Tensor& u_student,
-                                                   const at::Tensor& u_teacher,
-                                                   const at::Tensor& unit_weights,
-                                                   const at::Tensor& cu_units, bool want_loss,
-                                                   double grad_scale, bool need_student,
-                                                   bool need_teacher, bool grads_in_acc = false) {
-  const auto cu =
-      to_vector(check_relational_loss_args(op, u_student, u_teacher, unit_weights, cu_units));
-  const auto acc = acc_dtype(u_student, u_teacher, unit_weights);
-  const int64_t B = static_cast<int64_t>(cu.size()) - 1;
-  // Detached: the work below runs on OpenMP threads that do not inherit the dispatcher's
-  // "below autograd" state, and must not record a graph.
-  const auto us = u_student.detach(), ut = u_teacher.detach();
-  // Weights divided by their maximum c (the loss is homogeneous of degree 0 in W apart from the
-  // clamp, which becomes max(Z / c^2, eps / c^2)): no product W_i W_j overflows or underflows.
-  // Weights were checked finite and >= 0 above.
-  auto w = unit_weights.detach().to(acc).contiguous();
-  double eps_eff = kWeightSumEps;
-  if (w.numel() > 0) {
-    const double c = w.max().item<double>();  // CPU tensor: no device sync
-    if (c > 0) {
-      w = w.div(c);
-      eps_eff = kWeightSumEps / c / c;
-    }
-  }
-  const int64_t N = us.size(0), Ds = us.size(1), Dt = ut.size(1);
-  // The fused op keeps its gradients (for an upstream gradient of 1) in the accumulation type:
-  // the autograd backward scales them by the real upstream gradient before rounding to the
-  // input dtype, so fp16/bf16 neither overflow nor underflow under loss scaling.
-  // Always computed in the accumulation dtype and rounded to the input dtype once at the end
-  // (the separate backward), so fused and separate gradients share their bits.
-  const auto gopt_s = us.options().dtype(acc);
-  const auto gopt_t = ut.options().dtype(acc);
-  at::Tensor gs = at::empty({need_student ? N : 0, Ds}, gopt_s);
-  at::Tensor gt = at::empty({need_teacher ? N : 0, Dt}, gopt_t);
-  for (int64_t b = 0; b < B; ++b) {  // rows without a pair get no gradient
-    if (cu[b + 1] - cu[b] >= 2) continue;
-    if (need_student) gs.slice(0, cu[b], cu[b + 1]).zero_();
-    if (need_teacher) gt.slice(0, cu[b], cu[b + 1]).zero_();
-  }
-  const at::Tensor gs_arg = need_student ? gs : at::Tensor();
-  const at::Tensor gt_arg = need_teacher ? gt : at::Tensor();
-  at::Tensor loss;
-  AT_DISPATCH_FLOATING_TYPES(acc, "relational_loss_cpu", [&] {
-    using acc_t = scalar_t;
-    const acc_t* wp = w.const_data_ptr<acc_t>();
-    // Z' and the clamp in double: eps / c^2 may exceed the type when the weights are tiny.
-    const double z =
-        std::max(static_cast<double>(total_pair_weight<acc_t>(wp, cu)), eps_eff);
-    // d loss / d cS_ij = 2 W_i W_j (cS - cT)_ij / Z, and c = n nᵀ uses n twice: 4 M n / Z.
-    const double scale = 4.0 * grad_scale / z;
-    std::vector<acc_t> num(B, acc_t(0));
-    // Tiny batches run inline: an OpenMP region costs more than the work (and much more on a
-    // loaded machine, where a descheduled worker stalls the whole region).
-    double work = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      const double n = static_cast<double>(cu[b + 1] - cu[b]);
-      work += n * n * static_cast<double>(Ds + Dt);
-    }
-    const int64_t grain = work < kSerialWork ? std::max<int64_t>(B, 1) : 1;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        if (cu[b + 1] - cu[b] < 2) continue;  // no pair i != j
-        example_block<acc_t>(us, ut, wp, cu[b], cu[b + 1], acc, want_loss ? &num[b] : nullptr,
-                             scale, gs_arg, gt_arg);
-      }
-    });
-    if (want_loss) {
-      acc_t sum = 0;
-      for (int64_t b = 0; b < B; ++b) sum += num[b];  // fixed order
-      loss = at::full({}, static_cast<double>(sum) / z, w.options());
-    }
-  });
-  if (!grads_in_acc) {
-    gs = gs.to(us.scalar_type());
-    gt = gt.to(ut.scalar_type());
-  }
-  return {loss, gs, gt};
-}
-
-at::Tensor relational_loss_cpu(const at::Tensor& u_student, const at::Tensor& u_teacher,
-                               const at::Tensor& unit_weights, const at::Tensor& cu_units) {
-  const NoAutocast no_autocast;
-  return std::get<0>(
-      run(kFwd, u_student, u_teacher, unit_weights, cu_units, true, 0.0, false, false));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cpu(
-    const at::Tensor& u_student, const at::Tensor& u_teacher, const at::Tensor& unit_weights,
-    const at::Tensor& cu_units, bool need_student, bool need_teacher) {
-  const NoAutocast no_autocast;
-  return run(kFwdGrad, u_student, u_teacher, unit_weights, cu_units, true, 1.0, need_student,
-             need_teacher, /*grads_in_acc=*/true);
-}
-
-std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& u_student, const at::Tensor& u_teacher,
-    const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,
-    bool need_teacher) {
-  const NoAutocast no_autocast;
-  check_float(kBwd, "grad", grad);
-  TORCH_CHECK_VALUE(grad.numel() == 1, kBwd, ": grad must be a scalar, got shape ", grad.sizes());
-  const double g = grad.detach().to(at::kDouble).item<double>();
-  auto [loss, gs, gt] =
-      run(kBwd, u_student, u_teacher, unit_weights, cu_units, false, g, need_student, need_teacher);
-  // Not-requested gradients are returned as zeros of the input's shape (schema: two tensors).
-  if (!need_student) gs = at::zeros_like(u_student, at::MemoryFormat::Contiguous);
-  if (!need_teacher) gt = at::zeros_like(u_teacher, at::MemoryFormat::Contiguous);
-  return {gs, gt};
-}
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
+  // plan_sizes: [num_tiles, num_row_tiles, gram_size, radial_size] of cu_units, host metadata
+  // that UnitLayout keeps (mta_ext/_layout.py); the CUDA kernels size their buffers and launches
+  // from it without a host sync. None: computed from cu_units (a host sync on CUDA).
   m.def(
-      "relational_loss(Tensor u_student, Tensor u_teacher, Tensor unit_weights, Tensor cu_units) "
-      "-> Tensor");
+      "relational_loss(Tensor u_student, Tensor u_teacher, Tensor unit_weights, Tensor cu_units, "
+      "int[]? plan_sizes=None) -> Tensor");
   // Forward that also returns the gradients for an upstream gradient of 1 (rows [0, D] when not
   // requested) in the accumulation dtype (fp32, fp64 when any input is fp64): fwd+bwd in one
   // pass, nothing but the gradients kept for the backward.
   m.def(
       "relational_loss_and_grad(Tensor u_student, Tensor u_teacher, Tensor unit_weights, "
-      "Tensor cu_units, bool need_student, bool need_teacher) -> (Tensor, Tensor, Tensor)");
+      "Tensor cu_units, bool need_student, bool need_teacher, int[]? plan_sizes=None) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "relational_loss_backward(Tensor grad, Tensor u_student, Tensor u_teacher, "
-      "Tensor unit_weights, Tensor cu_units, bool need_student=True, bool need_teacher=True) "
-      "-> (Tensor, Tensor)");
+      "Tensor unit_weights, Tensor cu_units, bool need_student=True, bool need_teacher=True, "
+      "int[]? plan_sizes=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
@@ -371,5 +112,13 @@ TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
   m.impl("relational_loss_and_grad", &relational_loss_and_grad_cpu);
   m.impl("relational_loss_backward", &relational_loss_backward_cpu);
 }
+
+#ifdef MTA_WITH_CUDA
+TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) {
+  m.impl("relational_loss", &relational_loss_cuda);
+  m.impl("relational_loss_and_grad", &relational_loss_and_grad_cuda);
+  m.impl("relational_loss_backward", &relational_loss_backward_cuda);
+}
+#endif
 
 }  // namespace mta_ext

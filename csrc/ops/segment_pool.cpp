@@ -1,22 +1,19 @@
-// segment_pool: schema, argument checks and the CPU kernels (forward and backward).
+// segment_pool: schema, argument checks and dispatch (the kernels: cpu/segment_pool_cpu.cpp,
+// cuda/segment_pool_cuda.cu).
 //
-// Forward is unit-parallel: each unit owns one output row. Backward is token-parallel: each
-// token gathers the units that contain it from a CSR incidence list built in unit order, so
-// every grad row is written by one thread in a fixed order -- bit-identical across runs even
-// when ranges overlap, with no atomics.
+// out[k] = sum_{t in [s_k,e_k)} w_t h_t / max(sum w_t, 1e-5). Metadata is checked on every call;
+// the values of ranges and weights only where value_checks_enabled() (common/debug.h).
 #include "ops/segment_pool.h"
 
-#include "common/accumulate.h"
-#include "common/no_autocast.h"
 #include "common/checks.h"
+#include "common/debug.h"
+#include "cpu/segment_pool_cpu.h"
+#ifdef MTA_WITH_CUDA
+#include "cuda/segment_pool_cuda.h"
+#endif
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <algorithm>
-#include <vector>
 
 namespace mta_ext {
 
@@ -32,7 +29,8 @@ SegmentPoolArgs prepare_segment_pool(const char* op, const at::Tensor& hidden_or
   SegmentPoolArgs out;
   out.hidden = hidden_or_grad.contiguous();
   out.ranges = ranges.to(at::kLong).contiguous();
-  check_ranges_values(op, "ranges", out.ranges, num_rows, rows_name);
+  if (value_checks_enabled(out.ranges))
+    check_ranges_values(op, "ranges", out.ranges, num_rows, rows_name);
   if (weights.has_value()) {
     const auto& w = *weights;
     check_float(op, "weights", w);
@@ -40,141 +38,57 @@ SegmentPoolArgs prepare_segment_pool(const char* op, const at::Tensor& hidden_or
     TORCH_CHECK_VALUE(w.size(0) == num_rows, op, ": weights must have one entry per row of hidden (",
                       num_rows, "), got ", w.size(0));
     check_same_device(op, "weights", w, "hidden", hidden_or_grad);
-    check_nonnegative(op, "weights", w);
+    if (value_checks_enabled(w)) check_nonnegative(op, "weights", w);
     const auto acc = hidden_or_grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     out.weights = w.detach().to(acc).contiguous();
   }
   return out;
 }
 
-namespace {
-
-constexpr const char* kFwd = "segment_pool";
-constexpr const char* kBwd = "segment_pool_backward";
-
-at::Tensor segment_pool_cpu(const at::Tensor& hidden, const at::Tensor& ranges,
-                            const std::optional<at::Tensor>& weights) {
-  const NoAutocast no_autocast;
-  check_float(kFwd, "hidden", hidden);
-  check_dim(kFwd, "hidden", hidden, 2, "[M, D]");
-  const int64_t M = hidden.size(0), D = hidden.size(1);
-  auto a = prepare_segment_pool(kFwd, hidden, ranges, weights, M, "hidden.size(0)");
-  const int64_t N = a.ranges.size(0);
-  auto out = at::empty({N, D}, hidden.options());
-  if (N == 0 || D == 0) return out;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
-    const int64_t* r = a.ranges.const_data_ptr<int64_t>();
-    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-    at::parallel_for(0, N, grain, [&](int64_t k0, int64_t k1) {
-      std::vector<acc_t> acc(D);
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t s = r[2 * k], e = r[2 * k + 1];
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        acc_t wmax = 1;  // weights divided by the unit's largest (see unit_inv_denominator)
-        if (w) {
-          wmax = 0;
-          for (int64_t t = s; t < e; ++t) wmax = std::max(wmax, w[t]);
-        }
-        acc_t wsum = 0;
-        for (int64_t t = s; t < e; ++t) {
-          const acc_t wt = w ? normalised_weight(w[t], wmax) : acc_t(1);
-          wsum += wt;
-          axpy_row(acc.data(), h + t * D, wt, D);
-        }
-        store_scaled_row(o + k * D, acc.data(), unit_inv_denominator(wsum, wmax), D);
-      }
-    });
-  });
-  return out;
-}
-
-at::Tensor segment_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& ranges,
-                                     const std::optional<at::Tensor>& weights, int64_t num_rows) {
-  const NoAutocast no_autocast;
-  check_float(kBwd, "grad_out", grad_out);
-  check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
-  TORCH_CHECK_VALUE(num_rows >= 0, kBwd, ": num_rows must be >= 0, got ", num_rows);
-  auto a = prepare_segment_pool(kBwd, grad_out, ranges, weights, num_rows, "num_rows");
-  const int64_t N = a.ranges.size(0), D = grad_out.size(1), M = num_rows;
-  TORCH_CHECK_VALUE(grad_out.size(0) == N, kBwd, ": grad_out has ", grad_out.size(0),
-                    " rows but ranges has ", N, " units");
-  auto grad_hidden = at::empty({M, D}, grad_out.options());
-  if (M == 0 || D == 0) return grad_hidden;
-
-  // CSR incidence token -> units, in increasing unit order (the fixed summation order).
-  const int64_t* r = a.ranges.const_data_ptr<int64_t>();
-  std::vector<int64_t> row_ptr(M + 1, 0);
-  for (int64_t k = 0; k < N; ++k)
-    for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) ++row_ptr[t + 1];
-  for (int64_t t = 0; t < M; ++t) row_ptr[t + 1] += row_ptr[t];
-  std::vector<int64_t> units(row_ptr[M]);
-  {
-    std::vector<int64_t> cursor(row_ptr.begin(), row_ptr.end() - 1);
-    for (int64_t k = 0; k < N; ++k)
-      for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) units[cursor[t]++] = k;
+int64_t num_incidences_of(const char* op, const at::Tensor& ranges,
+                          std::optional<int64_t> num_incidences) {
+  if (num_incidences.has_value()) {
+    TORCH_CHECK_VALUE(*num_incidences >= 0, op, ": num_incidences must be >= 0, got ",
+                      *num_incidences);
+    if (value_checks_enabled(ranges)) {
+      const int64_t p = (ranges.select(1, 1) - ranges.select(1, 0))
+                            .clamp_min(0)
+                            .sum()
+                            .item<int64_t>();  // host sync: debug mode
+      TORCH_CHECK_VALUE(p == *num_incidences, op, ": num_incidences = ", *num_incidences,
+                        " but the ranges cover ", p, " (token, unit) pairs");
+    }
+    return *num_incidences;
   }
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
-    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
-    scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
-    // Per unit, exactly as the forward computes them: wmax and the normalised denominator.
-    std::vector<acc_t> inv(N), wmaxs(N, acc_t(1));
-    at::parallel_for(0, N, 1024, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        acc_t wmax = 1;
-        if (w) {
-          wmax = 0;
-          for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) wmax = std::max(wmax, w[t]);
-        }
-        acc_t wsum = 0;
-        for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t)
-          wsum += w ? normalised_weight(w[t], wmax) : acc_t(1);
-        inv[k] = unit_inv_denominator(wsum, wmax);
-        wmaxs[k] = wmax;
-      }
-    });
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-    at::parallel_for(0, M, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<acc_t> acc(D);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
-        if (j0 == j1) {
-          zero_row(gh + t * D, D);
-          continue;
-        }
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        // grad_hidden[t] = sum_k (w_t / wmax_k) inv_k grad_out[k]: each factor is <= 1.
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t k = units[j];
-          const acc_t f = w ? normalised_weight(w[t], wmaxs[k]) * inv[k] : inv[k];
-          axpy_row(acc.data(), g + k * D, f, D);
-        }
-        store_scaled_row(gh + t * D, acc.data(), acc_t(1), D);
-      }
-    });
-  });
-  return grad_hidden;
+  if (!host_readable(ranges)) note_host_metadata_fallback();
+  return (ranges.select(1, 1) - ranges.select(1, 0))
+      .clamp_min(0)
+      .sum()
+      .item<int64_t>();  // host sync: raw-op fallback
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
-  m.def("segment_pool(Tensor hidden, Tensor ranges, Tensor? weights=None) -> Tensor");
+  // num_incidences: sum_k (e_k - s_k), the (token, unit) pairs; host metadata from the layout
+  // (UnitLayout keeps it) that sizes the CUDA backward's buffers without a host sync. None:
+  // computed from ranges (a host sync on CUDA).
   m.def(
-      "segment_pool_backward(Tensor grad_out, Tensor ranges, Tensor? weights, SymInt num_rows) "
-      "-> Tensor");
+      "segment_pool(Tensor hidden, Tensor ranges, Tensor? weights=None, "
+      "int? num_incidences=None) -> Tensor");
+  m.def(
+      "segment_pool_backward(Tensor grad_out, Tensor ranges, Tensor? weights, SymInt num_rows, "
+      "int? num_incidences=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
   m.impl("segment_pool", &segment_pool_cpu);
   m.impl("segment_pool_backward", &segment_pool_backward_cpu);
 }
+
+#ifdef MTA_WITH_CUDA
+TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) {
+  m.impl("segment_pool", &segment_pool_cuda);
+  m.impl("segment_pool_backward", &segment_pool_backward_cuda);
+}
+#endif
 
 }  // namespace mta_ext

@@ -19,4 +19,9 @@ SegmentPoolArgs prepare_segment_pool(const char* op, const at::Tensor& hidden_or
                                      const std::optional<at::Tensor>& weights, int64_t num_rows,
                                      const char* rows_name);
 
+// sum_k max(e_k - s_k, 0): the given host value (checked against the ranges where value checks
+// run), else computed from the ranges (a host sync for device tensors: the raw-op fallback).
+int64_t num_incidences_of(const char* op, const at::Tensor& ranges,
+                          std::optional<int64_t> num_incidences);
+
 }  // namespace mta_ext

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
@@ -13,10 +15,18 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _OP = "relational_loss"
 
 
-def _check(u_student, u_teacher, unit_weights, cu_units) -> None:
+def _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes=None) -> None:
     # Metadata checks (they also run on fake tensors under torch.compile). The kernels repeat
-    # them and check the values: cu_units[0] == 0, non-decreasing, cu_units[-1] == N, and
-    # finite non-negative weights.
+    # them and check the values where value checks run (CPU tensors, or the debug mode):
+    # cu_units[0] == 0, non-decreasing, cu_units[-1] == N, finite non-negative weights, and
+    # plan_sizes against cu_units.
+    if plan_sizes is not None and (
+        len(plan_sizes) != 4 or any(int(x) < 0 for x in plan_sizes)
+    ):
+        raise ValueError(
+            f"{_OP}: plan_sizes must be 4 ints >= 0 [num_tiles, num_row_tiles, gram_size, "
+            f"radial_size], got {list(plan_sizes)}"
+        )
     for name, t in (
         ("u_student", u_student),
         ("u_teacher", u_teacher),
@@ -73,6 +83,8 @@ def relational_loss(
     u_teacher: torch.Tensor,
     unit_weights: torch.Tensor,
     cu_units: torch.Tensor,
+    *,
+    plan_sizes: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Weighted MSE between the cosine Gram matrices of each example's units (DSA).
 
@@ -85,6 +97,11 @@ def relational_loss(
         unit_weights: ``[N]`` float, finite, ``>= 0``. Treated as constants (no gradient).
         cu_units: ``[B + 1]`` int64/int32, ``cu[0] = 0``, non-decreasing, ``cu[B] = N``.
             Example ``b`` owns units ``cu[b] <= k < cu[b+1]``.
+        plan_sizes: host metadata of ``cu_units`` (4 ints, see
+            :func:`mta_ext._layout.relational_plan_sizes`; a ``UnitLayout`` keeps them:
+            ``layout.host.plan_sizes``). The CUDA kernels size their buffers and launches from
+            them without a host sync; ``None`` computes them from ``cu_units`` (one host sync on
+            CUDA). Checked against ``cu_units`` on CPU and in the debug mode.
 
     Returns:
         0-dim tensor, float32 (float64 if any float input is float64); accumulation in that
@@ -94,9 +111,11 @@ def relational_loss(
 
     Raises:
         TypeError: wrong dtypes. ValueError: wrong shapes, different devices, bad ``cu_units``
-        (naming the offending example), negative or non-finite weights.
+        (naming the offending example), negative or non-finite weights (value checks: CPU
+        tensors, and CUDA in the debug mode, :func:`mta_ext.set_debug`).
     """
-    _check(u_student, u_teacher, unit_weights, cu_units)
+    ps = None if plan_sizes is None else [int(x) for x in plan_sizes]
+    _check(u_student, u_teacher, unit_weights, cu_units, ps)
     grad_on = torch.is_grad_enabled()
     need_s = grad_on and u_student.requires_grad
     need_t = grad_on and u_teacher.requires_grad
@@ -104,22 +123,22 @@ def relational_loss(
         # Fused: the forward also computes the gradients (the N_b x N_b Gram difference is at
         # hand), the backward only scales them by the upstream gradient.
         return _ops.relational_loss_and_grad(
-            u_student, u_teacher, unit_weights, cu_units, need_s, need_t
+            u_student, u_teacher, unit_weights, cu_units, need_s, need_t, ps
         )[0]
-    return _ops.relational_loss(u_student, u_teacher, unit_weights, cu_units)
+    return _ops.relational_loss(u_student, u_teacher, unit_weights, cu_units, ps)
 
 
 @torch.library.register_fake("mta_ext::relational_loss")
-def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units):
-    _check(u_student, u_teacher, unit_weights, cu_units)
+def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units, plan_sizes=None):
+    _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes)
     return u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights))
 
 
 @torch.library.register_fake("mta_ext::relational_loss_and_grad")
 def _relational_loss_and_grad_fake(
-    u_student, u_teacher, unit_weights, cu_units, need_student, need_teacher
+    u_student, u_teacher, unit_weights, cu_units, need_student, need_teacher, plan_sizes=None
 ):
-    _check(u_student, u_teacher, unit_weights, cu_units)
+    _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes)
     n = u_student.shape[0]
     acc = _acc_dtype(u_student, u_teacher, unit_weights)
     # The precomputed gradients (upstream gradient 1) are kept in the accumulation dtype.
@@ -132,24 +151,32 @@ def _relational_loss_and_grad_fake(
 
 @torch.library.register_fake("mta_ext::relational_loss_backward")
 def _relational_loss_backward_fake(
-    grad, u_student, u_teacher, unit_weights, cu_units, need_student=True, need_teacher=True
+    grad,
+    u_student,
+    u_teacher,
+    unit_weights,
+    cu_units,
+    need_student=True,
+    need_teacher=True,
+    plan_sizes=None,
 ):
     return u_student.new_empty(u_student.shape), u_teacher.new_empty(u_teacher.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:4])
+    ctx.plan_sizes = inputs[4]
 
 
 def _backward(ctx, grad):
     u_student, u_teacher, unit_weights, cu_units = ctx.saved_tensors
     need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_s or need_t):
-        return None, None, None, None
+        return None, None, None, None, None
     gs, gt = _ops.relational_loss_backward(
-        grad, u_student, u_teacher, unit_weights, cu_units, need_s, need_t
+        grad, u_student, u_teacher, unit_weights, cu_units, need_s, need_t, ctx.plan_sizes
     )
-    return (gs if need_s else None), (gt if need_t else None), None, None
+    return (gs if need_s else None), (gt if need_t else None), None, None, None
 
 
 torch.library.register_autograd("mta_ext::relational_loss", _backward, setup_context=_setup_context)
@@ -160,6 +187,7 @@ def _setup_context_fused(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(grad_s, grad_t)
     ctx.save_for_backward(*inputs[:4], grad_s, grad_t)
     ctx.has_s, ctx.has_t = inputs[4], inputs[5]
+    ctx.plan_sizes = inputs[6]
     ctx.dtype_s, ctx.dtype_t = inputs[0].dtype, inputs[1].dtype
 
 
@@ -173,11 +201,11 @@ def _backward_fused(ctx, grad, _grad_gs, _grad_gt):
     miss_s, miss_t = want_s and not ctx.has_s, want_t and not ctx.has_t
     if miss_s or miss_t:  # not precomputed (called with need_*=False): recompute those
         rs, rt = _ops.relational_loss_backward(
-            grad, u_student, u_teacher, unit_weights, cu_units, miss_s, miss_t
+            grad, u_student, u_teacher, unit_weights, cu_units, miss_s, miss_t, ctx.plan_sizes
         )
         gs = rs if miss_s else gs
         gt = rt if miss_t else gt
-    return gs, gt, None, None, None, None
+    return gs, gt, None, None, None, None, None
 
 
 torch.library.register_autograd(

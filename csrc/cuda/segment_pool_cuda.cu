@@ -1,4 +1,6 @@
-// segment_pool: CUDA kernels (forward and backward); schema and CPU kernels in segment_pool.cpp.
+// segment_pool: the CUDA kernels (forward and backward); schema and checks in
+// ops/segment_pool.cpp, the CPU kernels in cpu/segment_pool_cpu.cpp. No host sync: the CSR size
+// (num_incidences) comes from the host (the layout), else the raw-op fallback computes it.
 //
 // Memory-bound. Forward: one output row per unit, a 2-D block of (columns x units) so narrow
 // rows still fill a block; each thread owns V = 16 / sizeof(T) consecutive columns and streams
@@ -9,10 +11,14 @@
 //   1. per unit: wmax_k and inv_k = 1 / max(sum w / wmax_k, 1e-5 / wmax_k) (the same loops as the
 //      forward, so the same bits)
 //      and +1/-1 at start/end in an integer difference array (integer atomics: order-free);
-//   2. two integer prefix sums: coverage per token, then the CSR row pointer;
+//   2. two integer prefix sums: coverage per token, then the CSR row pointer (its total must be
+//      the host's num_incidences P; every CSR access is clamped to P, so a wrong P gives wrong
+//      gradients, never an out-of-bounds access; the debug mode checks it);
 //   3. fill the CSR with integer atomic cursors (any order), then sort each token's short list
 //      by unit index, so every token sums its units in increasing unit order;
 //   4. gather: grad_hidden[t] = sum_{k ∋ t} (w_t / wmax_k) inv_k grad_out[k], one writer per row.
+#include "cuda/segment_pool_cuda.h"
+
 #include "ops/segment_pool.h"
 
 #include "common/accumulate.h"
@@ -144,20 +150,23 @@ __global__ void unit_prep_kernel(const int64_t* __restrict__ ranges, const acc_t
 
 // Scatter unit k into the CSR list of each of its tokens (slot order arbitrary, fixed by sort).
 __global__ void csr_fill_kernel(const int64_t* __restrict__ ranges, int64_t N,
-                                const int64_t* __restrict__ row_ptr, int* __restrict__ cursor,
-                                int* __restrict__ units) {
+                                const int64_t* __restrict__ row_ptr, int64_t P,
+                                int* __restrict__ cursor, int* __restrict__ units) {
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= N) return;
   const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
-  for (int64_t t = s; t < e; ++t) units[row_ptr[t] + atomicAdd(cursor + t, 1)] = int(k);
+  for (int64_t t = s; t < e; ++t) {
+    const int64_t slot = row_ptr[t] + atomicAdd(cursor + t, 1);
+    if (slot < P) units[slot] = int(k);
+  }
 }
 
 // Insertion sort of each token's unit list (lists hold the overlap depth: a handful of units).
-__global__ void csr_sort_kernel(const int64_t* __restrict__ row_ptr, int64_t M,
+__global__ void csr_sort_kernel(const int64_t* __restrict__ row_ptr, int64_t M, int64_t P,
                                 int* __restrict__ units) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= M) return;
-  const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
+  const int64_t j0 = min(row_ptr[t], P), j1 = min(row_ptr[t + 1], P);
   for (int64_t j = j0 + 1; j < j1; ++j) {
     const int v = units[j];
     int64_t i = j - 1;
@@ -174,13 +183,13 @@ __global__ void csr_sort_kernel(const int64_t* __restrict__ row_ptr, int64_t M,
 template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kBlock)
     pool_bwd_gather_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ row_ptr,
-                           const int* __restrict__ units, const acc_t* __restrict__ inv,
+                           int64_t P, const int* __restrict__ units, const acc_t* __restrict__ inv,
                            const acc_t* __restrict__ wmax, const acc_t* __restrict__ w,
                            scalar_t* __restrict__ gh, int64_t M, int64_t D) {
   using VT = Vec<scalar_t, V>;
   const int64_t t = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (t >= M) return;
-  const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
+  const int64_t j0 = min(row_ptr[t], P), j1 = min(row_ptr[t + 1], P);
   auto f = [&](int k) { return w ? normalised_weight(w[t], wmax[k]) * inv[k] : inv[k]; };
   const int64_t nvec = D / V;
   for (int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; c < nvec;
@@ -226,14 +235,19 @@ constexpr int vec_width() {
   return 16 / int(sizeof(scalar_t));
 }
 
+}  // namespace
+
 at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
-                             const std::optional<at::Tensor>& weights) {
+                             const std::optional<at::Tensor>& weights,
+                             std::optional<int64_t> num_incidences) {
   const NoAutocast no_autocast;
   check_float(kFwd, "hidden", hidden);
   check_dim(kFwd, "hidden", hidden, 2, "[M, D]");
   const c10::cuda::CUDAGuard guard(hidden.device());
   const int64_t M = hidden.size(0), D = hidden.size(1);
   auto a = prepare_segment_pool(kFwd, hidden, ranges, weights, M, "hidden.size(0)");
+  // The forward does not need it; given, it is checked in the debug mode (never computed).
+  if (num_incidences.has_value()) num_incidences_of(kFwd, a.ranges, num_incidences);
   const int64_t N = a.ranges.size(0);
   auto out = cuda::new_output({N, D}, hidden.options());
   if (N == 0 || D == 0) return out;
@@ -260,7 +274,7 @@ at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
 
 at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& ranges,
                                       const std::optional<at::Tensor>& weights,
-                                      int64_t num_rows) {
+                                      int64_t num_rows, std::optional<int64_t> num_incidences) {
   const NoAutocast no_autocast;
   check_float(kBwd, "grad_out", grad_out);
   check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
@@ -293,17 +307,17 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   // 2. coverage per token and the CSR row pointer (integer scans: exact, order-free).
   auto row_ptr = at::zeros({M + 1}, grad_out.options().dtype(at::kLong));
   row_ptr.slice(0, 1).copy_(diff.slice(0, 0, M).cumsum(0, at::kLong).cumsum(0));
-  const int64_t P = row_ptr[M].item<int64_t>();  // incidences (one host sync)
+  const int64_t P = num_incidences_of(kBwd, a.ranges, num_incidences);  // host metadata
   // 3. fill and sort the token -> units lists.
   auto units = at::empty({std::max<int64_t>(P, 1)}, idx_opts);
   if (P > 0) {
     auto cursor = at::zeros({M}, idx_opts);
     csr_fill_kernel<<<cuda::grid_1d(N, 256, kBwd, "units"), 256, 0, stream>>>(
-        r, N, row_ptr.const_data_ptr<int64_t>(), cursor.mutable_data_ptr<int>(),
+        r, N, row_ptr.const_data_ptr<int64_t>(), P, cursor.mutable_data_ptr<int>(),
         units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     csr_sort_kernel<<<cuda::grid_1d(M, 256, kBwd, "rows"), 256, 0, stream>>>(
-        row_ptr.const_data_ptr<int64_t>(), M, units.mutable_data_ptr<int>());
+        row_ptr.const_data_ptr<int64_t>(), M, P, units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // 4. gather.
@@ -321,22 +335,15 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
     if (cuda::rows_16b_aligned<scalar_t>(g, D) && cuda::rows_16b_aligned<scalar_t>(gh, D)) {
       const auto L = row_launch(M, D / V);
       pool_bwd_gather_kernel<scalar_t, acc_t, V>
-          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, wm, w, gh, M, D);
+          <<<L.grid, L.block, 0, stream>>>(g, rp, P, un, iv, wm, w, gh, M, D);
     } else {
       const auto L = row_launch(M, D);
       pool_bwd_gather_kernel<scalar_t, acc_t, 1>
-          <<<L.grid, L.block, 0, stream>>>(g, rp, un, iv, wm, w, gh, M, D);
+          <<<L.grid, L.block, 0, stream>>>(g, rp, P, un, iv, wm, w, gh, M, D);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_hidden;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) {
-  m.impl("segment_pool", &segment_pool_cuda);
-  m.impl("segment_pool_backward", &segment_pool_backward_cuda);
 }
 
 }  // namespace mta_ext

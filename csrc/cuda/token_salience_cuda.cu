@@ -1,4 +1,5 @@
-// token_salience: CUDA kernel; schema, argument checks and CPU kernel in token_salience.cpp.
+// token_salience: the CUDA kernel; schema and checks in ops/token_salience.cpp, the CPU kernel
+// in cpu/token_salience_cpu.cpp.
 //
 // w_t = (1/T_valid) sum_s softmax_t(S)[s, t], S = Ĥ Ĥᵀ / sqrt(D), padding keys and the diagonal
 // masked (docs/DESIGN.md §2.1). Flash-style: the T x T matrix never reaches global memory.
@@ -13,6 +14,8 @@
 // Accumulation is fp32 (fp64 for fp64 input) on CUDA cores, as the CPU reference: bf16/fp16
 // tensor cores would cost ~2^-8 relative error inside exp() for large logits. `key_block` is a
 // CPU-path knob; the CUDA path always streams 64-key tiles.
+#include "cuda/token_salience_cuda.h"
+
 #include "ops/token_salience.h"
 
 #include "common/no_autocast.h"
@@ -226,6 +229,8 @@ __global__ void __launch_bounds__(simt::kThreads)
   }
 }
 
+}  // namespace
+
 at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask,
                                int64_t key_block) {
   const NoAutocast no_autocast;
@@ -266,9 +271,4 @@ at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& atten
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) { m.impl("token_salience", &token_salience_cuda); }
-
 }  // namespace mta_ext
-

@@ -1,0 +1,18 @@
+// segment_pool: the CUDA kernels (cuda/segment_pool_cuda.cu), registered by
+// ops/segment_pool.cpp. Host-only declarations: the front file is plain C++.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace mta_ext {
+
+at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
+                             const std::optional<at::Tensor>& weights,
+                             std::optional<int64_t> num_incidences);
+at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& ranges,
+                                      const std::optional<at::Tensor>& weights, int64_t num_rows,
+                                      std::optional<int64_t> num_incidences);
+
+}  // namespace mta_ext
