@@ -11,6 +11,7 @@ from . import (
     _loader,  # noqa: F401  (import torch, check versions, load the ops)
     reference,
 )
+from ._debug import debug_enabled, set_debug
 from ._info import build_info
 from .alignment import Aligner, Alignment, UnitLayout, align_encoded, explain
 from .losses import MTALoss, structural_loss
@@ -29,10 +30,12 @@ __all__ = [
     "align_encoded",
     "annotate_spans",
     "build_info",
+    "debug_enabled",
     "explain",
     "reference",
     "relational_loss",
     "segment_pool",
+    "set_debug",
     "structural_loss",
     "token_salience",
 ]

@@ -6,6 +6,15 @@ The aligner (``mta_ext.alignment``) produces an ``Alignment`` with ``.units`` (a
 ``student_ranges [N,2]`` (int64, token ranges into each side's flattened ``[B*T]`` axis). Users may
 also pass a plain dict of layouts, and layouts may be dicts with the same keys. This module only
 reads attributes, so the losses do not import the aligner.
+
+Host metadata (the trust boundary, docs/DESIGN.md "Validation"): a layout built on the CPU is
+validated once there and keeps a :class:`LayoutHostInfo` (``layout.host``) of plain ints: the
+relational tile plan's sizes, each side's CSR size, the largest unit count per example, each
+side's largest range end. It stays on the host after ``.to(device)``, as varlen attention keeps a
+host ``max_seqlen`` next to the device ``cu_seqlens``, so the CUDA kernels size their buffers and
+launches without reading device memory. A layout without it (a plain dict, or one built from
+device tensors) still works: the ops then compute what they need from the device tensors, one
+documented host sync each.
 """
 
 from __future__ import annotations
@@ -13,9 +22,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
-__all__ = ["LayoutTensors", "get_layout", "get_layouts", "get_masks", "shares_tokenizer"]
+__all__ = [
+    "LayoutHostInfo",
+    "LayoutTensors",
+    "get_host_info",
+    "get_layout",
+    "get_layouts",
+    "get_masks",
+    "layout_host_info",
+    "relational_plan_sizes",
+    "shares_tokenizer",
+]
+
+PLAN_TILE = 64  # the CUDA relational_loss tile (csrc/ops/relational_loss_plan.h)
 
 
 class LayoutTensors(NamedTuple):
@@ -24,6 +46,113 @@ class LayoutTensors(NamedTuple):
     cu_units: torch.Tensor
     teacher_ranges: torch.Tensor
     student_ranges: torch.Tensor
+
+
+class LayoutHostInfo(NamedTuple):
+    """Host-side ints of one validated layout (plain Python ints: never on a device).
+
+    plan_sizes: ``(num_tiles, num_row_tiles, gram_size, radial_size)`` of the CUDA
+        relational_loss tile plan (:func:`relational_plan_sizes`), its ``plan_sizes`` argument.
+    teacher_incidences, student_incidences: ``sum_k (e_k - s_k)`` of each side's ranges, the
+        ``num_incidences`` argument of ``segment_pool``.
+    max_units: the largest number of units of one example (like ``max_seqlen``).
+    teacher_max_end, student_max_end: the largest range end per side (0 without units): the
+        ranges fit a ``[B*T]`` axis when ``max_end <= B*T``, checked on the host for free.
+    """
+
+    plan_sizes: tuple[int, int, int, int]
+    teacher_incidences: int
+    student_incidences: int
+    max_units: int
+    teacher_max_end: int
+    student_max_end: int
+
+
+def relational_plan_sizes(cu_units: Any, num_units: int | None = None) -> tuple[int, int, int, int]:
+    """The CUDA relational_loss plan sizes of a host ``cu_units`` ``[B+1]``.
+
+    Mirrors ``plan::plan_sizes`` (csrc/ops/relational_loss_plan.cpp): per example of ``n``
+    units (clamped into ``[0, num_units]``), ``ceil(n/64)`` row tiles, and for ``n >= 2``
+    ``Tb (Tb + 1) / 2`` Gram tiles, ``n^2`` E elements and ``n Tb`` radial partials.
+
+    Returns:
+        ``(num_tiles, num_row_tiles, gram_size, radial_size)`` as Python ints.
+    """
+    cu = np.asarray(
+        # host sync: CPU only (a layout's own CPU tensors, when it is built)
+        cu_units.detach().cpu() if isinstance(cu_units, torch.Tensor) else cu_units,
+        dtype=np.int64,
+    ).reshape(-1)
+    if cu.size < 1:
+        raise ValueError("cu_units must have B + 1 >= 1 entries")
+    n_all = int(cu[-1]) if num_units is None else int(num_units)
+    lo = np.clip(cu[:-1], 0, max(n_all, 0))
+    hi = np.clip(cu[1:], lo, max(n_all, 0))
+    n = hi - lo
+    tb = (n + PLAN_TILE - 1) // PLAN_TILE
+    pair = n >= 2
+    return (
+        int((tb * (tb + 1) // 2)[pair].sum()),
+        int(tb[n > 0].sum()),
+        int((n * n)[pair].sum()),
+        int((n * tb)[pair].sum()),
+    )
+
+
+def layout_host_info(
+    cu_units: torch.Tensor, teacher_ranges: torch.Tensor, student_ranges: torch.Tensor
+) -> LayoutHostInfo:
+    """Validate a layout on the CPU and return its :class:`LayoutHostInfo`.
+
+    Raises:
+        ValueError: ``cu_units`` not ``[B+1]`` with ``cu[0] == 0``, non-decreasing and
+        ``cu[-1] == N``; ranges not ``[N, 2]`` with ``0 <= start <= end``.
+    """
+    # host sync: CPU only (UnitLayout calls this for CPU tensors, when it is built)
+    cu = np.asarray(cu_units.detach().cpu(), dtype=np.int64).reshape(-1)
+    if cu.size < 1 or cu[0] != 0:
+        raise ValueError(f"layout: cu_units must start with 0, got {cu[:1]}")
+    bad = np.nonzero(cu[1:] < cu[:-1])[0]  # host sync: CPU only (numpy)
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(
+            f"layout: cu_units must be non-decreasing, but example {b} has cu_units[{b}] = "
+            f"{cu[b]} > cu_units[{b + 1}] = {cu[b + 1]}"
+        )
+    ends = []
+    incid = []
+    for side, r in (("teacher_ranges", teacher_ranges), ("student_ranges", student_ranges)):
+        a = np.asarray(r.detach().cpu(), dtype=np.int64)  # host sync: CPU only
+        if a.ndim != 2 or a.shape[1] != 2 or a.shape[0] != cu[-1]:
+            raise ValueError(
+                f"layout: {side} must be [N, 2] with N = cu_units[-1] = {cu[-1]}, got "
+                f"{tuple(a.shape)}"
+            )
+        bad = np.nonzero((a[:, 0] < 0) | (a[:, 0] > a[:, 1]))[0]  # host sync: CPU only
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"layout: {side}[{k}] = ({a[k, 0]}, {a[k, 1]}) is invalid: need 0 <= start <= end"
+            )
+        ends.append(int(a[:, 1].max()) if a.shape[0] else 0)
+        incid.append(int((a[:, 1] - a[:, 0]).sum()))
+    counts = cu[1:] - cu[:-1]
+    return LayoutHostInfo(
+        plan_sizes=relational_plan_sizes(cu, int(cu[-1])),
+        teacher_incidences=incid[0],
+        student_incidences=incid[1],
+        max_units=int(counts.max()) if counts.size else 0,
+        teacher_max_end=ends[0],
+        student_max_end=ends[1],
+    )
+
+
+def get_host_info(alignment: Any, granularity: str) -> LayoutHostInfo | None:
+    """The :class:`LayoutHostInfo` a layout carries (``layout.host`` or ``layout["host"]``), or
+    ``None`` (the ops then compute what they need: one host sync each on CUDA)."""
+    lay = get_layouts(alignment).get(granularity)
+    info = _field(lay, "host") if lay is not None else None
+    return info if isinstance(info, LayoutHostInfo) else None
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from . import _align
+from ._layout import LayoutHostInfo, layout_host_info
 from ._reasons import REASONS
 from .phrases import SpanSource, _check_words, annotate_spans
 
@@ -56,19 +57,31 @@ class UnitLayout:
     spans: int64 [N, 2], char spans [a, b) of the kept units.
     teacher_ranges: int64 [N, 2], token ranges [s, e) into the flattened teacher [B*T_t] axis.
     student_ranges: int64 [N, 2], token ranges into the flattened student [B*T_s] axis.
+    host: host-side ints the kernels need (:class:`mta_ext._layout.LayoutHostInfo`: the
+        relational tile plan's sizes, the CSR sizes, the largest unit count per example, ...).
+        Computed, after validating the layout, when it is built from CPU tensors; kept on the
+        host by :meth:`to`, so the CUDA path never reads device memory to size its work
+        (``None`` for a layout built from device tensors: the ops then sync once each).
     """
 
     cu_units: torch.Tensor
     spans: torch.Tensor
     teacher_ranges: torch.Tensor
     student_ranges: torch.Tensor
+    host: LayoutHostInfo | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tensors = (self.cu_units, self.teacher_ranges, self.student_ranges)
+        if self.host is None and all(t.device.type == "cpu" for t in tensors):
+            self.host = layout_host_info(*tensors)
 
     def to(self, device: torch.device | str) -> UnitLayout:
         return UnitLayout(
             *(
                 t.to(device)
                 for t in (self.cu_units, self.spans, self.teacher_ranges, self.student_ranges)
-            )
+            ),
+            host=self.host,
         )
 
     @property

@@ -4,7 +4,9 @@
 computed with the compiled ops: ``token_salience`` for the token weights, ``segment_pool`` to
 pool each side's units with its own weights, ``relational_loss`` for DSA. No Python control
 flow depends on tensor values and nothing syncs with the host, so
-``torch.compile(fullgraph=True)`` traces it.
+``torch.compile(fullgraph=True)`` traces it and a CUDA step can be captured in a CUDA graph:
+the host-side sizes the kernels need come from the layout (``UnitLayout.host``, validated once
+on the CPU), never from device memory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ._layout import LayoutTensors, get_layout, get_masks, shares_tokenizer
+from ._layout import (
+    LayoutHostInfo,
+    LayoutTensors,
+    get_host_info,
+    get_layout,
+    get_masks,
+    shares_tokenizer,
+)
 from .ops.relational_loss import relational_loss
 from .ops.segment_pool import segment_pool
 from .ops.token_salience import token_salience
@@ -173,6 +182,7 @@ def _token_hid(
     ranges: torch.Tensor,
     token_weights: torch.Tensor,
     W: torch.Tensor,
+    num_incidences: int | None = None,
 ) -> torch.Tensor:
     """Token-level Hid ``Σ_k W_k Σ_{t∈k} w_t (1 - cos(P x_t, h_t)) / max(Σ_{t∈k} w_t, 1e-5)
     / max(Σ_k W_k, 1e-5)`` on one shared flattened token axis (``x [M, D_s]``, ``h [M, D_t]``).
@@ -185,7 +195,9 @@ def _token_hid(
     p = proj(x if pdt is None else x.to(pdt))
     cdt = _cos_dtype(p, h)
     one_minus = 1.0 - _RowCosine.apply(p.to(cdt), h.to(cdt), 1e-5)
-    per_unit = segment_pool(one_minus.unsqueeze(1), ranges, token_weights)
+    per_unit = segment_pool(
+        one_minus.unsqueeze(1), ranges, token_weights, num_incidences=num_incidences
+    )
     return _weighted_mean(per_unit.squeeze(1), W)
 
 
@@ -319,6 +331,26 @@ def _check_inputs(s_hs, t_hs, masks, lays: Mapping[str, LayoutTensors], pairs, h
         )
 
 
+def _check_host_info(hosts: Mapping[str, LayoutHostInfo | None], s_hs, t_hs, pairs) -> None:
+    # Free host-side bound checks from the layout's host metadata: the ranges must fit each
+    # side's flattened [B*T] axis (on CUDA the kernels do not check values outside debug mode).
+    for p in pairs:
+        info = hosts.get(p.granularity)
+        if info is None:
+            continue
+        for side, end, h in (
+            ("teacher", info.teacher_max_end, t_hs[p.teacher_layer]),
+            ("student", info.student_max_end, s_hs[p.student_layer]),
+        ):
+            rows = h.shape[0] * h.shape[1]
+            if end > rows:
+                raise ValueError(
+                    f"alignment['{p.granularity}'].{side}_ranges reach token {end} but the "
+                    f"{side} hidden states have B*T = {rows} rows: was the alignment built for "
+                    "this batch (same max_length, same padding)?"
+                )
+
+
 def structural_loss(
     student_hidden_states: Sequence[torch.Tensor],
     teacher_hidden_states: Sequence[torch.Tensor],
@@ -396,8 +428,12 @@ def structural_loss(
         hint = _SWAP_HINT.format(what="the schedule fits with the two swapped")
         raise ValueError(f"{exc}{hint}") from None
     lays = {g: get_layout(alignment, g) for g in sched.granularities}
+    # Host-side ints of each layout (plan sizes, CSR sizes): the CUDA kernels never read device
+    # memory for them. None (a plain dict layout): the ops compute them, a host sync each.
+    hosts = {g: get_host_info(alignment, g) for g in sched.granularities}
     mask_t, mask_s = get_masks(alignment, teacher_attention_mask, student_attention_mask)
     _check_inputs(s_hs, t_hs, (mask_t, mask_s), lays, sched, hid, teacher_logits)
+    _check_host_info(hosts, s_hs, t_hs, sched)
     if projectors is not None:
         _check_projectors(projectors, sched, s_hs, t_hs)
 
@@ -427,12 +463,16 @@ def structural_loss(
         # or its confidence e_t under entropy weighting (the paper's recipe).
         wu = wt if conf is None else conf
         lay = lays[p.granularity]
-        ut = segment_pool(ht.reshape(B * Tt, Dt), lay.teacher_ranges, wt)
-        us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws)
+        info = hosts[p.granularity]
+        t_inc = info.teacher_incidences if info is not None else None
+        s_inc = info.student_incidences if info is not None else None
+        ut = segment_pool(ht.reshape(B * Tt, Dt), lay.teacher_ranges, wt, num_incidences=t_inc)
+        us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws, num_incidences=s_inc)
         # W in the accumulation type of the units (float64 only for float64 hidden states).
         acc64 = torch.float64 in (ht.dtype, hs.dtype)
         W = unit_weights(wu.double() if acc64 else wu, lay.teacher_ranges, lay.cu_units)
-        term = relational_loss(us, ut, W, lay.cu_units)
+        plan = info.plan_sizes if info is not None else None
+        term = relational_loss(us, ut, W, lay.cu_units, plan_sizes=plan)
         comps[f"dsa/{i}"] = term.detach()
         if projectors is not None:
             proj = projectors[i]
@@ -450,6 +490,7 @@ def structural_loss(
                     lay.teacher_ranges,
                     wu,
                     W,
+                    t_inc,
                 )
             comps[f"hid/{i}"] = lh.detach()
             term = term + hid_weight * lh.to(term.dtype)

@@ -20,9 +20,7 @@ def _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes=None) -> Non
     # them and check the values where value checks run (CPU tensors, or the debug mode):
     # cu_units[0] == 0, non-decreasing, cu_units[-1] == N, finite non-negative weights, and
     # plan_sizes against cu_units.
-    if plan_sizes is not None and (
-        len(plan_sizes) != 4 or any(int(x) < 0 for x in plan_sizes)
-    ):
+    if plan_sizes is not None and (len(plan_sizes) != 4 or any(int(x) < 0 for x in plan_sizes)):
         raise ValueError(
             f"{_OP}: plan_sizes must be 4 ints >= 0 [num_tiles, num_row_tiles, gram_size, "
             f"radial_size], got {list(plan_sizes)}"
