@@ -4,7 +4,7 @@
 # 1. A venv with the CUDA build of torch (torch==2.14.1, CUDA 13.0, ~5.4 GB), created once and
 #    reused while it still matches (torch version, CUDA build, the build/test packages).
 # 2. `pip install --no-build-isolation --no-deps .` into it with MTA_WITH_CUDA=ON (must succeed:
-#    every csrc/ops/*.cu compiles and links), archs "90" only to save time. ccache (installed into
+#    every csrc/cuda/*.cu compiles and links), archs "90" only to save time. ccache (installed into
 #    the venv) and a kept build dir make re-runs cheap.
 # 3. Imports the installed package from outside the source tree: build_info()["cuda"] must be
 #    True and every op must have a CUDA kernel registered (a .cu that silently compiled to

@@ -6,7 +6,9 @@
 #        MTA_WITH_CUDA=ON MTA_CUDA_ARCHS=90 pip install --no-build-isolation --no-deps .
 #      with ptxas resource reports (registers / spills) kept in $OUT/ptxas.txt;
 #   3. runs the CUDA tests (python_tests/test_cuda.py: reference comparison on fresh random
-#      inputs, NaN-poisoned outputs, fp64 gradcheck, bit-identical backward, opcheck);
+#      inputs, NaN-poisoned outputs, fp64 gradcheck, bit-identical backward, opcheck;
+#      test_gpu_sync.py: no host sync in a structural_loss step, CUDA-graph capture,
+#      torch.compile reduce-overhead);
 #   4. runs the GPU benchmarks (benchmarks/bench_gpu.py) and prints one short table vs the
 #      targets; JSON to $OUT/bench_gpu.json and benchmarks/results/gpu_<card>.json;
 #   5. the review checks (benchmarks/gpu_review_checks.py): fused vs separate relational_loss bit
@@ -97,8 +99,12 @@ log "build ok; ptxas spills: $(grep -c 'bytes spill stores' "$OUT/ptxas.txt" || 
 grep -E "[1-9][0-9]* bytes spill" "$OUT/ptxas.txt" | head -n 5 || true
 
 # ------------------------------------------------------------------ 3. CUDA tests
-# test_cuda.py, plus the op test files that parametrise over the CUDA device when one exists.
-tests=("$REPO/python_tests/test_cuda.py")
+# test_cuda.py, the host-sync proofs (test_gpu_sync.py: sync debug mode "error" around a full
+# structural_loss fwd+bwd, CUDA-graph replay bit-identical, torch.compile reduce-overhead;
+# test_no_host_sync.py: the static scan and the simulated device path), plus the op test files
+# that parametrise over the CUDA device when one exists.
+tests=("$REPO/python_tests/test_cuda.py" "$REPO/python_tests/test_gpu_sync.py"
+       "$REPO/python_tests/test_no_host_sync.py")
 [ -f "$REPO/python_tests/test_segment_pool.py" ] && tests+=("$REPO/python_tests/test_segment_pool.py")
 log "CUDA tests: ${tests[*]##*/}"
 status_tests=failed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Machine-code check of the CUDA kernels (needs the CUDA toolchain and a CUDA build of torch for
-# the headers, never a GPU). Compiles every csrc/ops/*.cu for one architecture to a cubin (the PTX
+# the headers, never a GPU). Compiles every csrc/cuda/*.cu for one architecture to a cubin (the PTX
 # is kept), dumps the SASS, and checks properties that the C++ source alone does not guarantee:
 #
 #   * segment_pool: every vectorised instantiation (V > 1) of the forward and of the backward
@@ -46,7 +46,7 @@ TORCH_DIR=$(ls -d "$VENV"/lib/python3*/site-packages/torch 2>/dev/null | head -n
   { echo "check_sass: no CUDA torch headers under $VENV (set MTA_CI_CUDA_VENV)"; exit 2; }
 echo "check_sass: nvcc $("$NVCC" --version | grep -o 'release [0-9.]*'), sm_$ARCH, sources $CSRC"
 
-files=${SASS_FILES:-$(cd "$CSRC/ops" && ls ./*.cu | sed 's|^\./||')}
+files=${SASS_FILES:-$(cd "$CSRC/cuda" && ls ./*.cu | sed 's|^\./||')}
 for f in $files; do
   [ "${SASS_SKIP_COMPILE:-0}" = 1 ] && break  # analyse the outputs of an earlier run only
   stem=${f%.cu}
@@ -59,7 +59,7 @@ for f in $files; do
       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ -DMTA_WITH_CUDA=1 \
       -D_GLIBCXX_USE_CXX11_ABI=1 -I"$CSRC" -isystem "$TORCH_DIR/include" \
       -isystem "$TORCH_DIR/include/torch/csrc/api/include" -Xptxas -v \
-      -keep -keep-dir "$keep" -o "$OUTDIR/$stem.cubin" "$CSRC/ops/$f" \
+      -keep -keep-dir "$keep" -o "$OUTDIR/$stem.cubin" "$CSRC/cuda/$f" \
       >"$OUTDIR/$stem.ptxas.txt" 2>&1; then
     tail -n 30 "$OUTDIR/$stem.ptxas.txt"
     echo "check_sass: $f did not compile"

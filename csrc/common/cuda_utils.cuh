@@ -1,4 +1,4 @@
-// Small helpers shared by the CUDA kernels (csrc/ops/*.cu).
+// Small helpers shared by the CUDA kernels (csrc/cuda/*.cu).
 //
 // Only c10/cuda headers: this machine's toolkit has no cuBLAS headers, so ATen/cuda/CUDAContext.h
 // cannot be included (the CI toolkit lacks them).
