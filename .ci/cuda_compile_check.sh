@@ -123,7 +123,7 @@ log "import ok: mta_ext imports under torch $TORCH_PIN with CUDA kernels for eve
 # ------------------------------------------------------------------ tests under the CUDA torch
 if [ "${MTA_CI_CUDA_TESTS:-1}" != 0 ]; then
   files=()
-  for f in ${MTA_CI_CUDA_TEST_FILES:-test_cuda.py test_segment_pool.py test_token_salience.py \
+  for f in ${MTA_CI_CUDA_TEST_FILES:-test_build.py test_segment_pool.py test_token_salience.py \
              test_relational_loss.py}; do
     [ -f "$REPO/python_tests/$f" ] && files+=("$REPO/python_tests/$f")
   done

@@ -5,7 +5,8 @@
 #   2. builds the extension against that machine's torch:
 #        MTA_WITH_CUDA=ON MTA_CUDA_ARCHS=90 pip install --no-build-isolation --no-deps .
 #      with ptxas resource reports (registers / spills) kept in $OUT/ptxas.txt;
-#   3. runs the CUDA tests (python_tests/test_cuda.py: reference comparison on fresh random
+#   3. runs the op tests on the GPU (python_tests/test_{segment_pool,token_salience,
+#      relational_loss}.py, every case on each device: reference comparison on fresh random
 #      inputs, NaN-poisoned outputs, fp64 gradcheck, bit-identical backward, opcheck;
 #      test_gpu_sync.py: no host sync in a structural_loss step, CUDA-graph capture,
 #      torch.compile reduce-overhead);
@@ -99,18 +100,21 @@ log "build ok; ptxas spills: $(grep -c 'bytes spill stores' "$OUT/ptxas.txt" || 
 grep -E "[1-9][0-9]* bytes spill" "$OUT/ptxas.txt" | head -n 5 || true
 
 # ------------------------------------------------------------------ 3. CUDA tests
-# test_cuda.py, the host-sync proofs (test_gpu_sync.py: sync debug mode "error" around a full
-# structural_loss fwd+bwd, CUDA-graph replay bit-identical, torch.compile reduce-overhead;
-# test_no_host_sync.py: the static scan and the simulated device path), plus the op test files
-# that parametrise over the CUDA device when one exists.
-tests=("$REPO/python_tests/test_cuda.py" "$REPO/python_tests/test_gpu_sync.py"
-       "$REPO/python_tests/test_no_host_sync.py")
-[ -f "$REPO/python_tests/test_segment_pool.py" ] && tests+=("$REPO/python_tests/test_segment_pool.py")
+# The op tests (every case on each device, CUDA included), the registration check, and the
+# host-sync proofs (test_gpu_sync.py: sync debug mode "error" around a full structural_loss
+# fwd+bwd, CUDA-graph replay bit-identical, torch.compile reduce-overhead; test_no_host_sync.py:
+# the static scan and the simulated device path). -k keeps the CUDA cases (their ids name the
+# device) and the two sync files: the CPU cases already ran in CI.
+tests=()
+for f in test_segment_pool.py test_token_salience.py test_relational_loss.py test_build.py \
+         test_gpu_sync.py test_no_host_sync.py; do
+  tests+=("$REPO/python_tests/$f")
+done
 log "CUDA tests: ${tests[*]##*/}"
 status_tests=failed
 if (cd "$WORK" && timeout "$(cap 240)" "$PY" -m pytest -q -p no:cacheprovider \
       -o addopts="" --rootdir "$REPO" --junitxml "$OUT/junit_cuda.xml" \
-      "${tests[@]}" 2>&1 | tee "$OUT/tests.log" | tail -n 25); then
+      -k "cuda or test_gpu_sync or test_no_host_sync" "${tests[@]}" 2>&1 | tee "$OUT/tests.log" | tail -n 25); then
   status_tests=ok
 fi
 grep -qE "(passed|failed)" "$OUT/tests.log" || status_tests=failed

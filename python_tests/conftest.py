@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 import torch
 
-# Tolerances for low-precision inputs compared with a float64 reference. Outputs of bf16 have
-# 8 mantissa bits (rel. step 2**-8 ~ 3.9e-3); accumulation is fp32, so the error is dominated by
-# the input/output rounding, a few ulps.
-LOW_PRECISION_TOL = {
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-    torch.float32: dict(atol=1e-5, rtol=1e-5),
-    torch.float64: dict(atol=1e-12, rtol=1e-12),
+# The ONE tolerance table of the op tests, per kind of comparison and dtype:
+# * "vs_fp64": an op's output for low-precision inputs vs the float64 reference on the same
+#   (rounded) inputs, fixed seeds. Outputs of bf16 have 8 mantissa bits (rel. step 2**-8 ~
+#   3.9e-3); accumulation is fp32, so the error is dominated by the input/output rounding.
+# * "kernel": a kernel (any device) vs the float64 reference on fresh random inputs (ragged,
+#   empty, overlapping, misaligned), forward and backward; summation orders differ per device.
+TOLERANCES = {
+    "vs_fp64": {
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.float64: dict(atol=1e-12, rtol=1e-12),
+    },
+    "kernel": {
+        torch.float64: dict(rtol=1e-10, atol=1e-12),
+        torch.float32: dict(rtol=2e-5, atol=2e-6),
+        torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+        torch.float16: dict(rtol=2e-3, atol=1e-3),
+    },
 }
+LOW_PRECISION_TOL = TOLERANCES["vs_fp64"]
 
 CUDA = torch.cuda.is_available()
+# Every op test runs on each available device: CPU always, CUDA when present.
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+GPU_DEVICES = [d for d in DEVICES if d != "cpu"]
 
 
 def random_ranges(
@@ -41,3 +58,21 @@ def random_ranges(
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    """Fresh random inputs on every run (the kernels must compute the same function on any valid
+    input); the seed is printed, replay it with MTA_TEST_SEED."""
+    s = int(os.environ.get("MTA_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"seed={s}")
+    random.seed(s)
+    torch.manual_seed(s)
+    return random.Random(s)
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """CUDA ops allocate their outputs NaN-filled (MTA_CUDA_POISON=1), so an element no kernel
+    wrote shows up as NaN (no effect on the CPU kernels)."""
+    monkeypatch.setenv("MTA_CUDA_POISON", "1")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, LOW_PRECISION_TOL, random_ranges
+from conftest import DEVICES, GPU_DEVICES, LOW_PRECISION_TOL, random_ranges
+from op_helpers import FLOATS, _finite, _misaligned, _ranges, _tol, ops, value_checks_on
 
 import mta_ext
 from mta_ext import reference
@@ -19,6 +20,9 @@ SHAPES = [  # (M rows, D, N units)
     (300, 96, 120),
     (50, 576, 20),
 ]
+
+# CUDA outputs NaN-poisoned: an element no kernel wrote shows up as NaN.
+pytestmark = pytest.mark.usefixtures("poison_outputs")
 
 
 def _inputs(m, d, n, dtype, gen, device="cpu", weighted=True):
@@ -204,3 +208,140 @@ def test_backward_bad_input():
         torch.ops.mta_ext.segment_pool_backward(torch.randn(3, 2), R, None, 6)
     with pytest.raises(ValueError, match=r"ranges\[1\] = \(3, 6\).*num_rows = 5"):
         torch.ops.mta_ext.segment_pool_backward(torch.randn(2, 2), R, None, 5)
+
+
+# ------------------------------------------------------------------------------ every device
+# Fresh random inputs each run (seed printed; MTA_TEST_SEED replays), outputs NaN-poisoned on
+# CUDA, on each device of DEVICES (CPU always, CUDA when present): reference comparison on
+# ragged / empty / overlapping / unaligned inputs, gradcheck, bit-identical backward, opcheck,
+# bad input.
+
+
+SP_SHAPES = [
+    (0, 5, 3),
+    (7, 0, 4),
+    (5, 4, 0),
+    (1, 1, 1),
+    (33, 20, 7),
+    (200, 90, 64),
+    (300, 120, 1000),
+    (64, 30, 4096),
+    (513, 200, 136),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", SP_SHAPES)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "strided"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_segment_pool_matches_reference(rng, dtype, shape, weighted, layout, device):
+    m, n, d = shape
+    h = torch.randn(m, d, dtype=torch.float64).to(dtype)
+    r = _ranges(rng, m, n, max_len=9)
+    w = None
+    if weighted:
+        w = torch.rand(m, dtype=torch.float64)
+        w[torch.rand(m) < 0.2] = 0.0  # zero weights: some units hit the 1e-5 floor
+        w = w.to(torch.float32 if dtype != torch.float64 else dtype)
+    hd = h.to(device)
+    if layout == "misaligned":
+        hd = _misaligned(hd)
+    elif layout == "strided":
+        hd = torch.cat([hd, hd], dim=1)[:, :d] if d else hd
+    hd.requires_grad_(True)
+    out = ops.segment_pool(hd, r.to(device), None if w is None else w.to(device))
+    ref = reference.segment_pool(h.to(torch.float64), r, None if w is None else w.double())
+    assert out.shape == (n, d) and out.dtype == dtype
+    _finite(out)
+    torch.testing.assert_close(out.cpu().double(), ref, **_tol(dtype))
+    # Backward: the op's gradient vs autograd through the fp64 reference.
+    go = torch.randn(n, d, dtype=torch.float64).to(dtype).double()  # representable in dtype
+    (gh,) = torch.autograd.grad(out, hd, go.to(device).to(dtype), allow_unused=True)
+    hr = h.double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(
+        reference.segment_pool(hr, r, None if w is None else w.double()),
+        hr,
+        go,
+        allow_unused=True,
+    )
+    if gr is None:
+        gr = torch.zeros_like(hr)
+    if gh is None:
+        gh = torch.zeros_like(hd)
+    _finite(gh)
+    torch.testing.assert_close(gh.cpu().double(), gr, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", GPU_DEVICES)
+def test_segment_pool_cuda_matches_cpu_kernel(rng, dtype, device):
+    m, n, d = 400, 160, 200
+    h = torch.randn(m, d).to(dtype)
+    r = _ranges(rng, m, n, max_len=12)
+    w = torch.rand(m)
+    cpu = ops.segment_pool(h, r, w)
+    gpu = ops.segment_pool(h.to(device), r.to(device), w.to(device)).cpu()
+    torch.testing.assert_close(gpu.double(), cpu.double(), **_tol(dtype))
+    g = torch.randn(n, d).to(dtype)
+    cpu_b = ops.segment_pool_backward(g, r, w, m)
+    gpu_b = ops.segment_pool_backward(g.to(device), r.to(device), w.to(device), m).cpu()
+    torch.testing.assert_close(gpu_b.double(), cpu_b.double(), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_segment_pool_backward_bit_identical(rng, dtype, device):
+    m, n, d = 2048, 1500, 256
+    # Deep, ragged overlap: every token sits in several units.
+    r = _ranges(rng, m, n, max_len=64)
+    w = torch.rand(m, device=device)
+    g = torch.randn(n, d, device=device).to(dtype)
+    rd = r.to(device)
+    first = ops.segment_pool_backward(g, rd, w, m)
+    for _ in range(3):
+        assert torch.equal(ops.segment_pool_backward(g, rd, w, m), first)
+    h = torch.randn(m, d, device=device).to(dtype)
+    out = ops.segment_pool(h, rd, w)
+    assert torch.equal(ops.segment_pool(h, rd, w), out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_segment_pool_gradcheck_on_device(rng, device):
+    m, n, d = 12, 7, 5
+    h = torch.randn(m, d, dtype=torch.float64, device=device, requires_grad=True)
+    r = _ranges(rng, m, n, max_len=5).to(device)
+    w = torch.rand(m, dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(lambda x: ops.segment_pool(x, r, w), (h,))
+    assert torch.autograd.gradgradcheck(lambda x: ops.segment_pool(x, r, w), (h,))
+    assert torch.autograd.gradcheck(lambda x: ops.segment_pool(x, r, None), (h,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_segment_pool_opcheck_on_device(rng, device):
+    m, n, d = 20, 9, 6
+    h = torch.randn(m, d, device=device, requires_grad=True)
+    r = _ranges(rng, m, n, max_len=6).to(device)
+    w = torch.rand(m, device=device)
+    torch.library.opcheck(ops.segment_pool.default, (h, r, w))
+    torch.library.opcheck(ops.segment_pool.default, (h, r, None))
+    g = torch.randn(n, d, device=device)
+    torch.library.opcheck(ops.segment_pool_backward.default, (g, r, w, m))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_segment_pool_bad_input_on_device(device):
+    h = torch.randn(4, 3, device=device)
+    # Value checks: on CPU always, on a device in the debug mode (no host sync otherwise).
+    with value_checks_on(device):
+        with pytest.raises(ValueError, match="ranges"):
+            ops.segment_pool(h, torch.tensor([[0, 5]], device=device), None)
+        with pytest.raises(ValueError, match="ranges"):
+            ops.segment_pool(h, torch.tensor([[3, 1]], device=device), None)
+        with pytest.raises(ValueError, match="weights"):
+            ops.segment_pool(
+                h, torch.tensor([[0, 2]], device=device), -torch.ones(4, device=device)
+            )
+    if device == "cuda":
+        with pytest.raises(ValueError, match="device"):
+            ops.segment_pool(h, torch.tensor([[0, 2]]), None)

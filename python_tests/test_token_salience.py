@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICES
+from op_helpers import FLOATS, _finite, _random_mask, ops
 
 import mta_ext
+from mta_ext import reference
 from mta_ext import reference as ref
 from mta_ext.ops import token_salience
+
+# CUDA outputs NaN-poisoned: an element no kernel wrote shows up as NaN.
+pytestmark = pytest.mark.usefixtures("poison_outputs")
 
 
 def _mask(B: int, T: int, g: torch.Generator, kind: str) -> torch.Tensor:
@@ -133,3 +139,73 @@ def test_all_three_paths_agree():
     exp = ref.token_salience(h, m)
     for kb in (0, 700):
         torch.testing.assert_close(token_salience(h, m, key_block=kb), exp, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ every device
+# Fresh random inputs each run (seed printed; MTA_TEST_SEED replays), outputs NaN-poisoned on
+# CUDA, on each device of DEVICES (CPU always, CUDA when present): reference comparison on
+# ragged / empty / overlapping / unaligned inputs, gradcheck, bit-identical backward, opcheck,
+# bad input.
+
+
+TS_SHAPES = [
+    (1, 1, 4),
+    (2, 2, 1),
+    (3, 5, 3),
+    (2, 63, 16),
+    (2, 64, 64),
+    (3, 65, 40),
+    (2, 200, 257),
+    (1, 300, 1024),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", TS_SHAPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_salience_matches_reference(rng, dtype, shape, device):
+    b, t, d = shape
+    h = (torch.randn(b, t, d, dtype=torch.float64) * 2 + 0.3).to(dtype)
+    mask = _random_mask(rng, b, t)
+    out = ops.token_salience(h.to(device), mask.to(device), 0)
+    ref = reference.token_salience(h, mask)
+    assert out.shape == (b, t) and out.dtype == torch.float32
+    _finite(out)
+    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype != torch.float64 else {"rtol": 1e-6, "atol": 1e-8}
+    torch.testing.assert_close(out.cpu(), ref, **tol)
+    assert (out.cpu()[~mask] == 0).all()
+    # Bit-identical on a second run.
+    assert torch.equal(ops.token_salience(h.to(device), mask.to(device), 0), out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_salience_large_logits(rng, device):
+    # Strongly correlated tokens: logits far from 0, the online max must keep exp() finite.
+    b, t, d = 2, 150, 512
+    base = torch.randn(1, 1, d) * 5
+    h = base + 0.05 * torch.randn(b, t, d)
+    h[:, :, 3] += 50.0  # a massive activation
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 100:] = False
+    out = ops.token_salience(h.to(device), mask.to(device), 0).cpu()
+    _finite(out)
+    torch.testing.assert_close(out, reference.token_salience(h, mask), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(out.sum(1), torch.ones(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_salience_opcheck_on_device(rng, device):
+    h = torch.randn(2, 17, 8, device=device)
+    mask = _random_mask(rng, 2, 17).to(device)
+    torch.library.opcheck(ops.token_salience.default, (h, mask, 0))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_salience_two_tokens_width_one(dtype, device):
+    # D = 1, std = 0: logits ~4e10. Both kernels must round the logit identically (no FMA
+    # contraction in one of them), so the row maximum gives exp(0): [0.5, 0.5], not inf or 0.
+    for pair in ((1.7, 2.3), (0.5, 3.0)):
+        h = torch.tensor([[[pair[0]], [pair[1]]]]).to(dtype)
+        out = ops.token_salience(h.to(device), torch.ones(1, 2, dtype=torch.bool, device=device), 0)
+        assert out.cpu().tolist() == [[0.5, 0.5]], (dtype, pair, out)
