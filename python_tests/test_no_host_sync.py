@@ -249,7 +249,7 @@ def test_cpu_tensors_are_value_checked():
     assert checks > 0 and fallbacks == 0
 
 
-def test_debug_flag_api_and_environment():
+def test_debug_flag_api_and_environment(tmp_path):
     was = mta_ext.debug_enabled()
     try:
         mta_ext.set_debug(True)
@@ -259,10 +259,13 @@ def test_debug_flag_api_and_environment():
     finally:
         mta_ext.set_debug(was)
     code = "import mta_ext; print(mta_ext.debug_enabled())"
+    # The same mta_ext this process imported (an in-place build or the installed package).
+    pkg_parent = str(Path(mta_ext.__file__).resolve().parents[1])
+    path = os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")])
     for val, want in (("1", "True"), ("0", "False")):
-        env = dict(os.environ, MTA_EXT_DEBUG=val)
+        env = dict(os.environ, MTA_EXT_DEBUG=val, PYTHONPATH=path)
         out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == want
