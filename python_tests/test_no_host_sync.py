@@ -366,3 +366,28 @@ def test_tile_plan_clamps_an_unvalidated_layout():
     rt, rr, rs = _plan_reference(cu.tolist(), 10)
     assert sizes.tolist() == rs and tiles.tolist() == rt and rows.tolist() == rr
     assert all(r[0] + r[1] <= 10 for r in tiles.tolist() + rows.tolist())
+
+
+def test_opcheck_with_host_metadata():
+    # The schemas' optional host ints go through the fake kernels and autograd formulas.
+    lay = real_alignment().units["phrase"]
+    n = lay.num_units
+    g = torch.Generator().manual_seed(0)
+    us = torch.randn(n, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ut = torch.randn(n, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(n, generator=g, dtype=torch.float64)
+    plan = list(lay.host.plan_sizes)
+    torch.library.opcheck(_ops.relational_loss, (us, ut, w, lay.cu_units, plan))
+    torch.library.opcheck(
+        _ops.relational_loss_and_grad, (us, ut, w, lay.cu_units, True, True, plan)
+    )
+    M = int(lay.host.teacher_max_end)
+    h = torch.randn(M, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    inc = lay.host.teacher_incidences
+    torch.library.opcheck(_ops.segment_pool, (h, lay.teacher_ranges, None, inc))
+    torch.autograd.gradcheck(
+        lambda x: mta_ext.segment_pool(x, lay.teacher_ranges, num_incidences=inc), (h,)
+    )
+    torch.autograd.gradcheck(
+        lambda a, b: mta_ext.relational_loss(a, b, w, lay.cu_units, plan_sizes=plan), (us, ut)
+    )
