@@ -27,7 +27,7 @@ import torch
 
 import mta_ext
 from mta_ext import reference as ref
-from python_tests._integ_models import TEXTS, require, tiny_models
+from _integ_models import TEXTS, require, tiny_models
 
 STEPS = 60
 FACTOR = 4.0
