@@ -24,10 +24,10 @@ import functools
 
 import pytest
 import torch
+from _integ_models import TEXTS, require, tiny_models
 
 import mta_ext
 from mta_ext import reference as ref
-from _integ_models import TEXTS, require, tiny_models
 
 STEPS = 60
 FACTOR = 4.0
