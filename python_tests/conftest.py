@@ -76,3 +76,26 @@ def poison_outputs(monkeypatch):
     """CUDA ops allocate their outputs NaN-filled (MTA_CUDA_POISON=1), so an element no kernel
     wrote shows up as NaN (no effect on the CPU kernels)."""
     monkeypatch.setenv("MTA_CUDA_POISON", "1")
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Tiny random teacher (3-layer Llama, vocab 97) and a cross-tokenizer student (2-layer
+    GPT-2, vocab 131), seeded: shared by test_structural_loss and test_paper."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    teacher = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=97,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    ).eval()
+    student = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=131, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    )
+    return teacher, student

@@ -61,14 +61,11 @@ def _grads(module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def _ddp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) -> None:
-    """One DDP rank: forward/backward on its shard; rank 0 saves the synced gradients."""
+def _init_gloo(rank: int, port: int) -> None:
+    """Join the 2-process gloo group on the loopback (one thread per rank)."""
     import datetime
 
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from mta_ext.integrations import distillation_loss
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -78,6 +75,16 @@ def _ddp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) ->
         world_size=WORLD,
         timeout=datetime.timedelta(seconds=90),
     )
+
+
+def _ddp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) -> None:
+    """One DDP rank: forward/backward on its shard; rank 0 saves the synced gradients."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from mta_ext.integrations import distillation_loss
+
+    _init_gloo(rank, port)
     try:
         teacher, student, mta_loss = _models(t_dir, s_dir)
         ddp = DDP(student)

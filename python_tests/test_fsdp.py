@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 from _integ_models import TEXTS, require, require_mta_api, tiny_models, tiny_pair
-from test_ddp import PER_RANK, WORLD, _free_port, _models, _plain
+from test_ddp import PER_RANK, WORLD, _free_port, _init_gloo, _models, _plain
 
 STEPS = 2
 LR = 1e-3
@@ -29,21 +29,13 @@ def _optimizer(params):
 
 def _fsdp_rank(rank: int, port: int, t_dir, s_dir, shards_path, out_path=None) -> None:
     """One FSDP2 rank: STEPS AdamW steps on its shard; rank 0 saves full grads and params."""
-    import datetime
 
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
     from mta_ext.integrations import distillation_loss
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=90),
-    )
+    _init_gloo(rank, port)
     try:
         teacher, student, mta_loss = _models(t_dir, s_dir)
         fully_shard(mta_loss)  # the projectors: their own unit, gathered on mta_loss(...)

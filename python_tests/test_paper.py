@@ -18,27 +18,6 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def models():
-    """The tiny teacher / cross-tokenizer student of test_structural_loss (same seed)."""
-    torch.manual_seed(0)
-    teacher = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=48,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    ).eval()
-    student = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=131, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    )
-    return teacher, student
-
-
-@pytest.fixture(scope="module")
 def shared_student():
     """A student with the teacher's vocabulary (one tokenizer, as in the paper)."""
     torch.manual_seed(1)

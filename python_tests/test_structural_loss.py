@@ -18,26 +18,6 @@ transformers = pytest.importorskip("transformers")
 B, TT, TS = 3, 14, 11
 
 
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    teacher = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=48,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    ).eval()
-    student = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=131, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    )
-    return teacher, student
-
-
 def _layout(counts, mt, ms, g, max_len=3):
     """Random units inside each example's valid tokens (overlaps allowed), flattened ranges."""
     cu, tr, sr = [0], [], []
