@@ -33,10 +33,13 @@ Setup (defaults; every number is a flag):
   ``w_span · λ_hid`` weight it has inside L_MTA). L_MTA = ``MTALoss`` defaults: 3 layer pairs
   (teacher 9/14/18 <-> student 3/5/6; the first word-level, two phrase-level from spaCy),
   salience weighting, λ_hid = 0.1, w_span = 2, added with ``--mta-weight`` 1.
-  **Extension point** (``ARMS`` below): ``ce+kd`` and ``ce+kd+mta`` add a cross-tokenizer
-  logit-KD term (ULD: sorted top-k probabilities at shared token boundaries) computed from cached
-  teacher top-k probabilities. They need ``mta_ext.integrations.boundary_pairs`` (the logit-KD
-  hook); without it they are skipped with a note in the results.
+  ``ce+kd`` and ``ce+kd+mta`` train ``(1 − w)·CE + w·KD`` (``--kd-weight`` w = 0.5), the
+  latter plus L_MTA: KD is the package's cross-tokenizer logit KD (ULD, the L1 distance of the
+  sorted top-k next-token probabilities, ``--kd-top-k`` 128, at the char positions where a
+  teacher token and a student token both end: ``mta_ext.integrations.boundary_pairs`` and
+  ``uld_distance_to_probs``), the teacher side read from the cache (``sorted_top_probs`` of
+  every teacher position, computed in the same single teacher pass). ``ce+kd+mta`` is also
+  compared with ``ce+kd`` (same seed): does MTA add anything on top of logit KD?
 * **Optimiser**: AdamW (student lr 3e-4, projectors 1e-3, no weight decay), linear warm-up over
   10% of the steps then cosine decay to 10%, gradient clipping at 1.0; fp32 (``--autocast bf16``
   for a GPU).
@@ -118,29 +121,15 @@ ARMS: dict[str, Arm] = {
         Arm("ce+mta", dsa=True, hid=True),
         Arm("ce+dsa", dsa=True),
         Arm("ce+hid", hid=True),
-        # ---- extension point: cross-tokenizer logit KD ---------------------------------------
-        # These arms run only when the package has the logit-KD hook (``_kd_support`` below);
-        # otherwise they are skipped with a note. To add an arm, add an Arm here (and a term in
-        # ``_loss`` if it is a new kind of loss).
+        # cross-tokenizer logit KD (ULD at shared token boundaries), without and with L_MTA.
+        # To add an arm, add an Arm here (and a term in ``_loss`` if it is a new kind of loss).
         Arm("ce+kd", kd=True),
         Arm("ce+kd+mta", dsa=True, hid=True, kd=True),
     )
 }
-DEFAULT_ARMS = ("ce", "ce+mta", "ce+dsa", "ce+hid")
-
-
-def _kd_support() -> tuple[Callable[..., Any] | None, str]:
-    """``(boundary_pairs, "")`` when the cross-tokenizer logit-KD hook exists, else
-    ``(None, why)``."""
-    import mta_ext.integrations as integ
-
-    fn = getattr(integ, "boundary_pairs", None)
-    if fn is None:
-        return None, (
-            "mta_ext.integrations has no boundary_pairs (the cross-tokenizer logit-KD hook, "
-            "ULD at shared token boundaries) in this build"
-        )
-    return fn, ""
+DEFAULT_ARMS = tuple(ARMS)
+# Paired comparisons besides "every arm vs ce": (arm, its base). Same seed = same data order.
+COMPARISONS: tuple[tuple[str, str], ...] = (("ce+kd+mta", "ce+kd"),)
 
 
 # ---------------------------------------------------------------------------------- settings
@@ -365,28 +354,19 @@ def _mean_of(comps: dict[str, torch.Tensor], kind: str) -> float | None:
 
 
 def _kd_uld(
-    boundary_pairs: Callable[..., Any],
-    student_logits: torch.Tensor,
-    teacher_topk: torch.Tensor,
-    alignment: Any,
+    student_logits: torch.Tensor, teacher_topk: torch.Tensor, alignment: Any
 ) -> torch.Tensor:
-    """ULD from cached teacher top-k probabilities: mean over shared token boundaries of
-    ``Σ_r |sort(p_S)_r − sort(p_T)_r|`` over the top-k ranks (the logit-KD hook's formula, with
-    the teacher side read from the cache instead of its logits)."""
+    """The package's ULD at shared token boundaries with the teacher side read from the cache:
+    ``uld_kd``'s loss, with ``sorted_top_probs`` of the teacher logits precomputed."""
+    from mta_ext.integrations import boundary_pairs, uld_distance_to_probs
+
     t, s = alignment.teacher, alignment.student
     t_rows, s_rows = boundary_pairs(
         t["offsets"], t["attention_mask"], s["offsets"], s["attention_mask"]
     )
-    dev = student_logits.device
-    if t_rows.numel() == 0:
-        return student_logits.sum().float() * 0.0
     k = teacher_topk.shape[-1]
-    pt = teacher_topk.reshape(-1, k)[t_rows.to(teacher_topk.device)].to(dev)
-    z = student_logits.reshape(-1, student_logits.shape[-1])[s_rows.to(dev)].float()
-    ps = torch.softmax(z, -1).topk(min(k, z.shape[-1]), -1).values
-    if ps.shape[-1] < k:
-        ps = F.pad(ps, (0, k - ps.shape[-1]))
-    return (ps - pt).abs().sum(-1).mean()
+    pt = teacher_topk.reshape(-1, k)[t_rows.to(teacher_topk.device)]
+    return uld_distance_to_probs(student_logits, s_rows, pt)
 
 
 # ------------------------------------------------------------------------------------ a run
@@ -406,7 +386,6 @@ class Context:
     prompts: list[tuple[str, str]]
     train_cache: TeacherCache
     eval_cache: TeacherCache
-    boundary_pairs: Callable[..., Any] | None
 
 
 def _autocast(args: argparse.Namespace):
@@ -493,8 +472,8 @@ def _loss(
         if v is not None:
             row[kind] = v
     if arm.kd:
-        assert ctx.boundary_pairs is not None and t_topk is not None
-        kd = _kd_uld(ctx.boundary_pairs, out.logits, t_topk, alignment)
+        assert t_topk is not None
+        kd = _kd_uld(out.logits, t_topk, alignment)
         loss = loss + args.kd_weight * kd
         row["kd"] = float(kd.detach())
     row["loss"] = float(loss.detach())
@@ -694,6 +673,7 @@ def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
         "heldout_hid": lambda r: r.get("heldout_hid"),
         "train_dsa_final": lambda r: r.get("train_dsa_final"),
         "train_hid_final": lambda r: r.get("train_hid_final"),
+        "train_kd_final": lambda r: r.get("train_kd_final"),
         "s_per_step": lambda r: r["s_per_step_median"],
     }
     out: dict[str, Any] = {}
@@ -706,12 +686,16 @@ def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
             vals = [get(r) for r in runs.values()]
             if all(v is not None for v in vals):
                 s[m] = _stats([float(v) for v in vals])
-        if "ce" in by and a != "ce":
+        bases = ["ce"] if a != "ce" else []
+        bases += [b for x, b in COMPARISONS if x == a]
+        for base in bases:
+            if not by.get(base):
+                continue
             for m in ("heldout_ce", "rouge_l", "heldout_dsa"):
-                common = sorted(set(runs) & set(by["ce"]))
-                diffs = [metrics[m](runs[k]) - metrics[m](by["ce"][k]) for k in common]
-                if common and all(d is not None for d in diffs):
-                    s[f"{m}_minus_ce"] = _stats(diffs)
+                common = sorted(set(runs) & set(by[base]))
+                pairs = [(metrics[m](runs[k]), metrics[m](by[base][k])) for k in common]
+                if common and all(x is not None and y is not None for x, y in pairs):
+                    s[f"{m}_minus_{base}"] = _stats([x - y for x, y in pairs])
         s["heldout_ppl_of_mean_ce"] = math.exp(s["heldout_ce"]["mean"])
         out[a] = s
     return out
@@ -759,12 +743,13 @@ def markdown(result: dict[str, Any]) -> str:
         "errors of the paired differences counts as no measurable difference.",
         "",
         "| arm | held-out CE | ppl | Δ CE vs ce | ROUGE-L | Δ ROUGE-L | held-out DSA | "
-        "train DSA / Hid (end) | s/step | verdict (CE) |",
+        "train DSA / Hid / KD (end) | s/step | verdict (CE) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a, s in summ.items():
         train = " / ".join(
-            _fmt(s.get(k), 3) if s.get(k) else "–" for k in ("train_dsa_final", "train_hid_final")
+            _fmt(s.get(k), 3) if s.get(k) else "–"
+            for k in ("train_dsa_final", "train_hid_final", "train_kd_final")
         )
         lines.append(
             f"| {a} | {_fmt(s.get('heldout_ce'))} | {s['heldout_ppl_of_mean_ce']:.1f} | "
@@ -775,9 +760,23 @@ def markdown(result: dict[str, Any]) -> str:
             f"{s['s_per_step']['mean']:.2f} | "
             f"{_verdict(s.get('heldout_ce_minus_ce')) if a != 'ce' else '(baseline)'} |"
         )
-    if result.get("skipped"):
-        lines += ["", "Skipped arms:"]
-        lines += [f"* `{a}`: {why}" for a, why in result["skipped"].items()]
+    paired = [(a, b) for a, b in COMPARISONS if f"heldout_ce_minus_{b}" in summ.get(a, {})]
+    if paired:
+        lines += [
+            "",
+            "Paired comparisons besides `ce` (same seed, same data order):",
+            "",
+            "| arm − base | Δ held-out CE | Δ ROUGE-L | Δ held-out DSA | verdict (CE) |",
+            "|---|---|---|---|---|",
+        ]
+        for a, b in paired:
+            s = summ[a]
+            lines.append(
+                f"| {a} − {b} | {_fmt(s.get(f'heldout_ce_minus_{b}'), signed=True)} | "
+                f"{_fmt(s.get(f'rouge_l_minus_{b}'), signed=True)} | "
+                f"{_fmt(s.get(f'heldout_dsa_minus_{b}'), 3, signed=True)} | "
+                f"{_verdict(s.get(f'heldout_ce_minus_{b}'))} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -942,16 +941,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"load={load_start} cache={root}"
     )
 
-    # ---- arms (the KD ones only with the hook) ----------------------------------------------
-    boundary_pairs, why = _kd_support()
-    skipped: dict[str, str] = {}
-    arms = []
-    for a in dict.fromkeys(args.arms):
-        if ARMS[a].kd and boundary_pairs is None:
-            skipped[a] = f"skipped: {why}"
-            _log(f"[skip] {a}: {why}")
-        else:
-            arms.append(a)
+    arms = list(dict.fromkeys(args.arms))
     need_topk = any(ARMS[a].kd for a in arms)
 
     # ---- data ----------------------------------------------------------------------------------
@@ -1077,7 +1067,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prompts=prompts,
         train_cache=train_cache,
         eval_cache=eval_cache,
-        boundary_pairs=boundary_pairs,
     )
     _log(
         f"teacher {teacher_spec} ({t_layers} layers, width {t_width}); student {student_spec} "
@@ -1150,7 +1139,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "prompts": len(prompts),
         },
         "before": before,
-        "skipped": skipped,
         "summary": summarize(records, arms),
         "runs": records,
         "teacher_cache_s": teacher_cache_s,

@@ -36,21 +36,6 @@ def cache_key(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
-def _topk_probs(logits: torch.Tensor, k: int, chunk_rows: int = 256) -> torch.Tensor:
-    """Sorted (descending) top-k softmax probabilities of ``[M, V]`` logits -> fp32 ``[M, k]``."""
-    out = []
-    for c in range(0, logits.shape[0], chunk_rows):
-        z = logits[c : c + chunk_rows].float()
-        lse = torch.logsumexp(z, -1, keepdim=True)
-        v = z.topk(min(k, z.shape[-1]), -1).values
-        p = torch.exp(v - lse)
-        if p.shape[-1] < k:
-            p = torch.nn.functional.pad(p, (0, k - p.shape[-1]))
-        out.append(p)
-    return torch.cat(out)
-
-
 def build_teacher_cache(
     path: Path,
     teacher: torch.nn.Module,
@@ -76,7 +61,7 @@ def build_teacher_cache(
         top_k: also store the sorted top-k next-token probabilities per token (needs the
             teacher's LM head: for Gemma-3, a 262k-wide matmul per token).
     """
-    from mta_ext.integrations import teacher_forward
+    from mta_ext.integrations import sorted_top_probs, teacher_forward
 
     teacher.eval()
     ids_parts: list[torch.Tensor] = []
@@ -99,7 +84,9 @@ def build_teacher_cache(
             for j, layer in enumerate(layers):
                 hid_parts[j].append(out.hidden_states[layer][b][row.to(device)].to("cpu", dtype))
             if top_k is not None:
-                topk_parts.append(_topk_probs(out.logits[b][row.to(device)], top_k).cpu())
+                with torch.no_grad():  # the same values as the live ULD's teacher side
+                    p = sorted_top_probs(out.logits[b][row.to(device)], top_k=top_k)
+                topk_parts.append(p.to("cpu", torch.float32))
         del out
         done = min(start + batch_size, n)
         if done == n or (start // batch_size) % 10 == 0:

@@ -15,7 +15,9 @@ from mta_ext.integrations.logit_kd import (
     boundary_pairs,
     shared_vocab,
     shared_vocab_kl,
+    sorted_top_probs,
     uld_distance,
+    uld_distance_to_probs,
     uld_kd,
 )
 from mta_ext.reference.logit_kd import (
@@ -110,6 +112,55 @@ def test_uld_matches_reference(seed, top_k):
     # the chunk size changes nothing
     again = uld_distance(zs, zt, s_rows, t_rows, top_k=top_k, temperature=1.7, chunk_size=1000)
     torch.testing.assert_close(again, got, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("top_k", [1, 7, 64])
+def test_cached_teacher_equals_live_teacher(dtype, top_k):
+    """Offline distillation: caching every teacher position's sorted top-k probabilities once
+    (any chunking), then indexing the matched rows, gives the live-teacher loss and gradient
+    bit for bit."""
+    to, tm, so, sm = _random_case(11)
+    g = torch.Generator().manual_seed(5)
+    zt = (torch.randn(*tm.shape, 41, generator=g, dtype=torch.float64) * 3).to(dtype)
+    zs = torch.randn(*sm.shape, 29, generator=g, dtype=torch.float64).to(dtype)
+    t_rows, s_rows = boundary_pairs(to, tm, so, sm)
+    assert t_rows.numel() > 0
+    live_in = zs.clone().requires_grad_()
+    live = uld_distance(live_in, zt, s_rows, t_rows, top_k=top_k, temperature=1.3)
+    (g_live,) = torch.autograd.grad(live, live_in)
+    cache = sorted_top_probs(zt, top_k=top_k, temperature=1.3, chunk_size=3)  # every position
+    assert cache.shape == (zt.shape[0] * zt.shape[1], top_k)
+    assert cache.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert (cache[:, :-1] >= cache[:, 1:]).all()  # sorted, descending
+    cached_in = zs.clone().requires_grad_()
+    cached = uld_distance_to_probs(cached_in, s_rows, cache[t_rows], temperature=1.3)
+    (g_cached,) = torch.autograd.grad(cached, cached_in)
+    assert torch.equal(cached, live)
+    assert torch.equal(g_cached, g_live)
+    # the rows argument selects the same values
+    assert torch.equal(sorted_top_probs(zt, t_rows, top_k=top_k, temperature=1.3), cache[t_rows])
+
+
+def test_cached_teacher_argument_errors():
+    zs = torch.randn(1, 4, 9, requires_grad=True)
+    rows = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="teacher_probs has 3 rows but student_rows has 2"):
+        uld_distance_to_probs(zs, rows, torch.rand(3, 5))
+    with pytest.raises(ValueError, match=r"teacher_probs must be \[N, k\]"):
+        uld_distance_to_probs(zs, rows, torch.rand(2))
+    with pytest.raises(ValueError, match="at least one rank"):
+        uld_distance_to_probs(zs, rows, torch.rand(2, 0))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        uld_distance_to_probs(zs, rows, torch.rand(2, 5), temperature=0.0)
+    with pytest.raises(ValueError, match="rows must be a 1-D int64 tensor"):
+        sorted_top_probs(zs, rows.int())
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        sorted_top_probs(zs, top_k=0)
+    empty = torch.zeros(0, dtype=torch.int64)
+    loss = uld_distance_to_probs(zs, empty, torch.rand(0, 5))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and zs.grad is not None
 
 
 def test_sorted_top_probs_gradcheck():

@@ -11,7 +11,14 @@ from .checkpoint import load_mta_loss, save_mta_loss, save_student
 from .collator import MTACollator, batch_to
 from .distill import distillation_loss, same_vocab_kl, teacher_forward, unit_coverage
 from .evaluate import heldout_ce
-from .logit_kd import boundary_pairs, shared_vocab, uld_kd
+from .logit_kd import (
+    boundary_pairs,
+    shared_vocab,
+    sorted_top_probs,
+    uld_distance,
+    uld_distance_to_probs,
+    uld_kd,
+)
 
 __all__ = [
     "MTACollator",
@@ -25,7 +32,10 @@ __all__ = [
     "save_mta_loss",
     "save_student",
     "shared_vocab",
+    "sorted_top_probs",
     "teacher_forward",
+    "uld_distance",
+    "uld_distance_to_probs",
     "uld_kd",
     "unit_coverage",
 ]

@@ -38,7 +38,9 @@ __all__ = [
     "boundary_pairs",
     "shared_vocab",
     "shared_vocab_kl",
+    "sorted_top_probs",
     "uld_distance",
+    "uld_distance_to_probs",
     "uld_kd",
 ]
 
@@ -188,6 +190,96 @@ class _NoCtx:
         pass
 
 
+def _check_knobs(top_k: int, temperature: float) -> None:
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def sorted_top_probs(
+    logits: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    *,
+    top_k: int = 128,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The ``top_k`` largest next-token probabilities of some positions, sorted descending.
+
+    This is one side of ULD. Use it to cache a teacher once (offline distillation: run the
+    large teacher over the corpus, keep ``[tokens, k]`` instead of ``[tokens, V]``) and train
+    against the cache with :func:`uld_distance_to_probs`; the result is the same as
+    :func:`uld_distance` on the live teacher logits, bit for bit, on one machine.
+
+    Args:
+        logits: ``[..., V]`` float logits (any float dtype). Differentiable: the backward
+            recomputes each chunk's softmax instead of keeping it.
+        rows: int64 ``[N]`` rows of the flattened ``[-1, V]`` logits; ``None`` = every row.
+        top_k: ranks kept; when ``V < top_k`` the missing ranks are zero (probability 0).
+        temperature: softmax temperature.
+        chunk_size: rows per chunk (default: a 64 MiB fp32 block per chunk).
+
+    Returns:
+        ``[N, top_k]`` probabilities in the compute dtype (fp32, or fp64 for fp64 logits).
+    """
+    _check_knobs(top_k, temperature)
+    if rows is None:
+        n = logits.numel() // max(logits.shape[-1], 1) if logits.dim() else 0
+        rows = torch.arange(n, device=logits.device)
+    elif rows.dim() != 1 or rows.dtype != torch.int64:
+        raise ValueError(
+            f"sorted_top_probs: rows must be a 1-D int64 tensor, got {rows.dtype} "
+            f"{tuple(rows.shape)}"
+        )
+    return _top_probs(logits, rows.to(logits.device), top_k, temperature, chunk_size)
+
+
+def uld_distance_to_probs(
+    student_logits: torch.Tensor,
+    student_rows: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """ULD against precomputed teacher probabilities (a cached teacher).
+
+    Args:
+        student_logits: ``[B, T_s, V_s]`` (any float dtype; gradients flow into it).
+        student_rows: int64 ``[N]`` rows of the flattened ``[B*T_s]`` axis.
+        teacher_probs: ``[N, k]`` sorted top-k teacher probabilities of the matched teacher
+            positions, row ``n`` paired with ``student_rows[n]`` (:func:`sorted_top_probs`
+            with the teacher rows of :func:`boundary_pairs`, the same ``temperature``).
+        temperature: the student's softmax temperature.
+        chunk_size: positions per chunk.
+
+    Returns:
+        0-dim fp32 tensor: mean over ``N`` of ``Σ_r |p_S,r − p_T,r|`` over the ``k`` ranks
+        (``0`` with a zero gradient when ``N == 0``).
+    """
+    if teacher_probs.dim() != 2 or student_rows.dim() != 1:
+        raise ValueError(
+            f"uld_distance_to_probs: teacher_probs must be [N, k] and student_rows [N], got "
+            f"{tuple(teacher_probs.shape)} and {tuple(student_rows.shape)}"
+        )
+    if teacher_probs.shape[0] != student_rows.shape[0]:
+        raise ValueError(
+            f"uld_distance_to_probs: teacher_probs has {teacher_probs.shape[0]} rows but "
+            f"student_rows has {student_rows.shape[0]}"
+        )
+    k = teacher_probs.shape[1]
+    if k < 1:
+        raise ValueError("uld_distance_to_probs: teacher_probs needs at least one rank (k >= 1)")
+    _check_knobs(k, temperature)
+    if student_rows.numel() == 0:
+        return student_logits.sum().float() * 0.0
+    dev = student_logits.device
+    ps = _top_probs(student_logits, student_rows.to(dev), k, temperature, chunk_size)
+    pt = teacher_probs.detach().to(dev, ps.dtype)
+    return (ps - pt).abs().sum(-1).mean()
+
+
 def uld_distance(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -212,10 +304,7 @@ def uld_distance(
     Returns:
         0-dim fp32 tensor (``0`` with a zero gradient when ``N == 0``).
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_knobs(top_k, temperature)
     if student_rows.shape != teacher_rows.shape or student_rows.dim() != 1:
         raise ValueError(
             f"student_rows {tuple(student_rows.shape)} and teacher_rows "
@@ -223,16 +312,16 @@ def uld_distance(
         )
     if student_rows.numel() == 0:
         return student_logits.sum().float() * 0.0
-    dev = student_logits.device
-    ps = _top_probs(student_logits, student_rows.to(dev), top_k, temperature, chunk_size)
     pt = _top_probs(
         teacher_logits.detach(),
         teacher_rows.to(teacher_logits.device),
         top_k,
         temperature,
         chunk_size,
-    ).to(dev)
-    return (ps - pt).abs().sum(-1).mean()
+    )
+    return uld_distance_to_probs(
+        student_logits, student_rows, pt, temperature=temperature, chunk_size=chunk_size
+    )
 
 
 # ----------------------------------------------------------------------------- exact term
@@ -352,10 +441,7 @@ def uld_kd(
     The hook reads ``batch["alignment"]``'s ``teacher`` / ``student`` offsets and attention
     masks (an ``Alignment`` or the plain-dict form) and both models' ``logits``.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_knobs(top_k, temperature)
     if exact_weight < 0:
         raise ValueError(f"exact_weight must be >= 0, got {exact_weight}")
     if exact_weight > 0 and vocab is None:
