@@ -191,20 +191,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--phrases", choices=["auto", "spacy", "none"], default="auto")
     p.add_argument("--cache-dir", default=None, help="default $MTA_EXT_CACHE/quality")
     p.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: idle cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: every usable core)"
+    )
     p.add_argument("--fresh", action="store_true", help="ignore finished runs in the cache")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     return p
 
 
 def _auto_threads() -> int:
+    """Every core this process may use. Not "idle cores from the load average": that average
+    trails by a minute, so a run started right after another job would train single-threaded
+    for an hour; a busy machine is reported (load average at start and end) instead."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+    return max(1, cores or 1)
 
 
 def _load() -> list[float]:
@@ -491,6 +491,7 @@ def _heldout_structure(
     args = ctx.args
     dev = torch.device(args.device)
     student.eval()
+    decoder = student.get_decoder()
     sums: dict[str, list[float]] = {"dsa": [], "hid": []}
     bs = 16
     for start in range(0, len(ctx.eval_examples), bs):
@@ -500,7 +501,8 @@ def _heldout_structure(
             idx, batch["teacher_input_ids"], batch["teacher_attention_mask"]
         )
         with _autocast(args):
-            out = student(
+            # the decoder without the LM head: the same hidden states, no [B, T, V] logits
+            out = decoder(
                 input_ids=batch["input_ids"].to(dev),
                 attention_mask=batch["attention_mask"].to(dev),
                 output_hidden_states=True,
@@ -940,6 +942,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"benchmarks.quality: models={args.models} device={args.device} threads={threads} "
         f"load={load_start} cache={root}"
     )
+    if load_start and load_start[0] > 0.5 * threads:
+        _log(
+            f"warning: load average {load_start[0]} on {threads} threads: other jobs share this "
+            "machine, so the wall times will be high (the results say so)"
+        )
 
     arms = list(dict.fromkeys(args.arms))
     need_topk = any(ARMS[a].kd for a in arms)

@@ -44,8 +44,11 @@ def heldout_ce(
                 truncation=max_length is not None,
                 max_length=max_length,
             ).to(device)
-            logits = model(**enc, use_cache=False).logits[:, :-1].float()
-            target = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
+            logits = model(**enc, use_cache=False).logits.float()  # a no-op for fp32 logits
+            # shift the targets, not the logits: slicing [:, :-1] would copy the [B, T, V] logits
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            target = torch.full_like(ids, -100)
+            target[:, :-1] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
             total += float(
                 F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]),
