@@ -17,7 +17,7 @@ Setup (defaults; every number is a flag):
   first and last kept) with its embeddings, final norm and tied head (~49M parameters, 21M
   outside the embeddings). Why: the full 135M student is already fluent on this corpus (held-out
   CE 3.4) and needs ~3x the compute per step (FLOP estimate: 30 vs 6 layers, same head), which
-  would leave ~40 steps per run for 12 runs in an hour; a 6-layer student starts far from the
+  would leave ~30 steps per run for 18 runs in an hour; a 6-layer student starts far from the
   teacher (held-out CE 15.6: the dropped layers broke the residual stream's path to the head)
   so there is something to learn, as in the paper's
   1.5B -> 120M setting, while keeping the real byte-level BPE tokenizer (a real
