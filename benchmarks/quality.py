@@ -394,16 +394,6 @@ def _autocast(args: argparse.Namespace):
     return contextlib.nullcontext()
 
 
-def _batches(n_items: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    order: list[int] = []
-    while len(order) < steps * batch_size:
-        epoch = list(range(n_items))
-        rng.shuffle(epoch)
-        order += epoch
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
-
-
 def _loss(
     ctx: Context,
     arm: Arm,
@@ -566,6 +556,8 @@ def _rouge(ctx: Context, student: torch.nn.Module) -> dict[str, Any]:
 
 def run_one(ctx: Context, arm: Arm, seed: int) -> dict[str, Any]:
     """Train one (arm, seed) from the pristine student; evaluate; return its record."""
+    from mta_ext.data import shuffled_batches
+
     args = ctx.args
     dev = torch.device(args.device)
     random.seed(seed)
@@ -595,7 +587,7 @@ def run_one(ctx: Context, arm: Arm, seed: int) -> dict[str, Any]:
     t_train = time.perf_counter()
     c_train = time.process_time()
     for step, idx in enumerate(
-        _batches(len(ctx.train_examples), args.steps, args.batch_size, seed)
+        shuffled_batches(len(ctx.train_examples), args.steps, args.batch_size, seed)
     ):
         t0, c0 = time.perf_counter(), time.process_time()
         batch = ctx.collator([ctx.train_examples[i] for i in idx])

@@ -450,17 +450,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(n_items: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    """``steps`` batches of indices: seeded shuffles of the data, epoch after epoch."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while len(order) < steps * batch_size:
-        epoch = list(range(n_items))
-        rng.shuffle(epoch)
-        order += epoch
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
-
-
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -576,7 +565,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     import mta_ext
 
     from ._plot import plot_runs
-    from .data import chunk_texts, load_texts, train_eval_split
+    from .data import chunk_texts, load_texts, shuffled_batches, train_eval_split
     from .integrations import MTACollator, heldout_ce, save_student, unit_coverage
 
     threads, why = _choose_threads(args.threads)
@@ -617,7 +606,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         t_tok, s_tok, phrases=phrases, words="in_phrases" if phrases else "all"
     )
     collator = MTACollator(aligner, max_length=args.max_length)
-    index_batches = _batches(len(train_texts), args.steps, args.batch_size, args.seed)
+    index_batches = shuffled_batches(len(train_texts), args.steps, args.batch_size, args.seed)
     used = sorted({i for b in index_batches for i in b})
     spans: dict[int, Any] = {}
     if phrases == "spacy":

@@ -125,6 +125,20 @@ def train_eval_split(
     return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
 
 
+def shuffled_batches(n_items: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """``steps`` batches of ``batch_size`` indices into ``n_items`` examples: seeded shuffles of
+    the data, epoch after epoch (the same seed gives the same batches)."""
+    if n_items < 1:
+        raise ValueError(f"shuffled_batches: n_items must be >= 1, got {n_items}")
+    rng = random.Random(seed)
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        epoch = list(range(n_items))
+        rng.shuffle(epoch)
+        order += epoch
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
 class TextDataset(Dataset):
     """A map-style dataset of ``{"text": ..., ["spans": ...]}`` examples for ``MTACollator``.
 

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from mta_ext.data import TextDataset, chunk_texts, load_texts, train_eval_split
+from mta_ext.data import (
+    TextDataset,
+    chunk_texts,
+    load_texts,
+    shuffled_batches,
+    train_eval_split,
+)
 
 
 def test_load_jsonl_json_and_text(tmp_path):
@@ -53,3 +59,14 @@ def test_split_is_deterministic_and_disjoint():
     assert ds[0] == {"text": ev[0], "spans": {"word": []}} and len(ds) == 5
     with pytest.raises(ValueError):
         TextDataset(ev, spans=[])
+
+
+def test_shuffled_batches_epochs_and_seed():
+    b = shuffled_batches(5, steps=4, batch_size=3, seed=7)
+    assert [len(x) for x in b] == [3, 3, 3, 3]
+    flat = [i for x in b for i in x]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert b == shuffled_batches(5, steps=4, batch_size=3, seed=7)
+    assert b != shuffled_batches(5, steps=4, batch_size=3, seed=8)
+    with pytest.raises(ValueError, match="n_items must be >= 1"):
+        shuffled_batches(0, steps=1, batch_size=1, seed=0)
