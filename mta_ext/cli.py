@@ -456,18 +456,13 @@ def _dir_size(path: Path) -> int:
 
 def _coverage_rows(alignment: Any) -> dict[str, list[float]]:
     """Per example, the share of each side's non-pad tokens inside >= 1 kept unit."""
+    from .integrations.distill import tokens_in_units
+
     out: dict[str, list[float]] = {}
     for side in ("teacher", "student"):
-        mask = getattr(alignment, side)["attention_mask"].cpu()
-        depth = torch.zeros(mask.numel() + 1, dtype=torch.int32)
-        for layout in alignment.units.values():
-            r = getattr(layout, f"{side}_ranges").to("cpu", torch.long)
-            if r.numel():
-                depth.index_add_(0, r[:, 0], torch.ones(len(r), dtype=torch.int32))
-                depth.index_add_(0, r[:, 1], -torch.ones(len(r), dtype=torch.int32))
-        inside = (depth.cumsum(0)[:-1] > 0).reshape(mask.shape) & mask.bool()
-        valid = mask.bool().sum(1).clamp_min(1)
-        out[side] = (inside.sum(1) / valid).tolist()
+        mask = getattr(alignment, side)["attention_mask"].cpu().bool()
+        inside = tokens_in_units(alignment, side) & mask
+        out[side] = (inside.sum(1) / mask.sum(1).clamp_min(1)).tolist()
     return out
 
 

@@ -168,3 +168,14 @@ def test_unit_coverage_counts_tokens_in_any_unit():
     cov = unit_coverage(al)
     assert cov["teacher"] == pytest.approx(3 / 6)  # tokens 1, 2 and 4 of 6 valid
     assert cov["student"] == pytest.approx(3 / 6)  # tokens 0, 1 and 3
+    # the per-token mask both unit_coverage and `mta-ext explain` (per example) are built on
+    from mta_ext.cli import _coverage_rows
+    from mta_ext.integrations.distill import tokens_in_units
+
+    assert tokens_in_units(al, "teacher").tolist() == [
+        [False, True, True, False],
+        [True, False, False, False],
+    ]
+    rows = _coverage_rows(al)
+    assert rows["teacher"] == pytest.approx([0.5, 0.5])  # 2 of 4 valid, 1 of 2 valid
+    assert rows["student"] == pytest.approx([2 / 3, 1 / 3])

@@ -31,6 +31,7 @@ __all__ = [
     "distillation_loss",
     "same_vocab_kl",
     "teacher_forward",
+    "tokens_in_units",
     "unit_coverage",
 ]
 
@@ -193,16 +194,23 @@ def unit_coverage(alignment: Any) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     for side in ("teacher", "student"):
-        mask = getattr(alignment, side)["attention_mask"]
-        covered = torch.zeros(mask.numel() + 1, dtype=torch.int32)
-        for layout in alignment.units.values():
-            r = getattr(layout, f"{side}_ranges").to("cpu", torch.long)
-            if r.numel():
-                # difference array: +1 at each start, -1 at each end, prefix-sum = depth
-                covered.index_add_(0, r[:, 0], torch.ones(len(r), dtype=torch.int32))
-                covered.index_add_(0, r[:, 1], -torch.ones(len(r), dtype=torch.int32))
-        inside = covered.cumsum(0)[:-1] > 0
-        valid = mask.reshape(-1).to("cpu").bool()
+        valid = getattr(alignment, side)["attention_mask"].to("cpu").bool()
         n = int(valid.sum())
-        out[side] = float((inside & valid).sum()) / n if n else 0.0
+        out[side] = float((tokens_in_units(alignment, side) & valid).sum()) / n if n else 0.0
     return out
+
+
+def tokens_in_units(alignment: Any, side: str) -> torch.Tensor:
+    """bool ``[B, T]`` (CPU): which tokens of ``side`` ("teacher" / "student") lie in at least
+    one shared unit of any granularity. Units never contain pads; AND it with the attention
+    mask to count per non-pad token."""
+    mask = getattr(alignment, side)["attention_mask"]
+    depth = torch.zeros(mask.numel() + 1, dtype=torch.int32)
+    for layout in alignment.units.values():
+        r = getattr(layout, f"{side}_ranges").to("cpu", torch.long)
+        if r.numel():
+            # difference array over the flattened [B*T] rows: +1 at each start, -1 at each
+            # end; the prefix sum is the number of units covering a token
+            depth.index_add_(0, r[:, 0], torch.ones(len(r), dtype=torch.int32))
+            depth.index_add_(0, r[:, 1], -torch.ones(len(r), dtype=torch.int32))
+    return (depth.cumsum(0)[:-1] > 0).reshape(mask.shape)
