@@ -99,3 +99,22 @@ def models():
         transformers.GPT2Config(vocab_size=131, n_embd=32, n_layer=2, n_head=2, n_positions=64)
     )
     return teacher, student
+
+
+@pytest.fixture(scope="module")
+def shared_student():
+    """A student with the ``models`` teacher's vocabulary (one tokenizer, as in the paper):
+    a 2-layer Llama, vocab 97, seeded; shared by test_structural_loss and test_paper."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    ).eval()

@@ -17,23 +17,6 @@ from mta_ext.schedule import LayerSchedule
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def shared_student():
-    """A student with the teacher's vocabulary (one tokenizer, as in the paper)."""
-    torch.manual_seed(1)
-    return transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    ).eval()
-
-
 def _shared(models, shared_student, *, seed, pad, dtype=torch.float64):
     teacher, _ = models
     al = _batch(seed=seed, pad=pad, same_tokenizer=True)

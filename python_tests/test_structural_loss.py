@@ -122,23 +122,11 @@ def test_matches_reference_end_to_end(models, weighting, dtype):
     assert any(a.abs().sum() > 0 for a in g1)
 
 
-def test_token_level_hid_shared_tokenizer(models):
+def test_token_level_hid_shared_tokenizer(models, shared_student):
     teacher, _ = models
-    torch.manual_seed(1)
-    student = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    )
     al = _batch(seed=2, same_tokenizer=True)
     t_hs = _run(teacher, al.teacher).hidden_states
-    s_hs = _leaf(_run(student, al.student).hidden_states, torch.float64)
+    s_hs = _leaf(_run(shared_student, al.student).hidden_states, torch.float64)
     t_hs = tuple(h.double() for h in t_hs)
     projs = _projectors(dtype=torch.float64)
     got = structural_loss(s_hs, t_hs, al, SCHED, projectors=projs, hid="token")
