@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for weighting in ("salience", "entropy"):
         res = {}
         for hid in ("token", "unit"):
-            s_hs = leaf()
-            _, comps = mta_ext.structural_loss(
-                s_hs,
+            projs.zero_grad()
+            loss, comps = mta_ext.structural_loss(
+                leaf(),
                 t_hs,
                 al,
                 sched,
@@ -151,17 +151,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 return_components=True,
             )
             h = sum(comps[f"hid/{i}"] for i in range(3)) / 3
-            projs.zero_grad()
-            loss = mta_ext.structural_loss(
-                s_hs,
-                t_hs,
-                al,
-                sched,
-                projectors=projs,
-                weighting=weighting,
-                teacher_logits=logits,
-                hid=hid,
-            )
             loss.backward()
             res[hid] = (float(h), torch.cat([p.grad.flatten() for p in projs.parameters()]))
         row = {
