@@ -84,8 +84,8 @@ def build_teacher_cache(
             for j, layer in enumerate(layers):
                 hid_parts[j].append(out.hidden_states[layer][b][row.to(device)].to("cpu", dtype))
             if top_k is not None:
-                with torch.no_grad():  # the same values as the live ULD's teacher side
-                    p = sorted_top_probs(out.logits[b][row.to(device)], top_k=top_k)
+                # the live ULD's teacher side, value for value (teacher_forward ran in no_grad)
+                p = sorted_top_probs(out.logits[b][row.to(device)], top_k=top_k)
                 topk_parts.append(p.to("cpu", torch.float32))
         del out
         done = min(start + batch_size, n)
