@@ -31,6 +31,7 @@ def build_info() -> dict[str, Any]:
         "cuda_compiler": _build_info.CUDA_COMPILER_VERSION or None,
         "cuda_archs": _build_info.CUDA_ARCHS or None,
         "cuda_available": bool(_build_info.WITH_CUDA) and torch.cuda.is_available(),
+        "simt": bool(getattr(_build_info, "WITH_SIMT", False)),
         "openmp": (_build_info.OPENMP_VERSION or None) if ops._compiled_with_openmp() else None,
         "threads": threads,
         "threads_used": int(ops._parallel_probe(4 * threads)),

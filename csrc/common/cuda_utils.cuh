@@ -1,20 +1,32 @@
-// Small helpers shared by the CUDA kernels (csrc/cuda/*.cu).
+// Small helpers shared by the CUDA kernels (csrc/cuda/*.cu), and the one place that decides
+// what "CUDA" means for them: the real toolkit (nvcc), or the SIMT backend's implementation of
+// the same subset for the host compiler (MTA_SIMT: simt/cuda_shim.h), which runs the same
+// kernel sources on the CPU. Kernels are launched through cuda::launch, never with <<<>>>, so
+// both builds launch them the same way.
 //
 // Only c10/cuda headers: this machine's toolkit has no cuBLAS headers, so ATen/cuda/CUDAContext.h
 // cannot be included (the CI toolkit lacks them).
 #pragma once
 
 #include <ATen/ATen.h>
+
+#ifdef MTA_SIMT
+#include "simt/cuda_shim.h"
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
+#endif
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <utility>
 
 namespace mta_ext::cuda {
 
@@ -38,10 +50,27 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   return at::empty(sizes, options);
 }
 
+// Launches kernel<<<grid, block, 0, stream>>>(args...) (the SIMT backend: runs it on the CPU).
+template <typename... Params, typename... Args>
+inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                   Args&&... args) {
+#ifdef MTA_SIMT
+  (void)stream;
+  simt_rt::LaunchCtx<Params...> ctx{kernel, {std::forward<Args>(args)...}};
+  simt_rt::launch(grid, block, &simt_rt::LaunchCtx<Params...>::run, &ctx);
+#else
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+#endif
+}
+
 // Compute capability major of the current device (cached per device index). The cache is
 // written and read with relaxed atomics: two host threads may both query the driver the first
 // time and store the same value, but no thread ever reads a torn or racy int.
 inline int device_major(int device) {
+#ifdef MTA_SIMT
+  (void)device;
+  return simt_rt::sm_major();  // configurable per call (mta_ext._simt.enabled(sm=...))
+#endif
   static std::atomic<int> cache[64] = {};
   if (device < 0 || device >= 64) device = 0;
   int major = cache[device].load(std::memory_order_relaxed);

@@ -111,11 +111,11 @@ Plan make_plan(const at::Tensor& cu, int64_t N, const plan::Sizes& sizes, cudaSt
   if (B <= 0 || (pl.ntiles == 0 && pl.nrows == 0)) return pl;
   auto counts = at::empty({4, B}, lo);
   const unsigned blocks = cuda::grid_1d(B, 256, "relational_loss", "examples");
-  plan_count_kernel<<<blocks, 256, 0, stream>>>(cu.const_data_ptr<int64_t>(), B, N,
+  cuda::launch(plan_count_kernel, blocks, 256, stream, cu.const_data_ptr<int64_t>(), B, N,
                                                 counts.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto offsets = (counts.cumsum(1) - counts).contiguous();  // exclusive prefix sums
-  plan_fill_kernel<<<blocks, 256, 0, stream>>>(
+  cuda::launch(plan_fill_kernel, blocks, 256, stream, 
       cu.const_data_ptr<int64_t>(), B, N, offsets.const_data_ptr<int64_t>(), sizes,
       pl.tiles.mutable_data_ptr<int64_t>(), pl.rows.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -185,12 +185,12 @@ Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_norms", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const unsigned blocks = cuda::grid_1d(N, 8, kFwd, "units");
-    norms_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(
+    cuda::launch(norms_kernel<scalar_t, acc_t>, blocks, 256, stream, 
         pr.us.const_data_ptr<scalar_t>(), N, pr.us.size(1),
         pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
         pr.rs.mutable_data_ptr<acc_t>(), pr.nrms.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    norms_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(
+    cuda::launch(norms_kernel<scalar_t, acc_t>, blocks, 256, stream, 
         pr.ut.const_data_ptr<scalar_t>(), N, pr.ut.size(1),
         pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
         pr.rt.mutable_data_ptr<acc_t>(), pr.nrmt.mutable_data_ptr<acc_t>());
@@ -234,14 +234,14 @@ void launch_tiles(const Prepared& pr, const Plan& pl, const TileOutputs<acc_t>& 
       const bool vec = cuda::rows_16b_aligned<scalar_t>(us, Ds) &&
                        cuda::rows_16b_aligned<scalar_t>(ut, Dt);
       if (vec)
-        tile_kernel<scalar_t, acc_t, true, kMode, true><<<grid, kThreads, 0, stream>>>(P);
+        cuda::launch(tile_kernel<scalar_t, acc_t, true, kMode, true>, grid, kThreads, stream, P);
       else
-        tile_kernel<scalar_t, acc_t, true, kMode, false><<<grid, kThreads, 0, stream>>>(P);
+        cuda::launch(tile_kernel<scalar_t, acc_t, true, kMode, false>, grid, kThreads, stream, P);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  tile_kernel<scalar_t, acc_t, false, kMode, false><<<grid, kThreads, 0, stream>>>(P);
+  cuda::launch(tile_kernel<scalar_t, acc_t, false, kMode, false>, grid, kThreads, stream, P);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -278,7 +278,7 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
   P.gs = gs.mutable_data_ptr<acc_t>();
   P.gt = gt.mutable_data_ptr<acc_t>();
   auto launch = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, stream>>>(P);
+    cuda::launch(kernel, grid, kThreads, stream, P);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
@@ -297,7 +297,7 @@ template <typename acc_t>
 void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* partial,
                      int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream,
                      double* k_out = nullptr) {
-  finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(
+  cuda::launch(finalize_kernel<acc_t>, 1, kThreads, stream, 
       partial, ntiles, pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
       pr.w.size(0), pr.eps.const_data_ptr<double>(), grad, out, k_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -10,10 +10,6 @@
 
 #include <ATen/ATen.h>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
-
 #include <cstdint>
 #include <type_traits>
 

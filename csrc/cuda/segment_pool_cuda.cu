@@ -262,10 +262,10 @@ at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (cuda::rows_16b_aligned<scalar_t>(h, D) && cuda::rows_16b_aligned<scalar_t>(o, D)) {
       const auto L = row_launch(N, D / V);
-      pool_fwd_kernel<scalar_t, acc_t, V><<<L.grid, L.block, 0, stream>>>(h, r, w, o, N, D);
+      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, h, r, w, o, N, D);
     } else {
       const auto L = row_launch(N, D);
-      pool_fwd_kernel<scalar_t, acc_t, 1><<<L.grid, L.block, 0, stream>>>(h, r, w, o, N, D);
+      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, h, r, w, o, N, D);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -299,7 +299,7 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   auto diff = at::zeros({M + 1}, idx_opts);
   AT_DISPATCH_FLOATING_TYPES(acc_dt, "segment_pool_unit_prep", [&] {
     const scalar_t* w = a.weights ? a.weights->const_data_ptr<scalar_t>() : nullptr;
-    unit_prep_kernel<scalar_t><<<cuda::grid_1d(N, 256, kBwd, "units"), 256, 0, stream>>>(
+    cuda::launch(unit_prep_kernel<scalar_t>, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, 
         r, w, N, inv.mutable_data_ptr<scalar_t>(), wmax.mutable_data_ptr<scalar_t>(),
         diff.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -312,11 +312,11 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   auto units = at::empty({std::max<int64_t>(P, 1)}, idx_opts);
   if (P > 0) {
     auto cursor = at::zeros({M}, idx_opts);
-    csr_fill_kernel<<<cuda::grid_1d(N, 256, kBwd, "units"), 256, 0, stream>>>(
+    cuda::launch(csr_fill_kernel, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, 
         r, N, row_ptr.const_data_ptr<int64_t>(), P, cursor.mutable_data_ptr<int>(),
         units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    csr_sort_kernel<<<cuda::grid_1d(M, 256, kBwd, "rows"), 256, 0, stream>>>(
+    cuda::launch(csr_sort_kernel, cuda::grid_1d(M, 256, kBwd, "rows"), 256, stream, 
         row_ptr.const_data_ptr<int64_t>(), M, P, units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -334,12 +334,10 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
     const acc_t* wm = wmax.const_data_ptr<acc_t>();
     if (cuda::rows_16b_aligned<scalar_t>(g, D) && cuda::rows_16b_aligned<scalar_t>(gh, D)) {
       const auto L = row_launch(M, D / V);
-      pool_bwd_gather_kernel<scalar_t, acc_t, V>
-          <<<L.grid, L.block, 0, stream>>>(g, rp, P, un, iv, wm, w, gh, M, D);
+      cuda::launch(pool_bwd_gather_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, g, rp, P, un, iv, wm, w, gh, M, D);
     } else {
       const auto L = row_launch(M, D);
-      pool_bwd_gather_kernel<scalar_t, acc_t, 1>
-          <<<L.grid, L.block, 0, stream>>>(g, rp, P, un, iv, wm, w, gh, M, D);
+      cuda::launch(pool_bwd_gather_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, g, rp, P, un, iv, wm, w, gh, M, D);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -255,14 +255,14 @@ at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& atten
     const scalar_t* hp = h.const_data_ptr<scalar_t>();
     const bool* mp = mask.const_data_ptr<bool>();
     const acc_t d_pow = static_cast<acc_t>(std::pow(double(D), -0.25));
-    scale_kernel<scalar_t, acc_t><<<cuda::grid_1d(B * T, 8, kOp, "tokens"), 256, 0, stream>>>(
+    cuda::launch(scale_kernel<scalar_t, acc_t>, cuda::grid_1d(B * T, 8, kOp, "tokens"), 256, stream, 
         hp, mp, B * T, D, d_pow, scale.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    row_stats_kernel<scalar_t, acc_t><<<unsigned(B * tiles), simt::kThreads, 0, stream>>>(
+    cuda::launch(row_stats_kernel<scalar_t, acc_t>, unsigned(B * tiles), simt::kThreads, stream, 
         hp, mp, scale.const_data_ptr<acc_t>(), T, D, tiles, m.mutable_data_ptr<acc_t>(),
         inv_l.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    column_kernel<scalar_t, acc_t><<<unsigned(B * tiles), simt::kThreads, 0, stream>>>(
+    cuda::launch(column_kernel<scalar_t, acc_t>, unsigned(B * tiles), simt::kThreads, stream, 
         hp, mp, scale.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
         inv_l.const_data_ptr<acc_t>(), n_valid.const_data_ptr<int64_t>(), T, D, tiles,
         out.mutable_data_ptr<float>());

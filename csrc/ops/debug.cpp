@@ -3,6 +3,10 @@
 
 #include <torch/library.h>
 
+#ifdef MTA_WITH_SIMT
+#include "simt/runtime.h"
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -38,6 +42,9 @@ bool debug_enabled() { return g_debug.load(std::memory_order_relaxed); }
 void set_debug(bool on) { g_debug.store(on); }
 
 bool host_readable(const at::Tensor& t) {
+#ifdef MTA_WITH_SIMT
+  if (simt_rt::active()) return false;  // the SIMT backend's CPU tensors stand for device memory
+#endif
   return t.is_cpu() && !g_pretend_device.load(std::memory_order_relaxed);
 }
 

@@ -8,9 +8,10 @@
 #include "ops/relational_loss.h"
 
 #include "common/checks.h"
+#include "common/cpu_kernel.h"
 #include "common/debug.h"
 #include "cpu/relational_loss_cpu.h"
-#ifdef MTA_WITH_CUDA
+#if defined(MTA_WITH_CUDA) || defined(MTA_WITH_SIMT)
 #include "cuda/relational_loss_cuda.h"
 #endif
 
@@ -108,9 +109,9 @@ TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
-  m.impl("relational_loss", &relational_loss_cpu);
-  m.impl("relational_loss_and_grad", &relational_loss_and_grad_cpu);
-  m.impl("relational_loss_backward", &relational_loss_backward_cpu);
+  m.impl("relational_loss", MTA_CPU_KERNEL(relational_loss_cpu, relational_loss_cuda));
+  m.impl("relational_loss_and_grad", MTA_CPU_KERNEL(relational_loss_and_grad_cpu, relational_loss_and_grad_cuda));
+  m.impl("relational_loss_backward", MTA_CPU_KERNEL(relational_loss_backward_cpu, relational_loss_backward_cuda));
 }
 
 #ifdef MTA_WITH_CUDA

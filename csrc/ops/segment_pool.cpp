@@ -6,9 +6,10 @@
 #include "ops/segment_pool.h"
 
 #include "common/checks.h"
+#include "common/cpu_kernel.h"
 #include "common/debug.h"
 #include "cpu/segment_pool_cpu.h"
-#ifdef MTA_WITH_CUDA
+#if defined(MTA_WITH_CUDA) || defined(MTA_WITH_SIMT)
 #include "cuda/segment_pool_cuda.h"
 #endif
 
@@ -80,8 +81,8 @@ TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
-  m.impl("segment_pool", &segment_pool_cpu);
-  m.impl("segment_pool_backward", &segment_pool_backward_cpu);
+  m.impl("segment_pool", MTA_CPU_KERNEL(segment_pool_cpu, segment_pool_cuda));
+  m.impl("segment_pool_backward", MTA_CPU_KERNEL(segment_pool_backward_cpu, segment_pool_backward_cuda));
 }
 
 #ifdef MTA_WITH_CUDA

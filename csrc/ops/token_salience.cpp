@@ -4,8 +4,9 @@
 #include "ops/token_salience.h"
 
 #include "common/checks.h"
+#include "common/cpu_kernel.h"
 #include "cpu/token_salience_cpu.h"
-#ifdef MTA_WITH_CUDA
+#if defined(MTA_WITH_CUDA) || defined(MTA_WITH_SIMT)
 #include "cuda/token_salience_cuda.h"
 #endif
 
@@ -36,7 +37,7 @@ TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
   m.def("token_salience(Tensor hidden, Tensor attention_mask, int key_block=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(mta_ext, CPU, m) { m.impl("token_salience", &token_salience_cpu); }
+TORCH_LIBRARY_IMPL(mta_ext, CPU, m) { m.impl("token_salience", MTA_CPU_KERNEL(token_salience_cpu, token_salience_cuda)); }
 
 #ifdef MTA_WITH_CUDA
 TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) { m.impl("token_salience", &token_salience_cuda); }
