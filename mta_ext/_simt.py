@@ -20,10 +20,11 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the compiled ops)
 
-__all__ = ["available", "enabled", "stats", "reset_stats"]
+__all__ = ["available", "enabled", "suspended", "stats", "reset_stats"]
 
 _lock = threading.Lock()
 _depth = 0
+_settings: tuple[int, int] | None = None  # (shuffle_seed, sm) while enabled
 
 
 def available() -> bool:
@@ -50,18 +51,35 @@ def enabled(*, shuffle_seed: int | None = None, sm: int = 90) -> Iterator[None]:
             "mta_ext._simt: this build has no SIMT backend; rebuild with MTA_WITH_SIMT=ON "
             "(tools/dev_build.sh does by default on a CPU-only torch)"
         )
-    global _depth
+    global _depth, _settings
     with _lock:
         if _depth:
             raise RuntimeError("mta_ext._simt.enabled() is already active")
         _depth = 1
-    torch.ops.mta_ext._simt_configure(True, -1 if shuffle_seed is None else int(shuffle_seed), sm)
+    _settings = (-1 if shuffle_seed is None else int(shuffle_seed), int(sm))
+    torch.ops.mta_ext._simt_configure(True, *_settings)
     try:
         yield
     finally:
         torch.ops.mta_ext._simt_configure(False, -1, 90)
         with _lock:
             _depth = 0
+            _settings = None
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Inside :func:`enabled`: the ops run their CPU kernels in this block (e.g. a baseline to
+    compare the CUDA kernels with), then the backend resumes with the same settings."""
+    settings = _settings
+    if settings is None:
+        yield
+        return
+    torch.ops.mta_ext._simt_configure(False, -1, 90)
+    try:
+        yield
+    finally:
+        torch.ops.mta_ext._simt_configure(True, *settings)
 
 
 def stats() -> dict[str, int]:

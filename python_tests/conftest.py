@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
+
+from mta_ext import _simt
 
 # The ONE tolerance table of the op tests, per kind of comparison and dtype:
 # * "vs_fp64": an op's output for low-precision inputs vs the float64 reference on the same
@@ -31,9 +35,52 @@ TOLERANCES = {
 LOW_PRECISION_TOL = TOLERANCES["vs_fp64"]
 
 CUDA = torch.cuda.is_available()
-# Every op test runs on each available device: CPU always, CUDA when present.
-DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+# The SIMT backend (a test build's CUDA kernels executed on the CPU): the device "simt", whose
+# tensors live on the CPU while the test runs inside mta_ext._simt.enabled() (see _simt_device).
+SIMT = _simt.available()
+# Every op test runs on each available device: CPU always, the CUDA kernels on the SIMT backend
+# when built, CUDA when present. GPU_DEVICES: where the CUDA kernels run.
+DEVICES = ["cpu"] + (["simt"] if SIMT else []) + (["cuda"] if CUDA else [])
 GPU_DEVICES = [d for d in DEVICES if d != "cpu"]
+
+
+def tdev(device: str) -> str:
+    """The torch device of a test device: "simt" tensors are CPU tensors."""
+    return "cpu" if device == "simt" else device
+
+
+def simt_seed(nodeid: str) -> int:
+    """The SIMT device's shuffle seed for a test: fixed per test id (MTA_SIMT_SEED overrides)."""
+    env = os.environ.get("MTA_SIMT_SEED")
+    if env is not None:
+        return int(env)
+    h = 0
+    for ch in nodeid.encode():
+        h = (h * 131 + ch) % (2**31 - 1)
+    return h
+
+
+@pytest.fixture(autouse=True)
+def _simt_device(request) -> Iterator[None]:
+    """A test parametrized with device="simt" runs inside mta_ext._simt.enabled(), in the
+    shuffled mode (threads of a block run in a seeded random order between barriers): every
+    kernel test is also a race test. The seed is printed; MTA_SIMT_SEED replays it."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("device") != "simt":
+        yield
+        return
+    seed = simt_seed(request.node.nodeid)
+    print(f"simt shuffle seed={seed}")
+    with _simt.enabled(shuffle_seed=seed):
+        yield
+
+
+@contextlib.contextmanager
+def cpu_kernels() -> Iterator[None]:
+    """Inside a "simt" test: run the ops' CPU kernels in the block (a CPU-kernel baseline to
+    compare the CUDA kernels with). Elsewhere: nothing changes."""
+    with _simt.suspended():
+        yield
 
 
 def random_ranges(

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mta_ext
+from conftest import DEVICES, tdev
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
 
 
@@ -70,9 +70,9 @@ CASES = {
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST_DTYPES, ids=str)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_op_ignores_autocast(case, autocast_dtype, device):
-    run = CASES[case](device)
+    run = CASES[case](tdev(device))
     want = run()
-    with torch.autocast(device, dtype=autocast_dtype):
+    with torch.autocast(tdev(device), dtype=autocast_dtype):
         got = run()
     for a, b in zip(got, want, strict=True):
         assert a.dtype == b.dtype

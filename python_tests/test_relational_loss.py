@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, tdev
 from op_helpers import FLOATS, _finite, _rl_grad_bound, _rl_ref, _tol, _units, ops, value_checks_on
 
 import mta_ext
@@ -219,9 +219,9 @@ RL_CASES = [
 def test_relational_loss_matches_reference(rng, dtype, case, device):
     sizes, ds, dt = case
     us, ut, w, cu = _units(rng, sizes, ds, dt, dtype, dtype)
-    usd = us.to(device).requires_grad_(True)
-    utd = ut.to(device).requires_grad_(True)
-    loss = ops.relational_loss(usd, utd, w.to(device), cu.to(device))
+    usd = us.to(tdev(device)).requires_grad_(True)
+    utd = ut.to(tdev(device)).requires_grad_(True)
+    loss = ops.relational_loss(usd, utd, w.to(tdev(device)), cu.to(tdev(device)))
     ref, usr, utr = _rl_ref(us, ut, w, cu)
     assert loss.dim() == 0
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -229,7 +229,7 @@ def test_relational_loss_matches_reference(rng, dtype, case, device):
     tol = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 1e-6}
     torch.testing.assert_close(loss.cpu().double(), ref.detach(), **tol)
     g = torch.rand(()) + 0.5
-    gs, gt = torch.autograd.grad(loss, (usd, utd), g.to(device).to(loss.dtype))
+    gs, gt = torch.autograd.grad(loss, (usd, utd), g.to(tdev(device)).to(loss.dtype))
     if ref.requires_grad:
         rgs, rgt = torch.autograd.grad(ref, (usr, utr), g.double(), allow_unused=True)
     else:
@@ -257,8 +257,8 @@ def test_relational_loss_zero_norm_unit(rng, dtype, device):
     # |u| = 0 < eps: the gradient is g_n / eps (~1e12 times larger than the others), so compare
     # row by row, each relative to its own size.
     us, ut, w, cu = _units(rng, [9, 70], 12, 10, dtype, dtype, zero_row=True)
-    usd = us.to(device).requires_grad_(True)
-    loss = ops.relational_loss(usd, ut.to(device), w.to(device), cu.to(device))
+    usd = us.to(tdev(device)).requires_grad_(True)
+    loss = ops.relational_loss(usd, ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
     ref, usr, _ = _rl_ref(us, ut, w, cu)
     torch.testing.assert_close(loss.cpu().double(), ref.detach(), rtol=2e-4, atol=1e-6)
     (gs,) = torch.autograd.grad(loss, usd)
@@ -270,12 +270,12 @@ def test_relational_loss_zero_norm_unit(rng, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_relational_loss_mixed_dtypes_and_one_side(rng, device):
     us, ut, w, cu = _units(rng, [70, 3, 0, 9], 48, 40, torch.bfloat16, torch.float32)
-    loss = ops.relational_loss(us.to(device), ut.to(device), w.to(device), cu.to(device))
+    loss = ops.relational_loss(us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
     ref, _, _ = _rl_ref(us, ut, w, cu)
     torch.testing.assert_close(loss.cpu().double(), ref.detach(), rtol=2e-4, atol=1e-6)
-    one = torch.ones((), device=device)
+    one = torch.ones((), device=tdev(device))
     gs, gt = ops.relational_loss_backward(
-        one, us.to(device), ut.to(device), w.to(device), cu.to(device), True, False
+        one, us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)), True, False
     )
     assert gs.dtype == torch.bfloat16 and gt.dtype == torch.float32
     assert (gt == 0).all()
@@ -286,9 +286,9 @@ def test_relational_loss_mixed_dtypes_and_one_side(rng, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_relational_loss_bit_identical(rng, dtype, device):
     us, ut, w, cu = _units(rng, [130, 64, 7, 300], 96, 80, dtype, dtype)
-    args = (us.to(device), ut.to(device), w.to(device), cu.to(device))
+    args = (us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
     loss = ops.relational_loss(*args)
-    one = torch.ones((), device=device)
+    one = torch.ones((), device=tdev(device))
     gs, gt = ops.relational_loss_backward(one, *args, True, True)
     for _ in range(3):
         assert torch.equal(ops.relational_loss(*args), loss)
@@ -299,10 +299,10 @@ def test_relational_loss_bit_identical(rng, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_relational_loss_gradcheck_on_device(rng, device):
     us, ut, w, cu = _units(rng, [5, 1, 70], 6, 4, torch.float64, torch.float64)
-    w = w.double().to(device)
-    cu = cu.to(device)
-    us = us.to(device).requires_grad_(True)
-    ut = ut.to(device).requires_grad_(True)
+    w = w.double().to(tdev(device))
+    cu = cu.to(tdev(device))
+    us = us.to(tdev(device)).requires_grad_(True)
+    ut = ut.to(tdev(device)).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: ops.relational_loss(a, b, w, cu), (us, ut))
 
 
@@ -310,36 +310,36 @@ def test_relational_loss_gradcheck_on_device(rng, device):
 def test_relational_loss_opcheck_on_device(rng, device):
     us, ut, w, cu = _units(rng, [4, 6], 8, 5, torch.float32, torch.float32)
     args = (
-        us.to(device).requires_grad_(True),
-        ut.to(device).requires_grad_(True),
-        w.to(device),
-        cu.to(device),
+        us.to(tdev(device)).requires_grad_(True),
+        ut.to(tdev(device)).requires_grad_(True),
+        w.to(tdev(device)),
+        cu.to(tdev(device)),
     )
     torch.library.opcheck(ops.relational_loss.default, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_relational_loss_bad_input_on_device(device):
-    us = torch.randn(5, 4, device=device)
-    w = torch.ones(5, device=device)
+    us = torch.randn(5, 4, device=tdev(device))
+    w = torch.ones(5, device=tdev(device))
     # Value checks: on CPU always, on a device in the debug mode (no host sync otherwise).
     with value_checks_on(device):
         with pytest.raises(ValueError, match="cu_units"):
-            ops.relational_loss(us, us, w, torch.tensor([0, 3, 2, 5], device=device))
+            ops.relational_loss(us, us, w, torch.tensor([0, 3, 2, 5], device=tdev(device)))
         with pytest.raises(ValueError, match="unit_weights"):
-            ops.relational_loss(us, us, -w, torch.tensor([0, 5], device=device))
+            ops.relational_loss(us, us, -w, torch.tensor([0, 5], device=tdev(device)))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_relational_loss_and_grad_fused(rng, dtype, device):
     us, ut, w, cu = _units(rng, [70, 1, 0, 130, 9], 40, 24, dtype, dtype)
-    args = (us.to(device), ut.to(device), w.to(device), cu.to(device))
+    args = (us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
     loss, gs, gt = ops.relational_loss_and_grad(*args, True, True)
     _finite(loss, gs, gt)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert gs.dtype == acc and gt.dtype == acc  # kept in the accumulation dtype
-    one = torch.ones((), device=device, dtype=acc)
+    one = torch.ones((), device=tdev(device), dtype=acc)
     bs, bt = ops.relational_loss_backward(one, *args, True, True)
     # Same tiles, same kernels: the fused op equals forward + backward(1) bit for bit (the
     # backward rounds the same values to the input dtype).
@@ -353,7 +353,7 @@ def test_relational_loss_and_grad_fused(rng, dtype, device):
     # Public wrapper under loss scaling (GradScaler's 2^16) equals the plain op's backward.
     a = args[0].clone().requires_grad_(True)
     out = mta_ext.relational_loss(a, args[1], args[2], args[3])
-    (ga,) = torch.autograd.grad(out, (a,), torch.tensor(65536.0, device=device, dtype=out.dtype))
+    (ga,) = torch.autograd.grad(out, (a,), torch.tensor(65536.0, device=tdev(device), dtype=out.dtype))
     bs16, _ = ops.relational_loss_backward(one * 65536, *args, True, False)
     torch.testing.assert_close(ga.double(), bs16.double(), rtol=_tol(dtype)["rtol"], atol=0)
     # The public wrapper takes the fused path when inputs require grad.
@@ -362,7 +362,7 @@ def test_relational_loss_and_grad_fused(rng, dtype, device):
     a = args[0].clone().requires_grad_(True)
     b = args[1].clone().requires_grad_(True)
     out = public(a, b, args[2], args[3])
-    ga, gb = torch.autograd.grad(out, (a, b), torch.tensor(0.5, device=device, dtype=out.dtype))
+    ga, gb = torch.autograd.grad(out, (a, b), torch.tensor(0.5, device=tdev(device), dtype=out.dtype))
     torch.testing.assert_close(ga.double(), (0.5 * gs.double()), rtol=1e-2, atol=1e-6)
     torch.testing.assert_close(gb.double(), (0.5 * gt.double()), rtol=1e-2, atol=1e-6)
 
@@ -372,9 +372,9 @@ def test_relational_loss_and_grad_fused(rng, dtype, device):
 def test_relational_loss_identical_inputs_exact_zero(rng, dtype, device):
     # Decided contract: equal student and teacher units give a loss of exactly 0 on every device
     # (uncontracted cosine products on CUDA, two separate Gram products on the CPU).
-    u = torch.randn(150, 24).to(dtype).to(device)
-    w = torch.rand(150, device=device)
-    cu = torch.tensor([0, 70, 150], device=device)
+    u = torch.randn(150, 24).to(dtype).to(tdev(device))
+    w = torch.rand(150, device=tdev(device))
+    cu = torch.tensor([0, 70, 150], device=tdev(device))
     assert ops.relational_loss(u, u.clone(), w, cu).item() == 0.0
 
 
@@ -383,7 +383,7 @@ def test_relational_loss_identical_inputs_exact_zero(rng, dtype, device):
 def test_relational_loss_extreme_magnitudes(rng, dtype, device):
     us, ut, w, cu = _units(rng, [9, 70], 12, 10, dtype, dtype)
     base = (
-        ops.relational_loss(us.to(device), ut.to(device), w.to(device), cu.to(device))
+        ops.relational_loss(us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
         .cpu()
         .double()
     )
@@ -391,7 +391,7 @@ def test_relational_loss_extreme_magnitudes(rng, dtype, device):
     # of 2^90-sized rows overflow fp32 unless the rows are scaled first.
     for s in (2.0**-30, 2.0**90):
         got = ops.relational_loss(
-            (us * s).to(device), (ut * s).to(device), (w * 1e30).to(device), cu.to(device)
+            (us * s).to(tdev(device)), (ut * s).to(tdev(device)), (w * 1e30).to(tdev(device)), cu.to(tdev(device))
         )
         torch.testing.assert_close(got.cpu().double(), base, rtol=1e-5, atol=1e-7)
 
@@ -401,17 +401,17 @@ def test_non_finite_inputs_propagate_on_device(rng, device):
     # The contract of test_fuzz_ops.py, on the device (no host check: values propagate).
     h = torch.randn(3, 70, 8)
     m = torch.ones(3, 70, dtype=torch.bool)
-    clean = ops.token_salience(h.to(device), m.to(device), 0).cpu()
+    clean = ops.token_salience(h.to(tdev(device)), m.to(tdev(device)), 0).cpu()
     h[0, 5, 2] = float("nan")
-    out = ops.token_salience(h.to(device), m.to(device), 0).cpu()
+    out = ops.token_salience(h.to(tdev(device)), m.to(tdev(device)), 0).cpu()
     assert torch.isnan(out[0]).all() and torch.equal(out[1:], clean[1:])
     us, ut, w, cu = _units(rng, [9, 70], 12, 10, torch.float32, torch.float32)
     us[2, 1] = float("inf")
-    loss = ops.relational_loss(us.to(device), ut.to(device), w.to(device), cu.to(device))
+    loss = ops.relational_loss(us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
     assert torch.isnan(loss).item()
     hp = torch.randn(6, 16)
     hp[1, 3] = float("nan")
     pooled = ops.segment_pool(
-        hp.to(device), torch.tensor([[0, 2], [2, 6]], device=device), None
+        hp.to(tdev(device)), torch.tensor([[0, 2], [2, 6]], device=tdev(device)), None
     ).cpu()
     assert torch.isnan(pooled[0, 3]) and torch.isfinite(pooled[1]).all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, GPU_DEVICES, LOW_PRECISION_TOL, random_ranges
+from conftest import DEVICES, GPU_DEVICES, LOW_PRECISION_TOL, cpu_kernels, random_ranges, tdev
 from op_helpers import FLOATS, _finite, _misaligned, _ranges, _tol, ops, value_checks_on
 
 import mta_ext
@@ -26,9 +26,9 @@ pytestmark = pytest.mark.usefixtures("poison_outputs")
 
 
 def _inputs(m, d, n, dtype, gen, device="cpu", weighted=True):
-    hidden = torch.randn(m, d, generator=gen, dtype=torch.float64).to(dtype).to(device)
-    ranges = random_ranges(m, n, generator=gen).to(device)
-    weights = torch.rand(m, generator=gen, dtype=torch.float64).to(device) if weighted else None
+    hidden = torch.randn(m, d, generator=gen, dtype=torch.float64).to(dtype).to(tdev(device))
+    ranges = random_ranges(m, n, generator=gen).to(tdev(device))
+    weights = torch.rand(m, generator=gen, dtype=torch.float64).to(tdev(device)) if weighted else None
     return hidden, ranges, weights
 
 
@@ -70,7 +70,7 @@ def test_low_precision_vs_fp64(m, d, n, dtype, device, gen):
     torch.testing.assert_close(out.double(), ref, **LOW_PRECISION_TOL[dtype])
     # backward in low precision against the fp64 gradient
     h = hidden.detach().requires_grad_()
-    g = torch.randn(n, d, generator=gen, dtype=torch.float64).to(device)
+    g = torch.randn(n, d, generator=gen, dtype=torch.float64).to(tdev(device))
     mta_ext.segment_pool(h, ranges, weights).backward(g.to(dtype))
     hd = hidden.double().detach().requires_grad_()
     reference.segment_pool(hd, ranges, weights).backward(g)
@@ -103,7 +103,7 @@ def test_gradcheck_fp64(m, d, n, weighted, device, gen):
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_matches_reference(device, gen):
     hidden, ranges, weights = _inputs(200, 33, 90, torch.float64, gen, device)
-    g = torch.randn(90, 33, generator=gen, dtype=torch.float64).to(device)
+    g = torch.randn(90, 33, generator=gen, dtype=torch.float64).to(tdev(device))
     h1 = hidden.clone().requires_grad_()
     mta_ext.segment_pool(h1, ranges, weights).backward(g)
     h2 = hidden.clone().requires_grad_()
@@ -121,8 +121,8 @@ def test_backward_matches_reference(device, gen):
 def test_backward_is_deterministic_with_overlaps(dtype, device, gen):
     m, d, n = 512, 64, 600  # heavily overlapping ranges
     hidden, ranges, weights = _inputs(m, d, n, dtype, gen, device)
-    ranges = random_ranges(m, n, generator=gen, max_len=40).to(device)
-    g = torch.randn(n, d, generator=gen).to(dtype).to(device)
+    ranges = random_ranges(m, n, generator=gen, max_len=40).to(tdev(device))
+    g = torch.randn(n, d, generator=gen).to(dtype).to(tdev(device))
     grads = []
     for _ in range(3):
         h = hidden.clone().requires_grad_()
@@ -138,7 +138,7 @@ def test_opcheck(weighted, device, gen):
     torch.library.opcheck(
         torch.ops.mta_ext.segment_pool, (hidden.requires_grad_(), ranges, weights)
     )
-    g = torch.randn(12, 8, generator=gen).to(device)
+    g = torch.randn(12, 8, generator=gen).to(tdev(device))
     torch.library.opcheck(torch.ops.mta_ext.segment_pool_backward, (g, ranges, weights, 30))
 
 
@@ -244,20 +244,20 @@ def test_segment_pool_matches_reference(rng, dtype, shape, weighted, layout, dev
         w = torch.rand(m, dtype=torch.float64)
         w[torch.rand(m) < 0.2] = 0.0  # zero weights: some units hit the 1e-5 floor
         w = w.to(torch.float32 if dtype != torch.float64 else dtype)
-    hd = h.to(device)
+    hd = h.to(tdev(device))
     if layout == "misaligned":
         hd = _misaligned(hd)
     elif layout == "strided":
         hd = torch.cat([hd, hd], dim=1)[:, :d] if d else hd
     hd.requires_grad_(True)
-    out = ops.segment_pool(hd, r.to(device), None if w is None else w.to(device))
+    out = ops.segment_pool(hd, r.to(tdev(device)), None if w is None else w.to(tdev(device)))
     ref = reference.segment_pool(h.to(torch.float64), r, None if w is None else w.double())
     assert out.shape == (n, d) and out.dtype == dtype
     _finite(out)
     torch.testing.assert_close(out.cpu().double(), ref, **_tol(dtype))
     # Backward: the op's gradient vs autograd through the fp64 reference.
     go = torch.randn(n, d, dtype=torch.float64).to(dtype).double()  # representable in dtype
-    (gh,) = torch.autograd.grad(out, hd, go.to(device).to(dtype), allow_unused=True)
+    (gh,) = torch.autograd.grad(out, hd, go.to(tdev(device)).to(dtype), allow_unused=True)
     hr = h.double().requires_grad_(True)
     (gr,) = torch.autograd.grad(
         reference.segment_pool(hr, r, None if w is None else w.double()),
@@ -280,12 +280,14 @@ def test_segment_pool_cuda_matches_cpu_kernel(rng, dtype, device):
     h = torch.randn(m, d).to(dtype)
     r = _ranges(rng, m, n, max_len=12)
     w = torch.rand(m)
-    cpu = ops.segment_pool(h, r, w)
-    gpu = ops.segment_pool(h.to(device), r.to(device), w.to(device)).cpu()
+    with cpu_kernels():
+        cpu = ops.segment_pool(h, r, w)
+    gpu = ops.segment_pool(h.to(tdev(device)), r.to(tdev(device)), w.to(tdev(device))).cpu()
     torch.testing.assert_close(gpu.double(), cpu.double(), **_tol(dtype))
     g = torch.randn(n, d).to(dtype)
-    cpu_b = ops.segment_pool_backward(g, r, w, m)
-    gpu_b = ops.segment_pool_backward(g.to(device), r.to(device), w.to(device), m).cpu()
+    with cpu_kernels():
+        cpu_b = ops.segment_pool_backward(g, r, w, m)
+    gpu_b = ops.segment_pool_backward(g.to(tdev(device)), r.to(tdev(device)), w.to(tdev(device)), m).cpu()
     torch.testing.assert_close(gpu_b.double(), cpu_b.double(), **_tol(dtype))
 
 
@@ -295,13 +297,13 @@ def test_segment_pool_backward_bit_identical(rng, dtype, device):
     m, n, d = 2048, 1500, 256
     # Deep, ragged overlap: every token sits in several units.
     r = _ranges(rng, m, n, max_len=64)
-    w = torch.rand(m, device=device)
-    g = torch.randn(n, d, device=device).to(dtype)
-    rd = r.to(device)
+    w = torch.rand(m, device=tdev(device))
+    g = torch.randn(n, d, device=tdev(device)).to(dtype)
+    rd = r.to(tdev(device))
     first = ops.segment_pool_backward(g, rd, w, m)
     for _ in range(3):
         assert torch.equal(ops.segment_pool_backward(g, rd, w, m), first)
-    h = torch.randn(m, d, device=device).to(dtype)
+    h = torch.randn(m, d, device=tdev(device)).to(dtype)
     out = ops.segment_pool(h, rd, w)
     assert torch.equal(ops.segment_pool(h, rd, w), out)
 
@@ -309,9 +311,9 @@ def test_segment_pool_backward_bit_identical(rng, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_segment_pool_gradcheck_on_device(rng, device):
     m, n, d = 12, 7, 5
-    h = torch.randn(m, d, dtype=torch.float64, device=device, requires_grad=True)
-    r = _ranges(rng, m, n, max_len=5).to(device)
-    w = torch.rand(m, dtype=torch.float64, device=device)
+    h = torch.randn(m, d, dtype=torch.float64, device=tdev(device), requires_grad=True)
+    r = _ranges(rng, m, n, max_len=5).to(tdev(device))
+    w = torch.rand(m, dtype=torch.float64, device=tdev(device))
     assert torch.autograd.gradcheck(lambda x: ops.segment_pool(x, r, w), (h,))
     assert torch.autograd.gradgradcheck(lambda x: ops.segment_pool(x, r, w), (h,))
     assert torch.autograd.gradcheck(lambda x: ops.segment_pool(x, r, None), (h,))
@@ -320,27 +322,27 @@ def test_segment_pool_gradcheck_on_device(rng, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_segment_pool_opcheck_on_device(rng, device):
     m, n, d = 20, 9, 6
-    h = torch.randn(m, d, device=device, requires_grad=True)
-    r = _ranges(rng, m, n, max_len=6).to(device)
-    w = torch.rand(m, device=device)
+    h = torch.randn(m, d, device=tdev(device), requires_grad=True)
+    r = _ranges(rng, m, n, max_len=6).to(tdev(device))
+    w = torch.rand(m, device=tdev(device))
     torch.library.opcheck(ops.segment_pool.default, (h, r, w))
     torch.library.opcheck(ops.segment_pool.default, (h, r, None))
-    g = torch.randn(n, d, device=device)
+    g = torch.randn(n, d, device=tdev(device))
     torch.library.opcheck(ops.segment_pool_backward.default, (g, r, w, m))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_segment_pool_bad_input_on_device(device):
-    h = torch.randn(4, 3, device=device)
+    h = torch.randn(4, 3, device=tdev(device))
     # Value checks: on CPU always, on a device in the debug mode (no host sync otherwise).
     with value_checks_on(device):
         with pytest.raises(ValueError, match="ranges"):
-            ops.segment_pool(h, torch.tensor([[0, 5]], device=device), None)
+            ops.segment_pool(h, torch.tensor([[0, 5]], device=tdev(device)), None)
         with pytest.raises(ValueError, match="ranges"):
-            ops.segment_pool(h, torch.tensor([[3, 1]], device=device), None)
+            ops.segment_pool(h, torch.tensor([[3, 1]], device=tdev(device)), None)
         with pytest.raises(ValueError, match="weights"):
             ops.segment_pool(
-                h, torch.tensor([[0, 2]], device=device), -torch.ones(4, device=device)
+                h, torch.tensor([[0, 2]], device=tdev(device)), -torch.ones(4, device=tdev(device))
             )
     if device == "cuda":
         with pytest.raises(ValueError, match="device"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, tdev
 from op_helpers import FLOATS, _finite, _random_mask, ops
 
 import mta_ext
@@ -167,7 +167,7 @@ def test_token_salience_matches_reference(rng, dtype, shape, device):
     b, t, d = shape
     h = (torch.randn(b, t, d, dtype=torch.float64) * 2 + 0.3).to(dtype)
     mask = _random_mask(rng, b, t)
-    out = ops.token_salience(h.to(device), mask.to(device), 0)
+    out = ops.token_salience(h.to(tdev(device)), mask.to(tdev(device)), 0)
     ref = reference.token_salience(h, mask)
     assert out.shape == (b, t) and out.dtype == torch.float32
     _finite(out)
@@ -175,7 +175,7 @@ def test_token_salience_matches_reference(rng, dtype, shape, device):
     torch.testing.assert_close(out.cpu(), ref, **tol)
     assert (out.cpu()[~mask] == 0).all()
     # Bit-identical on a second run.
-    assert torch.equal(ops.token_salience(h.to(device), mask.to(device), 0), out)
+    assert torch.equal(ops.token_salience(h.to(tdev(device)), mask.to(tdev(device)), 0), out)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -187,7 +187,7 @@ def test_token_salience_large_logits(rng, device):
     h[:, :, 3] += 50.0  # a massive activation
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[1, 100:] = False
-    out = ops.token_salience(h.to(device), mask.to(device), 0).cpu()
+    out = ops.token_salience(h.to(tdev(device)), mask.to(tdev(device)), 0).cpu()
     _finite(out)
     torch.testing.assert_close(out, reference.token_salience(h, mask), rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(out.sum(1), torch.ones(b), rtol=1e-5, atol=1e-5)
@@ -195,8 +195,8 @@ def test_token_salience_large_logits(rng, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_token_salience_opcheck_on_device(rng, device):
-    h = torch.randn(2, 17, 8, device=device)
-    mask = _random_mask(rng, 2, 17).to(device)
+    h = torch.randn(2, 17, 8, device=tdev(device))
+    mask = _random_mask(rng, 2, 17).to(tdev(device))
     torch.library.opcheck(ops.token_salience.default, (h, mask, 0))
 
 
@@ -207,5 +207,5 @@ def test_token_salience_two_tokens_width_one(dtype, device):
     # contraction in one of them), so the row maximum gives exp(0): [0.5, 0.5], not inf or 0.
     for pair in ((1.7, 2.3), (0.5, 3.0)):
         h = torch.tensor([[[pair[0]], [pair[1]]]]).to(dtype)
-        out = ops.token_salience(h.to(device), torch.ones(1, 2, dtype=torch.bool, device=device), 0)
+        out = ops.token_salience(h.to(tdev(device)), torch.ones(1, 2, dtype=torch.bool, device=tdev(device)), 0)
         assert out.cpu().tolist() == [[0.5, 0.5]], (dtype, pair, out)

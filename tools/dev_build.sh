@@ -30,5 +30,7 @@ cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   "${launcher[@]}" "$@" >/dev/null
 cmake --build "$bdir" -j "${MTA_BUILD_JOBS:-2}"
 cmake --install "$bdir" --prefix "$bdir/install" >/dev/null
-cp "$bdir"/install/mta_ext/*.so "$bdir"/install/mta_ext/_build_info.py mta_ext/
-echo "built: $(ls mta_ext/*.so | tr '\n' ' ')"
+dest=${MTA_INSTALL_DIR:-mta_ext}
+mkdir -p "$dest"
+cp "$bdir"/install/mta_ext/*.so "$bdir"/install/mta_ext/_build_info.py "$dest"/
+echo "built: $(ls "$dest"/*.so | tr '\n' ' ')"

@@ -1,5 +1,5 @@
 // relational_loss (DSA): the CUDA host side (launches), forward and backward. Split by role:
-// cuda/relational_loss_tiles.cuh (norms, Gram tiles), cuda/relational_loss_rows.cuh (reductions,
+// cuda/relational_loss_tiles.cuh (row prep, Gram tiles), cuda/relational_loss_rows.cuh (reductions,
 // row gradients), ops/relational_loss_plan.{h,cpp} (the tile plan, shared with the host and
 // unit-tested in the CPU build), ops/relational_loss.cpp (schema, checks, dispatch). No host
 // sync: the plan's sizes are host metadata (plan_sizes, kept by UnitLayout) and the plan itself
@@ -10,8 +10,12 @@
 // Work is cut into 64x64 tiles of each example's N_b x N_b Gram matrices; only the upper
 // triangle (ti <= tj) is visited and off-diagonal tiles count twice. All tiles of all examples
 // go into ONE launch (grid over a device-built tile list), so many small examples cost one launch.
-//   norms:    1 / max(|u_k|, 1e-12) per unit and side (a warp per row), so rows are normalised
-//             once and c_ij = (u_i . u_j) r_i r_j.
+//   prep:     per unit and side (a warp per row, one kernel per side): the row scaled by a power
+//             of two (no overflow/underflow in the Gram), r_k = 1 / max(|u_k|, 1e-12), so rows
+//             are normalised once and c_ij = (u_i . u_j) r_i r_j; one kernel divides the
+//             weights by their maximum.
+//   plan:     built on the device from cu_units and the host's sizes (plan_count/plan_fill);
+//             sizes that lie turn the loss and gradients into NaN, never an out-of-bounds access.
 //   tile fwd: raw Gram tiles of both sides (bf16/fp16: tensor cores via WMMA, fp32 accumulate,
 //             the products of 16-bit inputs are exact in fp32; fp32/fp64: CUDA cores in the
 //             input precision, no tf32), then the weighted squared difference reduced in the
@@ -25,7 +29,6 @@
 // writer and fixed summation orders, so results are bit-identical across runs.
 #include "cuda/relational_loss_cuda.h"
 
-#include "common/debug.h"
 #include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
@@ -57,31 +60,43 @@ constexpr const char* kFwdGrad = "relational_loss_and_grad";
 
 struct Plan {
   at::Tensor tiles, rows;  // device int64 [*, kPlanCols]
+  at::Tensor bad;          // device int32 [1]: 1 when the host's sizes do not describe cu_units
   int64_t ntiles = 0, nrows = 0, e_size = 0, rad_size = 0;
 };
 
 // Per example: its share of the plan (plan::example_sizes) into counts [4, B] (tiles, rows,
-// E elements, radial partials).
+// E elements, radial partials). Also zero-fills the plan rows (grid-stride: a zero row does
+// nothing in either kernel) and the `bad` flag, before plan_fill_kernel writes them.
 __global__ void plan_count_kernel(const int64_t* __restrict__ cu, int64_t B, int64_t N,
-                                  int64_t* __restrict__ counts) {
-  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= B) return;
+                                  int64_t* __restrict__ counts, int64_t* __restrict__ plan_rows,
+                                  int64_t plan_elems, int* __restrict__ bad) {
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = tid; i < plan_elems; i += stride) plan_rows[i] = 0;
+  if (tid == 0) *bad = 0;
+  if (tid >= B) return;
   int64_t a = 0, n = 0;
-  plan::example_units(cu, b, N, a, n);
+  plan::example_units(cu, tid, N, a, n);
   const plan::Sizes s = plan::example_sizes(n);
-  counts[b] = s.tiles;
-  counts[B + b] = s.rows;
-  counts[2 * B + b] = s.e;
-  counts[3 * B + b] = s.rad;
+  counts[tid] = s.tiles;
+  counts[B + tid] = s.rows;
+  counts[2 * B + tid] = s.e;
+  counts[3 * B + tid] = s.rad;
 }
 
-// Per example: its plan rows at the exclusive prefix sums `offsets` [4, B], within `cap` (the
-// host's sizes), with the host's code (plan::write_example).
+// Per example: its plan rows at the exclusive prefix sums `offsets` [4, B], with the host's code
+// (plan::write_example: the whole example or nothing, within `cap`, the host's sizes). Raises
+// `bad` when the metadata lies: an example that does not fit, totals that differ from `cap`,
+// or a cu_units that is not 0 = cu[0] <= ... <= cu[B] = N (which the debug mode would reject).
 __global__ void plan_fill_kernel(const int64_t* __restrict__ cu, int64_t B, int64_t N,
+                                 const int64_t* __restrict__ counts,
                                  const int64_t* __restrict__ offsets, plan::Sizes cap,
-                                 int64_t* __restrict__ tiles, int64_t* __restrict__ rows) {
+                                 int64_t* __restrict__ tiles, int64_t* __restrict__ rows,
+                                 int* __restrict__ bad) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b == 0 && (cu[0] != 0 || cu[B] != N)) *bad = 1;
   if (b >= B) return;
+  if (cu[b + 1] < cu[b]) *bad = 1;
   int64_t a = 0, n = 0;
   plan::example_units(cu, b, N, a, n);
   plan::Sizes off;
@@ -89,12 +104,18 @@ __global__ void plan_fill_kernel(const int64_t* __restrict__ cu, int64_t B, int6
   off.rows = offsets[B + b];
   off.e = offsets[2 * B + b];
   off.rad = offsets[3 * B + b];
-  plan::write_example(a, n, off, cap, tiles, rows);
+  if (!plan::write_example(a, n, off, cap, tiles, rows)) *bad = 1;
+  if (b == B - 1 &&
+      (off.tiles + counts[b] != cap.tiles || off.rows + counts[B + b] != cap.rows ||
+       off.e + counts[2 * B + b] != cap.e || off.rad + counts[3 * B + b] != cap.rad))
+    *bad = 1;
 }
 
 // The tile plan of the device cu_units [B + 1] over N units, with the host's sizes: built on the
-// device (two small kernels and a scan), no host sync. Rows beyond the host's sizes are dropped
-// (wrong metadata gives a wrong loss, never an out-of-bounds write; the debug mode checks it).
+// device (two small kernels and a scan), no host sync. Host sizes that do not describe cu_units
+// cannot make a kernel read or write out of bounds (an example is planned whole or not at all)
+// and raise `bad`, which turns the loss and the gradients into NaN (the debug mode rejects such
+// sizes with an error instead).
 Plan make_plan(const at::Tensor& cu, int64_t N, const plan::Sizes& sizes, cudaStream_t stream) {
   Plan pl;
   pl.ntiles = sizes.tiles;
@@ -105,19 +126,24 @@ Plan make_plan(const at::Tensor& cu, int64_t N, const plan::Sizes& sizes, cudaSt
                   pl.nrows <= std::numeric_limits<int32_t>::max(),
               "relational_loss: too many tiles for one CUDA launch");
   const auto lo = cu.options().dtype(at::kLong);
-  pl.tiles = at::empty({pl.ntiles, kPlanCols}, lo);
-  pl.rows = at::empty({pl.nrows, kPlanCols}, lo);
+  // One allocation for both plans: plan_count_kernel zero-fills it in the same launch.
+  auto plan_rows = at::empty({pl.ntiles + pl.nrows, kPlanCols}, lo);
+  pl.tiles = plan_rows.narrow(0, 0, pl.ntiles);
+  pl.rows = plan_rows.narrow(0, pl.ntiles, pl.nrows);
+  pl.bad = at::empty({1}, cu.options().dtype(at::kInt));
   const int64_t B = cu.numel() - 1;
-  if (B <= 0 || (pl.ntiles == 0 && pl.nrows == 0)) return pl;
-  auto counts = at::empty({4, B}, lo);
-  const unsigned blocks = cuda::grid_1d(B, 256, "relational_loss", "examples");
+  auto counts = at::empty({4, std::max<int64_t>(B, 1)}, lo);
+  const unsigned blocks =
+      cuda::grid_1d(std::max<int64_t>(B, 1), 256, "relational_loss", "examples");
   cuda::launch(plan_count_kernel, blocks, 256, stream, cu.const_data_ptr<int64_t>(), B, N,
-                                                counts.mutable_data_ptr<int64_t>());
+               counts.mutable_data_ptr<int64_t>(), plan_rows.mutable_data_ptr<int64_t>(),
+               plan_rows.numel(), pl.bad.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto offsets = (counts.cumsum(1) - counts).contiguous();  // exclusive prefix sums
-  cuda::launch(plan_fill_kernel, blocks, 256, stream, 
-      cu.const_data_ptr<int64_t>(), B, N, offsets.const_data_ptr<int64_t>(), sizes,
-      pl.tiles.mutable_data_ptr<int64_t>(), pl.rows.mutable_data_ptr<int64_t>());
+  cuda::launch(plan_fill_kernel, blocks, 256, stream, cu.const_data_ptr<int64_t>(), B, N,
+               counts.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), sizes,
+               pl.tiles.mutable_data_ptr<int64_t>(), pl.rows.mutable_data_ptr<int64_t>(),
+               pl.bad.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return pl;
 }
@@ -131,70 +157,66 @@ at::ScalarType compute_dtype(const at::Tensor& us, const at::Tensor& ut, const a
 }
 
 struct Prepared {
-  at::Tensor us, ut, w, rs, nrms, rt, nrmt;
-  at::Tensor scs, sct;  // per-row power-of-two scales (undefined for fp16: rows unscaled)
-  at::Tensor eps;       // [1] double: 1e-5 / c^2, c = max weight (1 if all weights are 0)
+  at::Tensor us, ut;              // [N, D] rows in the compute dtype ct, scaled (row_prep_kernel)
+  at::Tensor scs, sct;            // [N] their power-of-two scales (undefined for fp16: unscaled)
+  at::Tensor rs, nrms, rt, nrmt;  // [N] 1 / clamped norm, clamped norm
+  at::Tensor w;                   // [N] weights / their maximum c
+  at::Tensor eps;                 // [1] double: 1e-5 / c^2
   at::ScalarType ct, acc;
 };
 
-// Each row of u scaled by 2^-e_i, max|u_i| 2^-e_i in [0.5, 1) (e_i = 0 for zero or non-finite
-// rows; e_i >= min_exponent + 25 so that 2^-e_i is finite), and the scales 2^-e_i. Exact (powers
-// of two) except for elements ~2^126 below their row's maximum, which underflow; cosines are
-// scale invariant, so the Gram and norm kernels then never overflow (|u| > ~1.8e19 in fp32/bf16)
-// nor underflow (|u| < ~1e-19). Device ops only: no host sync. fp16 rows are left as they are
-// (|u| <= 65504: their squares and products can neither overflow nor underflow in fp32, and
-// scaling could push small fp16 elements into subnormals).
-std::pair<at::Tensor, at::Tensor> pow2_rows(const at::Tensor& u, at::ScalarType acc) {
-  if (u.scalar_type() == at::kHalf || u.size(1) == 0 || u.size(0) == 0) return {u, at::Tensor()};
-  const auto amax = u.abs().amax(1).to(acc);
-  const auto ok = at::isfinite(amax).logical_and_(amax.gt(0));
-  auto e = std::get<1>(at::frexp(at::where(ok, amax, at::ones_like(amax))));
-  e = at::where(ok, e, at::zeros_like(e))
-          .clamp_min(acc == at::kDouble ? std::numeric_limits<double>::min_exponent + 25
-                                        : std::numeric_limits<float>::min_exponent + 25);
-  const auto sc = at::ldexp(at::ones_like(amax), e.neg());
-  return {(u.to(acc) * sc.unsqueeze(1)).to(u.scalar_type()).contiguous(), sc.contiguous()};
+// One side's rows: the scaled copy (fp16: the rows themselves), scales, 1 / norm and norm, in
+// one kernel (row_prep_kernel).
+template <typename scalar_t, typename acc_t>
+void prepare_rows(const at::Tensor& u, at::Tensor& scaled, at::Tensor& sc, at::Tensor& r,
+                  at::Tensor& nrm, cudaStream_t stream) {
+  const int64_t N = u.size(0), D = u.size(1);
+  const auto ao = u.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  r = at::empty({N}, ao);
+  nrm = at::empty({N}, ao);
+  const unsigned blocks = cuda::grid_1d(N, 8, kFwd, "units");
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    scaled = u;
+    cuda::launch(row_prep_kernel<scalar_t, acc_t, RowScale::kMeasureOnly>, blocks, 256, stream,
+                 u.const_data_ptr<scalar_t>(), N, D, nullptr, nullptr,
+                 r.mutable_data_ptr<acc_t>(), nrm.mutable_data_ptr<acc_t>());
+  } else {
+    scaled = at::empty_like(u);
+    sc = at::empty({N}, ao);
+    cuda::launch(row_prep_kernel<scalar_t, acc_t, RowScale::kPowerOfTwo>, blocks, 256, stream,
+                 u.const_data_ptr<scalar_t>(), N, D, scaled.mutable_data_ptr<scalar_t>(),
+                 sc.mutable_data_ptr<acc_t>(), r.mutable_data_ptr<acc_t>(),
+                 nrm.mutable_data_ptr<acc_t>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Everything the tile and row kernels read, on the device: three kernels (two row_prep, one
+// weight_prep) besides the dtype conversions of mixed-precision inputs.
 Prepared prepare(const at::Tensor& u_student, const at::Tensor& u_teacher,
                  const at::Tensor& unit_weights, cudaStream_t stream) {
   Prepared pr;
   pr.ct = compute_dtype(u_student, u_teacher, unit_weights);
   pr.acc = pr.ct == at::kDouble ? at::kDouble : at::kFloat;
-  std::tie(pr.us, pr.scs) = pow2_rows(u_student.detach().to(pr.ct).contiguous(), pr.acc);
-  std::tie(pr.ut, pr.sct) = pow2_rows(u_teacher.detach().to(pr.ct).contiguous(), pr.acc);
-  // Weights divided by their maximum c, the clamp 1e-5 becoming 1e-5 / c^2 (the loss is
-  // otherwise invariant): no W_i W_j overflows (1e30 weights) or underflows. On the device.
-  const auto ao = pr.us.options().dtype(pr.acc);
-  pr.w = unit_weights.detach().to(pr.acc).contiguous();
-  if (pr.w.numel() > 0) {
-    auto c = pr.w.amax();
-    c = at::where(c.gt(0), c, at::ones_like(c));
-    pr.w = pr.w.div(c).contiguous();
-    const auto cd = c.to(at::kDouble);
-    pr.eps = at::full({1}, kWeightSumEps, ao.dtype(at::kDouble)).div_(cd).div_(cd);
-  } else {
-    pr.eps = at::full({1}, kWeightSumEps, ao.dtype(at::kDouble));
-  }
-  const int64_t N = pr.us.size(0);
-  pr.rs = at::empty({N}, ao);
-  pr.nrms = at::empty({N}, ao);
-  pr.rt = at::empty({N}, ao);
-  pr.nrmt = at::empty({N}, ao);
-  if (N == 0) return pr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_norms", [&] {
+  const auto us = u_student.detach().to(pr.ct).contiguous();
+  const auto ut = u_teacher.detach().to(pr.ct).contiguous();
+  const auto w = unit_weights.detach().to(pr.acc).contiguous();
+  const int64_t N = us.size(0);
+  const auto ao = us.options().dtype(pr.acc);
+  pr.w = at::empty({N}, ao);
+  pr.eps = at::empty({1}, ao.dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_prepare", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const unsigned blocks = cuda::grid_1d(N, 8, kFwd, "units");
-    cuda::launch(norms_kernel<scalar_t, acc_t>, blocks, 256, stream, 
-        pr.us.const_data_ptr<scalar_t>(), N, pr.us.size(1),
-        pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr,
-        pr.rs.mutable_data_ptr<acc_t>(), pr.nrms.mutable_data_ptr<acc_t>());
+    cuda::launch(weight_prep_kernel<acc_t>, 1, 256, stream, w.const_data_ptr<acc_t>(), N,
+                 pr.w.mutable_data_ptr<acc_t>(), pr.eps.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::launch(norms_kernel<scalar_t, acc_t>, blocks, 256, stream, 
-        pr.ut.const_data_ptr<scalar_t>(), N, pr.ut.size(1),
-        pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr,
-        pr.rt.mutable_data_ptr<acc_t>(), pr.nrmt.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (N == 0) {
+      pr.us = us;
+      pr.ut = ut;
+      return;
+    }
+    prepare_rows<scalar_t, acc_t>(us, pr.us, pr.scs, pr.rs, pr.nrms, stream);
+    prepare_rows<scalar_t, acc_t>(ut, pr.ut, pr.sct, pr.rt, pr.nrmt, stream);
   });
   return pr;
 }
@@ -208,7 +230,7 @@ struct TileOutputs {
   acc_t* radT = nullptr;
 };
 
-template <typename scalar_t, typename acc_t, int kMode>
+template <typename scalar_t, typename acc_t, TileMode kMode>
 void launch_tiles(const Prepared& pr, const Plan& pl, const TileOutputs<acc_t>& out,
                   cudaStream_t stream) {
   if (pl.ntiles == 0) return;
@@ -225,81 +247,83 @@ void launch_tiles(const Prepared& pr, const Plan& pl, const TileOutputs<acc_t>& 
   P.E = out.E;
   P.radS = out.radS;
   P.radT = out.radT;
-  const scalar_t* us = P.us;
-  const scalar_t* ut = P.ut;
-  const int64_t Ds = P.Ds, Dt = P.Dt;
   const dim3 grid(unsigned(pl.ntiles));
   if constexpr (is_half16<scalar_t>::value) {
     if (cuda::device_major(pr.us.get_device()) >= 8) {
-      const bool vec = cuda::rows_16b_aligned<scalar_t>(us, Ds) &&
-                       cuda::rows_16b_aligned<scalar_t>(ut, Dt);
-      if (vec)
-        cuda::launch(tile_kernel<scalar_t, acc_t, true, kMode, true>, grid, kThreads, stream, P);
+      if (cuda::rows_16b_aligned<scalar_t>(P.us, P.Ds) &&
+          cuda::rows_16b_aligned<scalar_t>(P.ut, P.Dt))
+        cuda::launch(tile_kernel<scalar_t, acc_t, GramMma::kTensorCores, kMode, RowLoad::kVec16>,
+                     grid, kThreads, stream, P);
       else
-        cuda::launch(tile_kernel<scalar_t, acc_t, true, kMode, false>, grid, kThreads, stream, P);
+        cuda::launch(tile_kernel<scalar_t, acc_t, GramMma::kTensorCores, kMode, RowLoad::kScalar>,
+                     grid, kThreads, stream, P);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  cuda::launch(tile_kernel<scalar_t, acc_t, false, kMode, false>, grid, kThreads, stream, P);
+  cuda::launch(tile_kernel<scalar_t, acc_t, GramMma::kCudaCores, kMode, RowLoad::kScalar>, grid,
+               kThreads, stream, P);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t>
+RowSide<scalar_t, acc_t> row_side(const at::Tensor& u, const at::Tensor& r, const at::Tensor& nrm,
+                                  const at::Tensor& sc, const at::Tensor& rad, at::Tensor& g,
+                                  bool needed) {
+  RowSide<scalar_t, acc_t> s;
+  s.u = u.const_data_ptr<scalar_t>();
+  s.D = u.size(1);
+  s.r = r.const_data_ptr<acc_t>();
+  s.nrm = nrm.const_data_ptr<acc_t>();
+  s.sc = sc.defined() ? sc.const_data_ptr<acc_t>() : nullptr;
+  s.rad = rad.const_data_ptr<acc_t>();
+  s.g = g.mutable_data_ptr<acc_t>();
+  s.needed = needed;
+  return s;
 }
 
 // The row-gradient launch. A function template (not code inside the dispatch lambda) so that
 // `if constexpr` really discards the tensor-core kernel for every type but bf16.
 template <typename scalar_t, typename acc_t>
 void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
-                      const at::Tensor& radS, const at::Tensor& radT, const at::Tensor& kbuf,
-                      bool need_student,
-                      bool need_teacher, at::Tensor& gs, at::Tensor& gt, int64_t dchunks,
-                      cudaStream_t stream) {
+                      const at::Tensor& radS, const at::Tensor& radT,
+                      const at::Tensor& grad_scale, bool need_student, bool need_teacher,
+                      at::Tensor& gs, at::Tensor& gt, int64_t dchunks, cudaStream_t stream) {
   const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
-  const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
-  const scalar_t* us = pr.us.const_data_ptr<scalar_t>();
-  const scalar_t* ut = pr.ut.const_data_ptr<scalar_t>();
   RowParams<scalar_t, acc_t> P;
-  P.us = us;
-  P.ut = ut;
-  P.Ds = Ds;
-  P.Dt = Dt;
-  P.rs = pr.rs.const_data_ptr<acc_t>();
-  P.nrms = pr.nrms.const_data_ptr<acc_t>();
-  P.rt = pr.rt.const_data_ptr<acc_t>();
-  P.nrmt = pr.nrmt.const_data_ptr<acc_t>();
-  P.scs = pr.scs.defined() ? pr.scs.const_data_ptr<acc_t>() : nullptr;
-  P.sct = pr.sct.defined() ? pr.sct.const_data_ptr<acc_t>() : nullptr;
+  P.student = row_side<scalar_t, acc_t>(pr.us, pr.rs, pr.nrms, pr.scs, radS, gs, need_student);
+  P.teacher = row_side<scalar_t, acc_t>(pr.ut, pr.rt, pr.nrmt, pr.sct, radT, gt, need_teacher);
   P.rowplan = pl.rows.const_data_ptr<int64_t>();
   P.E = E.const_data_ptr<acc_t>();
-  P.radS = radS.const_data_ptr<acc_t>();
-  P.radT = radT.const_data_ptr<acc_t>();
-  P.kd = kbuf.const_data_ptr<double>();
-  P.need_s = need_student;
-  P.need_t = need_teacher;
-  P.gs = gs.mutable_data_ptr<acc_t>();
-  P.gt = gt.mutable_data_ptr<acc_t>();
-  auto launch = [&](auto kernel) {
-    cuda::launch(kernel, grid, kThreads, stream, P);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
+  P.grad_scale = grad_scale.const_data_ptr<double>();
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     if (cuda::device_major(pr.us.get_device()) >= 8) {
-      if (cuda::rows_16b_aligned<scalar_t>(us, Ds) && cuda::rows_16b_aligned<scalar_t>(ut, Dt))
-        launch(grad_rows_kernel<scalar_t, acc_t, true, true>);
+      if (cuda::rows_16b_aligned<scalar_t>(P.student.u, P.student.D) &&
+          cuda::rows_16b_aligned<scalar_t>(P.teacher.u, P.teacher.D))
+        cuda::launch(grad_rows_kernel<scalar_t, acc_t, GradMma::kTensorCores, RowLoad::kVec16>,
+                     grid, kThreads, stream, P);
       else
-        launch(grad_rows_kernel<scalar_t, acc_t, true, false>);
+        cuda::launch(grad_rows_kernel<scalar_t, acc_t, GradMma::kTensorCores, RowLoad::kScalar>,
+                     grid, kThreads, stream, P);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  launch(grad_rows_kernel<scalar_t, acc_t, false, false>);
+  cuda::launch(grad_rows_kernel<scalar_t, acc_t, GradMma::kCudaCores, RowLoad::kScalar>, grid,
+               kThreads, stream, P);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// out = the loss (grad_scale_out == nullptr) or grad_scale_out = k = 4 g / Z (g = grad[0], or 1
+// when grad is nullptr); NaN when the plan's metadata was wrong.
 template <typename acc_t>
-void launch_finalize(const Prepared& pr, const at::Tensor& cu, const acc_t* partial,
-                     int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream,
-                     double* k_out = nullptr) {
-  cuda::launch(finalize_kernel<acc_t>, 1, kThreads, stream, 
-      partial, ntiles, pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
-      pr.w.size(0), pr.eps.const_data_ptr<double>(), grad, out, k_out);
+void launch_finalize(const Prepared& pr, const at::Tensor& cu, const Plan& pl,
+                     const acc_t* partial, int64_t ntiles, const acc_t* grad, acc_t* out,
+                     cudaStream_t stream, double* grad_scale_out = nullptr) {
+  cuda::launch(finalize_kernel<acc_t>, 1, kThreads, stream, partial, ntiles,
+               pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
+               pr.w.size(0), pr.eps.const_data_ptr<double>(), pl.bad.const_data_ptr<int>(), grad,
+               out, grad_scale_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -321,9 +345,12 @@ at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u
   const c10::cuda::CUDAGuard guard(u_student.device());
   const auto cu = check_relational_loss_args(kFwd, u_student, u_teacher, unit_weights, cu_units);
   const auto sizes = resolve_plan_sizes(kFwd, cu, u_student.size(0), plan_sizes);
+  if (u_student.size(0) == 0) {
+    const auto ct = compute_dtype(u_student, u_teacher, unit_weights);
+    return at::zeros({}, u_student.options().dtype(ct == at::kDouble ? at::kDouble : at::kFloat));
+  }
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto pr = prepare(u_student, u_teacher, unit_weights, stream);
-  if (pr.us.size(0) == 0) return at::zeros({}, pr.us.options().dtype(pr.acc));
   const auto pl = make_plan(cu, pr.us.size(0), sizes, stream);
   auto out = cuda::new_output({}, pr.us.options().dtype(pr.acc));
   auto partial = at::empty({std::max<int64_t>(pl.ntiles, 1)}, pr.us.options().dtype(pr.acc));
@@ -332,7 +359,7 @@ at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u
     TileOutputs<acc_t> to;
     to.partial = partial.mutable_data_ptr<acc_t>();
     launch_tiles<scalar_t, acc_t, kLoss>(pr, pl, to, stream);
-    launch_finalize<acc_t>(pr, cu, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
+    launch_finalize<acc_t>(pr, cu, pl, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
                            out.mutable_data_ptr<acc_t>(), stream);
   });
   return out;
@@ -346,48 +373,54 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
     const at::Tensor& cu, const plan::Sizes& sizes, const at::Tensor& u_student,
     const at::Tensor& u_teacher, const at::Tensor& unit_weights, const Request& req) {
-  const auto& grad = req.grad;
-  const bool need_student = req.need_student, need_teacher = req.need_teacher;
-  const bool want_loss = req.want_loss, grads_in_acc = req.grads_in_acc;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto pr = prepare(u_student, u_teacher, unit_weights, stream);
   const auto pl = make_plan(cu, pr.us.size(0), sizes, stream);
   const auto ao = pr.us.options().dtype(pr.acc);
-  const auto g = grad ? grad->detach().to(pr.acc).reshape({1}).contiguous() : at::ones({1}, ao);
-  auto kbuf = at::empty({1}, ao.dtype(at::kDouble));  // k = 4 g / max(Z', eps'), in double
-  auto loss = want_loss ? cuda::new_output({}, ao) : at::Tensor();
+  // The upstream gradient stays on the device (nullptr: 1), folded into k = 4 g / Z.
+  const auto g = req.grad ? req.grad->detach().to(pr.acc).reshape({1}).contiguous() : at::Tensor();
+  auto grad_scale = at::empty({1}, ao.dtype(at::kDouble));  // k, in double
+  auto loss = req.want_loss ? cuda::new_output({}, ao) : at::Tensor();
   auto partial = at::empty({std::max<int64_t>(pl.ntiles, 1)}, ao);
   auto E = at::empty({std::max<int64_t>(pl.e_size, 1)}, ao);
   auto radS = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
   auto radT = at::empty({std::max<int64_t>(pl.rad_size, 1)}, ao);
-  const auto co = pr.us.options();  // compute dtype ct
-  const auto go = co.dtype(pr.acc);  // gradients computed in the accumulation dtype
-  auto gs = need_student ? cuda::new_output(pr.us.sizes(), go) : at::zeros(pr.us.sizes(), go);
-  auto gt = need_teacher ? cuda::new_output(pr.ut.sizes(), go) : at::zeros(pr.ut.sizes(), go);
+  // Gradients computed in the accumulation dtype; a side that is not needed comes back as zeros.
+  auto gs = req.need_student ? cuda::new_output(pr.us.sizes(), ao) : at::zeros(pr.us.sizes(), ao);
+  auto gt = req.need_teacher ? cuda::new_output(pr.ut.sizes(), ao) : at::zeros(pr.ut.sizes(), ao);
   const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
   const int64_t dchunks = ceil_div<int64_t>(std::max(Ds, Dt), kTile);
   TORCH_CHECK(dchunks <= 65535, kBwd, ": hidden width too large for one CUDA launch");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_finalize<acc_t>(pr, cu, nullptr, 0, g.const_data_ptr<acc_t>(), nullptr, stream,
-                           kbuf.mutable_data_ptr<double>());
+    launch_finalize<acc_t>(pr, cu, pl, nullptr, 0, g.defined() ? g.const_data_ptr<acc_t>() : nullptr,
+                           nullptr, stream, grad_scale.mutable_data_ptr<double>());
     TileOutputs<acc_t> to;
     to.E = E.mutable_data_ptr<acc_t>();
     to.radS = radS.mutable_data_ptr<acc_t>();
     to.radT = radT.mutable_data_ptr<acc_t>();
-    if (want_loss) {
+    if (req.want_loss) {
       to.partial = partial.mutable_data_ptr<acc_t>();
       launch_tiles<scalar_t, acc_t, kLossAndGrad>(pr, pl, to, stream);
-      launch_finalize<acc_t>(pr, cu, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
+      launch_finalize<acc_t>(pr, cu, pl, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
                              loss.mutable_data_ptr<acc_t>(), stream);
     } else {
       launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, to, stream);
     }
     if (pl.nrows > 0 && dchunks > 0)
-      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, kbuf, need_student, need_teacher, gs,
-                                        gt, dchunks, stream);
+      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, grad_scale, req.need_student,
+                                        req.need_teacher, gs, gt, dchunks, stream);
+    // Wrong host metadata: units the plan left out have unwritten rows; make every row NaN.
+    const int64_t n_elems = gs.numel() + gt.numel();
+    if (n_elems > 0) {
+      cuda::launch(nan_if_bad_kernel<acc_t>, cuda::grid_1d(std::min<int64_t>(n_elems, 1 << 16), 256,
+                                                           kBwd, "gradient elements"),
+                   256, stream, pl.bad.const_data_ptr<int>(), gs.mutable_data_ptr<acc_t>(),
+                   gs.numel(), gt.mutable_data_ptr<acc_t>(), gt.numel());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
-  if (grads_in_acc) return {loss, gs, gt};
+  if (req.grads_in_acc) return {loss, gs, gt};
   return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
 }
 

@@ -9,17 +9,19 @@ namespace mta_ext::relational_cuda {
 
 // ---------------------------------------------------------------- finalize
 
-// One block: out = num / max(den, eps) (forward) or grad * 4 / max(den, eps) (the backward
-// scale), num = sum of tile partials, den = sum_b 2 sum_{j in b} W_j (sum_{i<j in b} W_i) over
-// examples with n_b >= 2 (non-negative terms only: no cancellation), W divided by its maximum c
-// and eps = 1e-5 / c^2 (eps_p, on the device: see prepare).
+// One block: out = num / max(den, eps) (forward) or the backward's gradient scale
+// k = 4 g / max(den, eps) (g = grad[0], 1 when grad is nullptr), num = sum of tile partials,
+// den = sum_b 2 sum_{j in b} W_j (sum_{i<j in b} W_i) over examples with n_b >= 2 (non-negative
+// terms only: no cancellation), W divided by its maximum c and eps = 1e-5 / c^2 (eps_p, on the
+// device: see weight_prep_kernel). A plan built from wrong host metadata (*bad != 0, see
+// plan_fill_kernel) makes the result NaN: visible, without a host sync.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const acc_t* __restrict__ partial, int64_t ntiles, const acc_t* __restrict__ w,
                     const int64_t* __restrict__ cu, int64_t B, int64_t N,
-                    const double* __restrict__ eps_p,
+                    const double* __restrict__ eps_p, const int* __restrict__ bad,
                     const acc_t* __restrict__ grad, acc_t* __restrict__ out,
-                    double* __restrict__ k_out) {
+                    double* __restrict__ grad_scale_out) {
   __shared__ acc_t wred[kThreads / 32];
   acc_t num = 0, den = 0;
   for (int64_t t = threadIdx.x; t < ntiles; t += kThreads) num += partial[t];
@@ -41,11 +43,26 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     // In double: eps / c^2 may exceed fp32 when the weights are tiny.
     const double d = max(double(den), eps_p[0]);
-    if (grad)
-      k_out[0] = double(grad[0]) * 4.0 / d;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if (grad_scale_out != nullptr)
+      grad_scale_out[0] = *bad ? nan : (grad ? double(grad[0]) : 1.0) * 4.0 / d;
     else
-      out[0] = static_cast<acc_t>(double(num) / d);
+      out[0] = static_cast<acc_t>(*bad ? nan : double(num) / d);
   }
+}
+
+// Fills the gradients with NaN when the plan was built from wrong host metadata (*bad != 0):
+// rows of units the plan left out are otherwise never written. Grid-stride; exits at once when
+// the metadata was right.
+template <typename acc_t>
+__global__ void __launch_bounds__(256)
+    nan_if_bad_kernel(const int* __restrict__ bad, acc_t* __restrict__ a, int64_t na,
+                      acc_t* __restrict__ b, int64_t nb) {
+  if (*bad == 0) return;
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < na + nb; i += stride)
+    (i < na ? a[i] : b[i - na]) = nan;
 }
 
 // ---------------------------------------------------------------- backward rows
@@ -59,7 +76,7 @@ constexpr int kBLd = kTile + 8;  // row stride of the staged U tile (WMMA: multi
 // the fp32 result tile 64 x kGsLd x 4.
 constexpr size_t kTcSmem = 2 * kTile * kOpLd * 2 + 32 * kBLd * 2 + kTile * kGsLd * 4;
 
-template <bool kVec>
+template <RowLoad kLoad>
 __device__ __forceinline__ void eu_product_tc(float (&acc)[4][4], const float* __restrict__ E,
                                               int64_t moff, int64_t li0, int nA, int64_t n,
                                               const float* __restrict__ r, int64_t a,
@@ -90,7 +107,7 @@ __device__ __forceinline__ void eu_product_tc(float (&acc)[4][4], const float* _
       Ahi[ar * kOpLd + ak + q] = hi.x;
       Alo[ar * kOpLd + ak + q] = lo.x;
     }
-    stage8<kVec>(Bs + br * kBLd + bc, u16, D, a + k0 + br, k0 + br < n, d0 + bc);
+    stage8<kLoad>(Bs + br * kBLd + bc, u16, D, a + k0 + br, k0 + br < n, d0 + bc);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < 32; kk += 16) {
@@ -122,63 +139,53 @@ __device__ __forceinline__ void eu_product_tc(float (&acc)[4][4], const float* _
 #endif
 }
 
-// g_k for the 64 units of row tile ti of one example, columns d0 .. d0+64, side blockIdx.z
-// (0 student, 1 teacher): g_i = r_i (G_i - u_i r_i rad_i) (or r_i G_i where |u_i| <= eps), with
-// G_i = sgn sum_j E_ij r_j u_j, rad_i = sgn sum_j E_ij c_ij, sgn = +1 student / -1 teacher.
-// kTc: the G product on tensor cores (bf16 units, sm_80+), else on CUDA cores.
-// The row-gradient kernel's arguments, per side s (student) / t (teacher).
+// The row-gradient kernel's arguments for one side (student or teacher).
 template <typename scalar_t, typename acc_t>
-struct RowParams {
-  const scalar_t* us;
-  const scalar_t* ut;
-  int64_t Ds, Dt;
-  const acc_t *rs, *nrms, *rt, *nrmt;  // 1 / clamped norm and the clamped norm per unit
-  const acc_t *scs, *sct;              // per-row power-of-two scales (nullptr: 1)
-  const int64_t* rowplan;              // [nrows, kPlanCols] row plan
-  const acc_t* E;                      // from tile_kernel
-  const acc_t *radS, *radT;
-  const double* kd;                    // [1] k = 4 g / Z, on the device
-  bool need_s, need_t;
-  acc_t *gs, *gt;                      // [N, D] gradients in the accumulation dtype
+struct RowSide {
+  const scalar_t* u;  // [N, D] units in the compute dtype (rows scaled by powers of two)
+  int64_t D;
+  const acc_t* r;     // [N] 1 / clamped norm
+  const acc_t* nrm;   // [N] clamped norm
+  const acc_t* sc;    // [N] row scales 2^-e (nullptr: 1, fp16)
+  const acc_t* rad;   // radial partials from tile_kernel
+  acc_t* g;           // [N, D] gradient in the accumulation dtype (rounded once by the caller:
+                      // the fused and the separate backward share the bits)
+  bool needed;
 };
 
-template <typename scalar_t, typename acc_t, bool kTc, bool kVec>
+template <typename scalar_t, typename acc_t>
+struct RowParams {
+  RowSide<scalar_t, acc_t> student, teacher;
+  const int64_t* rowplan;    // [nrows, kPlanCols] row plan
+  const acc_t* E;            // W_i W_j (cS - cT) blocks from tile_kernel
+  const double* grad_scale;  // [1] k = 4 g / Z, on the device (finalize_kernel)
+};
+
+// Where the G product of the row gradients runs.
+enum class GradMma : bool { kCudaCores = false, kTensorCores = true };  // tensor: bf16, sm_80+
+
+// g_k for the 64 units of row tile ti of one example, columns d0 .. d0+64, side blockIdx.z
+// (0 student, 1 teacher): g_i = r_i (G_i - u_i r_i rad_i) (or r_i G_i where |u_i| <= eps), with
+// G_i = sgn sum_j E_ij r_j u_j, rad_i = sgn sum_j E_ij c_ij, sgn = +1 student / -1 teacher,
+// scaled by k = 4 g / Z.
+template <typename scalar_t, typename acc_t, GradMma kMma, RowLoad kLoad>
 __global__ void __launch_bounds__(kThreads)
     grad_rows_kernel(const RowParams<scalar_t, acc_t> P) {
-  const scalar_t* __restrict__ us = P.us;
-  const scalar_t* __restrict__ ut = P.ut;
-  const int64_t Ds = P.Ds, Dt = P.Dt;
-  const acc_t* __restrict__ rs = P.rs;
-  const acc_t* __restrict__ nrms = P.nrms;
-  const acc_t* __restrict__ rt = P.rt;
-  const acc_t* __restrict__ nrmt = P.nrmt;
-  const acc_t* __restrict__ scs = P.scs;
-  const acc_t* __restrict__ sct = P.sct;
-  const int64_t* __restrict__ rowplan = P.rowplan;
-  const acc_t* __restrict__ E = P.E;
-  const acc_t* __restrict__ radS = P.radS;
-  const acc_t* __restrict__ radT = P.radT;
-  const double* __restrict__ kd = P.kd;
-  const bool need_s = P.need_s, need_t = P.need_t;
-  acc_t* __restrict__ gs = P.gs;
-  acc_t* __restrict__ gt = P.gt;
+  constexpr bool kTc = kMma == GradMma::kTensorCores;
   constexpr size_t kBytes = kTc ? kTcSmem : sizeof(simt::Stage<acc_t>);
   static_assert(kBytes <= 48 * 1024, "static shared memory limit");
   __shared__ __align__(128) unsigned char smem[kBytes];
   const bool teacher = blockIdx.z == 1;
-  const int64_t D = teacher ? Dt : Ds;
+  const RowSide<scalar_t, acc_t> S = teacher ? P.teacher : P.student;
+  const int64_t D = S.D;
   const int64_t d0 = int64_t(blockIdx.y) * kTile;
-  if (!(teacher ? need_t : need_s) || d0 >= D) return;  // uniform per block
-  const scalar_t* u = teacher ? ut : us;
-  const acc_t* r = teacher ? rt : rs;
-  const acc_t* nrm = teacher ? nrmt : nrms;
-  const acc_t* sc = teacher ? sct : scs;  // row scales 2^-e (nullptr: 1)
-  const acc_t* rad = teacher ? radT : radS;
-  acc_t* g = teacher ? gt : gs;  // in the accumulation type: rounded to the input dtype once,
-                                 // by the caller (fused and separate backward share the bits)
+  if (!S.needed || d0 >= D) return;  // uniform per block
+  const scalar_t* __restrict__ u = S.u;
+  const acc_t* __restrict__ r = S.r;
+  const acc_t* __restrict__ E = P.E;
   const acc_t sgn = teacher ? acc_t(-1) : acc_t(1);
 
-  const int64_t* p = rowplan + int64_t(blockIdx.x) * kPlanCols;
+  const int64_t* p = P.rowplan + int64_t(blockIdx.x) * kPlanCols;
   const int64_t a = p[kA], n = p[kN], ti = p[kTi], moff = p[kMoff], roff = p[kRoff], Tb = p[kTb];
   const int nA = int(n - ti * kTile < kTile ? n - ti * kTile : kTile);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -188,8 +195,8 @@ __global__ void __launch_bounds__(kThreads)
   simt::zero(acc);
   if (n >= 2) {  // uniform per block; n == 1: no pair, zero gradient
     if constexpr (kTc) {
-      eu_product_tc<kVec>(acc, E, moff, li0, nA, n, r, a, reinterpret_cast<const uint16_t*>(u),
-                          D, d0, smem);
+      eu_product_tc<kLoad>(acc, E, moff, li0, nA, n, r, a,
+                           reinterpret_cast<const uint16_t*>(u), D, d0, smem);
     } else {
       auto loadE = [&](int rr, int64_t k) -> acc_t {
         return (rr < nA && k < n) ? E[moff + (li0 + rr) * n + k] : acc_t(0);
@@ -209,13 +216,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t li = li0 + rr, gi = a + li;
     acc_t rd = 0;
     if (n >= 2)
-      for (int64_t s = 0; s < Tb; ++s) rd += rad[roff + li * Tb + s];
+      for (int64_t s = 0; s < Tb; ++s) rd += S.rad[roff + li * Tb + s];
     rd *= sgn;
     const acc_t ri = r[gi];
     // The rows are u'_i = sc_i u_i: the clamp is |u'_i| <= eps sc_i, and dL/du_i = sc_i dL/du'_i.
-    const acc_t sci = sc ? sc[gi] : acc_t(1);
-    const double ksc = kd[0] * double(sci);  // k = 4 g / Z, and the row scale
-    const bool clamped = nrm[gi] <= acc_t(kCosEps) * sci;
+    const acc_t sci = S.sc ? S.sc[gi] : acc_t(1);
+    const double ksc = P.grad_scale[0] * double(sci);  // k = 4 g / Z, and the row scale
+    const bool clamped = S.nrm[gi] <= acc_t(kCosEps) * sci;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t d = d0 + tx + 16 * j;
@@ -223,7 +230,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t G = sgn * acc[i][j];
       const acc_t gv =
           clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
-      g[gi * D + d] = static_cast<acc_t>(double(gv) * ksc);
+      S.g[gi * D + d] = static_cast<acc_t>(double(gv) * ksc);
     }
   }
 }

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 namespace mta_ext::relational_cuda {
@@ -41,30 +42,83 @@ struct MmaType<c10::Half> {
   using type = __half;
 };
 
-// ---------------------------------------------------------------- norms
+// ---------------------------------------------------------------- row preparation
 
-// Rows arrive scaled by a power of two sc_i (see pow2_rows; sc == nullptr: unscaled), so the
-// norm clamp max(|u_i|, eps) of the original row is max(|u'_i|, eps sc_i) of the scaled one.
-template <typename scalar_t, typename acc_t>
+// Whether row_prep_kernel rescales the rows (fp32/bf16/fp64) or only measures them (fp16).
+enum class RowScale : bool { kMeasureOnly = false, kPowerOfTwo = true };
+
+// One warp per unit row u_i (N rows of D, compute dtype scalar_t), in one pass over the row:
+//   kPowerOfTwo: e_i with max|u_i| 2^-e_i in [0.5, 1) (e_i = 0 for a zero or non-finite row;
+//     e_i >= min_exponent + 25 so that 2^-e_i is finite), the scaled row u'_i = 2^-e_i u_i written
+//     to `scaled` (exact: powers of two, except elements ~2^126 below the row's maximum, which
+//     underflow) and its scale sc_i = 2^-e_i. Cosines are scale invariant, so the Gram kernels
+//     then never overflow (|u| > ~1.8e19 in fp32/bf16) nor underflow (|u| < ~1e-19).
+//   kMeasureOnly (fp16: |u| <= 65504, whose squares and products can neither overflow nor
+//     underflow in fp32, and scaling could push small elements into subnormals): no copy.
+// Then the norm of the row the Gram kernels read: nrm_i = max(|u'_i|, eps sc_i) (the clamp
+// max(|u_i|, eps) of the original row) and r_i = 1 / nrm_i.
+template <typename scalar_t, typename acc_t, RowScale kScale>
 __global__ void __launch_bounds__(256)
-    norms_kernel(const scalar_t* __restrict__ u, int64_t N, int64_t D,
-                 const acc_t* __restrict__ sc, acc_t* __restrict__ r, acc_t* __restrict__ nrm) {
+    row_prep_kernel(const scalar_t* __restrict__ u, int64_t N, int64_t D,
+                    scalar_t* __restrict__ scaled, acc_t* __restrict__ sc_out,
+                    acc_t* __restrict__ r, acc_t* __restrict__ nrm) {
   const int64_t row = int64_t(blockIdx.x) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= N) return;
+  if (row >= N) return;  // the whole warp leaves together
   const scalar_t* x = u + row * D;
+  acc_t sc = 1;
+  if constexpr (kScale == RowScale::kPowerOfTwo) {
+    acc_t amax = 0;
+    for (int64_t d = lane; d < D; d += 32) amax = max(amax, abs(static_cast<acc_t>(x[d])));
+    amax = cuda::warp_max(amax);
+    int e = 0;
+    if (amax > acc_t(0) && isfinite(amax)) frexp(amax, &e);
+    e = max(e, std::numeric_limits<acc_t>::min_exponent + 25);
+    sc = ldexp(acc_t(1), -e);  // exact in every precision: no exponent passes through fp32
+  }
   acc_t s = 0;
   for (int64_t d = lane; d < D; d += 32) {
-    const acc_t v = static_cast<acc_t>(x[d]);
+    acc_t v = static_cast<acc_t>(x[d]);
+    if constexpr (kScale == RowScale::kPowerOfTwo) {
+      const scalar_t y = static_cast<scalar_t>(v * sc);
+      scaled[row * D + d] = y;
+      v = static_cast<acc_t>(y);  // the norm of the row the Gram kernels will read
+    }
     s += v * v;
   }
   s = cuda::warp_sum(s);
   if (lane == 0) {
-    const acc_t eps = sc ? acc_t(kCosEps) * sc[row] : acc_t(kCosEps);
-    const acc_t nr = max(sqrt(s), eps);
+    const acc_t nr = max(sqrt(s), acc_t(kCosEps) * sc);
     nrm[row] = nr;
     r[row] = acc_t(1) / nr;
+    if constexpr (kScale == RowScale::kPowerOfTwo) sc_out[row] = sc;
   }
+}
+
+// One block: the weights divided by their maximum c (1 if every weight is 0), and the
+// denominator's clamp 1e-5 / c^2 in double (the loss is otherwise invariant): no W_i W_j
+// overflows (1e30 weights) or underflows, and eps / c^2 may exceed the fp32 range.
+template <typename acc_t>
+__global__ void __launch_bounds__(256)
+    weight_prep_kernel(const acc_t* __restrict__ w, int64_t N, acc_t* __restrict__ w_out,
+                       double* __restrict__ eps_out) {
+  __shared__ acc_t wred[8];
+  __shared__ acc_t c_shared;
+  acc_t m = 0;
+  for (int64_t k = threadIdx.x; k < N; k += 256) m = max(m, w[k]);
+  m = cuda::warp_max(m);
+  if (threadIdx.x % 32 == 0) wred[threadIdx.x / 32] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t c = 0;
+    for (int q = 0; q < 8; ++q) c = max(c, wred[q]);
+    c = c > acc_t(0) ? c : acc_t(1);
+    c_shared = c;
+    eps_out[0] = kWeightSumEps / double(c) / double(c);
+  }
+  __syncthreads();
+  const acc_t c = c_shared;
+  for (int64_t k = threadIdx.x; k < N; k += 256) w_out[k] = w[k] / c;
 }
 
 // ---------------------------------------------------------------- Gram tiles
@@ -90,11 +144,15 @@ __device__ __forceinline__ void gram_simt(acc_t (&acc)[4][4], const scalar_t* u,
   simt::gemm_nt<acc_t, simt::Contig::K, simt::Contig::K>(acc, D, la, lb, st);
 }
 
+// How the 16-bit operands are staged: one 16-byte load of 8 elements (rows 16-byte aligned and
+// D % 8 == 0), or element by element.
+enum class RowLoad : bool { kScalar = false, kVec16 = true };
+
 // Stage 8 consecutive 16-bit elements (row, d .. d+8) into shared memory, zeros outside.
-template <bool kVec>
+template <RowLoad kLoad>
 __device__ __forceinline__ void stage8(uint16_t* dst, const uint16_t* __restrict__ u, int64_t D,
                                        int64_t row, bool row_ok, int64_t d) {
-  if constexpr (kVec) {  // rows 16-byte aligned and D % 8 == 0: all 8 in or all 8 out
+  if constexpr (kLoad == RowLoad::kVec16) {  // all 8 in or all 8 out
     uint4 v = make_uint4(0, 0, 0, 0);
     if (row_ok && d < D) v = *reinterpret_cast<const uint4*>(u + row * D + d);
     *reinterpret_cast<uint4*>(dst) = v;
@@ -108,7 +166,7 @@ __device__ __forceinline__ void stage8(uint16_t* dst, const uint16_t* __restrict
 // the 16x16 fragments (w % 4, 2 (w / 4)) and (w % 4, 2 (w / 4) + 1). D is walked in chunks of
 // 32 staged in shared memory (ops: 2 x 64 x kOpLd 16-bit). Built for sm_80+; older targets take
 // the CUDA-core path and write the same tile.
-template <typename scalar_t, bool kVec>
+template <typename scalar_t, RowLoad kLoad>
 __device__ __forceinline__ void gram_wmma(float (*gs)[kGsLd], const scalar_t* u, int64_t D,
                                           int64_t rowA, int nA, int64_t rowB, int nB,
                                           uint16_t* ops) {
@@ -134,8 +192,8 @@ __device__ __forceinline__ void gram_wmma(float (*gs)[kGsLd], const scalar_t* u,
   wmma::fill_fragment(c1, 0.0f);
   const int sr = tid / 4, sc = (tid % 4) * 8;  // this thread stages row sr, columns sc..sc+8
   for (int64_t d0 = 0; d0 < D; d0 += 32) {
-    stage8<kVec>(As + sr * kOpLd + sc, u16, D, rowA + sr, sr < nA, d0 + sc);
-    stage8<kVec>(Bs + sr * kOpLd + sc, u16, D, rowB + sr, sr < nB, d0 + sc);
+    stage8<kLoad>(As + sr * kOpLd + sc, u16, D, rowA + sr, sr < nA, d0 + sc);
+    stage8<kLoad>(Bs + sr * kOpLd + sc, u16, D, rowB + sr, sr < nB, d0 + sc);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < 32; kk += 16) {
@@ -155,8 +213,12 @@ __device__ __forceinline__ void gram_wmma(float (*gs)[kGsLd], const scalar_t* u,
 #endif
 }
 
-template <typename scalar_t, typename acc_t, bool kWmma>
+// Where the Gram tiles of tile_kernel are computed.
+enum class GramMma : bool { kCudaCores = false, kTensorCores = true };  // tensor: 16-bit, sm_80+
+
+template <typename scalar_t, typename acc_t, GramMma kMma>
 struct TileSmem {
+  static constexpr bool kWmma = kMma == GramMma::kTensorCores;
   static constexpr size_t kGram = kWmma ? 2 * kTile * kGsLd * sizeof(float) : 0;
   static constexpr size_t kOps = kWmma ? 2 * kTile * kOpLd * sizeof(uint16_t) : 0;
   static constexpr size_t kStage = sizeof(simt::Stage<acc_t>);
@@ -179,16 +241,13 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* wred /*[8]*/) {
   return s;  // valid in thread 0
 }
 
-// One 64x64 tile (ti, tj) of one example. Loss (kMode 0 and 2): partial[tile] = (ti < tj ? 2 : 1)
-// * sum_{i!=j} W_i W_j (cS_ij - cT_ij)^2. Gradient (kMode 1 and 2): E entries of the tile (and
-// its mirror) and the radial partials sum_j E_ij c_ij of its rows (slot tj) and, off the
-// diagonal, of its columns (slot ti).
+// What a tile_kernel launch computes: the loss partials, the gradient inputs, or both.
 enum TileMode { kLoss = 0, kGrad = 1, kLossAndGrad = 2 };
 
 // The tile kernel's arguments (one struct instead of a dozen pointers).
 template <typename scalar_t, typename acc_t>
 struct TileParams {
-  const scalar_t* us;  // [N, Ds] student units (rows scaled by powers of two, see pow2_rows)
+  const scalar_t* us;  // [N, Ds] student units (rows scaled by powers of two: row_prep_kernel)
   const scalar_t* ut;  // [N, Dt] teacher units
   int64_t Ds, Dt;
   const acc_t* w;      // [N] unit weights / their maximum
@@ -201,24 +260,17 @@ struct TileParams {
   acc_t* radT;
 };
 
-template <typename scalar_t, typename acc_t, bool kWmma, int kMode, bool kVec>
+// One 64x64 tile (ti, tj) of one example. Loss (kLoss, kLossAndGrad): partial[tile] =
+// (ti < tj ? 2 : 1) * sum_{i!=j} W_i W_j (cS_ij - cT_ij)^2. Gradient (kGrad, kLossAndGrad): E
+// entries of the tile (and its mirror) and the radial partials sum_j E_ij c_ij of its rows (slot
+// tj) and, off the diagonal, of its columns (slot ti).
+template <typename scalar_t, typename acc_t, GramMma kMma, TileMode kMode, RowLoad kLoad>
 __global__ void __launch_bounds__(kThreads)
     tile_kernel(const TileParams<scalar_t, acc_t> P) {
-  const scalar_t* __restrict__ us = P.us;
-  const scalar_t* __restrict__ ut = P.ut;
-  const int64_t Ds = P.Ds, Dt = P.Dt;
-  const acc_t* __restrict__ w = P.w;
-  const acc_t* __restrict__ rs = P.rs;
-  const acc_t* __restrict__ rt = P.rt;
-  const int64_t* __restrict__ plan = P.plan;
-  acc_t* __restrict__ partial = P.partial;
-  acc_t* __restrict__ E = P.E;
-  acc_t* __restrict__ radS = P.radS;
-  acc_t* __restrict__ radT = P.radT;
-  using Smem = TileSmem<scalar_t, acc_t, kWmma>;
+  using Smem = TileSmem<scalar_t, acc_t, kMma>;
   __shared__ __align__(128) unsigned char smem[Smem::kBytes];
   __shared__ acc_t wred[kThreads / 32];
-  const int64_t* p = plan + int64_t(blockIdx.x) * kPlanCols;
+  const int64_t* p = P.plan + int64_t(blockIdx.x) * kPlanCols;
   const int64_t a = p[kA], n = p[kN], ti = p[kTi], tj = p[kTj];
   const int64_t rowA = a + ti * kTile, rowB = a + tj * kTile;
   const int nA = int(n - ti * kTile < kTile ? n - ti * kTile : kTile);
@@ -227,12 +279,12 @@ __global__ void __launch_bounds__(kThreads)
 
   // Raw Gram entries of this thread's 4x4 elements (rows ty + 16 i, columns tx + 16 j).
   acc_t gS[4][4], gT[4][4];
-  if constexpr (kWmma) {
+  if constexpr (kMma == GramMma::kTensorCores) {
     auto* gsS = reinterpret_cast<float(*)[kGsLd]>(smem);
     auto* gsT = reinterpret_cast<float(*)[kGsLd]>(smem + kTile * kGsLd * sizeof(float));
     auto* ops = reinterpret_cast<uint16_t*>(smem + Smem::kGram);
-    gram_wmma<scalar_t, kVec>(gsS, us, Ds, rowA, nA, rowB, nB, ops);
-    gram_wmma<scalar_t, kVec>(gsT, ut, Dt, rowA, nA, rowB, nB, ops);
+    gram_wmma<scalar_t, kLoad>(gsS, P.us, P.Ds, rowA, nA, rowB, nB, ops);
+    gram_wmma<scalar_t, kLoad>(gsT, P.ut, P.Dt, rowA, nA, rowB, nB, ops);
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -243,8 +295,8 @@ __global__ void __launch_bounds__(kThreads)
       }
   } else {
     auto& st = *reinterpret_cast<simt::Stage<acc_t>*>(smem);
-    gram_simt<scalar_t, acc_t>(gS, us, Ds, rowA, nA, rowB, nB, st);
-    gram_simt<scalar_t, acc_t>(gT, ut, Dt, rowA, nA, rowB, nB, st);
+    gram_simt<scalar_t, acc_t>(gS, P.us, P.Ds, rowA, nA, rowB, nB, st);
+    gram_simt<scalar_t, acc_t>(gT, P.ut, P.Dt, rowA, nA, rowB, nB, st);
   }
   __syncthreads();  // smem is reused below
 
@@ -255,12 +307,12 @@ __global__ void __launch_bounds__(kThreads)
     vi[q] = ty + 16 * q < nA;
     vj[q] = tx + 16 * q < nB;
     const int64_t gi = rowA + ty + 16 * q, gj = rowB + tx + 16 * q;
-    wi[q] = vi[q] ? w[gi] : acc_t(0);
-    rsi[q] = vi[q] ? rs[gi] : acc_t(0);
-    rti[q] = vi[q] ? rt[gi] : acc_t(0);
-    wj[q] = vj[q] ? w[gj] : acc_t(0);
-    rsj[q] = vj[q] ? rs[gj] : acc_t(0);
-    rtj[q] = vj[q] ? rt[gj] : acc_t(0);
+    wi[q] = vi[q] ? P.w[gi] : acc_t(0);
+    rsi[q] = vi[q] ? P.rs[gi] : acc_t(0);
+    rti[q] = vi[q] ? P.rt[gi] : acc_t(0);
+    wj[q] = vj[q] ? P.w[gj] : acc_t(0);
+    rsj[q] = vj[q] ? P.rs[gj] : acc_t(0);
+    rtj[q] = vj[q] ? P.rt[gj] : acc_t(0);
   }
   const bool diag = ti == tj;
 
@@ -278,10 +330,10 @@ __global__ void __launch_bounds__(kThreads)
         sum += ok ? wi[i] * wj[j] * d * d : acc_t(0);
       }
     sum = block_sum(sum, wred);
-    if (threadIdx.x == 0) partial[blockIdx.x] = diag ? sum : acc_t(2) * sum;
+    if (threadIdx.x == 0) P.partial[blockIdx.x] = diag ? sum : acc_t(2) * sum;
   }
   if constexpr (kMode != kLoss) {
-    // E' = W_i W_j (cS - cT): the scale k = 4 g / Z is applied per output row in double by
+    // P.E' = W_i W_j (cS - cT): the scale k = 4 g / Z is applied per output row in double by
     // grad_rows_kernel (k can lie below the type's range when the weights are tiny).
     const int64_t moff = p[kMoff], roff = p[kRoff], Tb = p[kTb];
     const int64_t li0 = ti * kTile, lj0 = tj * kTile;  // local unit indices in the example
@@ -298,8 +350,8 @@ __global__ void __launch_bounds__(kThreads)
         const acc_t cT = cuda::mul_rn(cuda::mul_rn(gT[i][j], rti[i]), rtj[j]);
         const acc_t e = ok ? wi[i] * wj[j] * (cS - cT) : acc_t(0);
         if (vi[i] && vj[j]) {
-          E[moff + li * n + lj] = e;
-          if (!diag) E[moff + lj * n + li] = e;
+          P.E[moff + li * n + lj] = e;
+          if (!diag) P.E[moff + lj * n + li] = e;
         }
         rowS[i] += e * cS;
         rowT[i] += e * cT;
@@ -311,8 +363,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 4; ++i) {
       const acc_t s = cuda::warp_sum(rowS[i], 16), t = cuda::warp_sum(rowT[i], 16);
       if (tx == 0 && vi[i]) {
-        radS[roff + (li0 + ty + 16 * i) * Tb + tj] = s;
-        radT[roff + (li0 + ty + 16 * i) * Tb + tj] = t;
+        P.radS[roff + (li0 + ty + 16 * i) * Tb + tj] = s;
+        P.radT[roff + (li0 + ty + 16 * i) * Tb + tj] = t;
       }
     }
     if (!diag) {  // column partials (rows of tile tj, slot ti), reduced over ty in order
@@ -325,7 +377,7 @@ __global__ void __launch_bounds__(kThreads)
           acc_t s = 0;
 #pragma unroll
           for (int y = 0; y < 16; ++y) s += red[y][threadIdx.x];
-          (side == 0 ? radS : radT)[roff + (lj0 + threadIdx.x) * Tb + ti] = s;
+          (side == 0 ? P.radS : P.radT)[roff + (lj0 + threadIdx.x) * Tb + ti] = s;
         }
         __syncthreads();
       }

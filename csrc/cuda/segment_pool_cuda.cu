@@ -12,11 +12,14 @@
 //      forward, so the same bits)
 //      and +1/-1 at start/end in an integer difference array (integer atomics: order-free);
 //   2. two integer prefix sums: coverage per token, then the CSR row pointer (its total must be
-//      the host's num_incidences P; every CSR access is clamped to P, so a wrong P gives wrong
-//      gradients, never an out-of-bounds access; the debug mode checks it);
+//      the host's num_incidences P; every CSR access is clamped to P, so a wrong P cannot cause an
+//      out-of-bounds access, and the gather sees the true total row_ptr[M] != P and writes NaN:
+//      wrong metadata is visible without a host sync; the debug mode rejects it);
 //   3. fill the CSR with integer atomic cursors (any order), then sort each token's short list
 //      by unit index, so every token sums its units in increasing unit order;
 //   4. gather: grad_hidden[t] = sum_{k ∋ t} (w_t / wmax_k) inv_k grad_out[k], one writer per row.
+// Every kernel clamps a unit's range into [0, M] (unit_range): ranges that were never validated
+// (a raw-op caller on a device, outside the debug mode) read and write inside the buffers.
 #include "cuda/segment_pool_cuda.h"
 
 #include "ops/segment_pool.h"
@@ -28,9 +31,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace mta_ext {
 namespace {
@@ -57,6 +60,15 @@ __device__ __forceinline__ UnitDen<acc_t> unit_denominator(const acc_t* __restri
   acc_t wsum = 0;
   for (int64_t t = s; t < e; ++t) wsum += normalised_weight(w[t], wmax);
   return {wmax, unit_inv_denominator(wsum, wmax)};
+}
+
+// Unit k's token range [s, e), clamped into 0 <= s <= e <= M. Valid ranges are unchanged.
+__device__ __forceinline__ void unit_range(const int64_t* __restrict__ ranges, int64_t k,
+                                           int64_t M, int64_t& s, int64_t& e) {
+  s = ranges[2 * k];
+  e = ranges[2 * k + 1];
+  s = s < 0 ? 0 : (s > M ? M : s);
+  e = e < s ? s : (e > M ? M : e);
 }
 
 // One V-wide row segment from global memory as ONE vector load (ld.global.nc.v4 / .v2 for
@@ -96,11 +108,12 @@ template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kBlock)
     pool_fwd_kernel(const scalar_t* __restrict__ h, const int64_t* __restrict__ ranges,
                     const acc_t* __restrict__ w, scalar_t* __restrict__ out, int64_t N,
-                    int64_t D) {
+                    int64_t M, int64_t D) {
   using VT = Vec<scalar_t, V>;
   const int64_t k = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (k >= N) return;
-  const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
+  int64_t s, e;
+  unit_range(ranges, k, M, s, e);
   const UnitDen<acc_t> den = unit_denominator(w, s, e);
   // w_t / wmax (1 without weights): no product w_t h_t overflows.
   auto wt = [&](int64_t t) { return w ? normalised_weight(w[t], den.wmax) : acc_t(1); };
@@ -134,11 +147,12 @@ __global__ void __launch_bounds__(kBlock)
 // Unit pass of the backward: wmax_k, inv_k and the coverage difference array.
 template <typename acc_t>
 __global__ void unit_prep_kernel(const int64_t* __restrict__ ranges, const acc_t* __restrict__ w,
-                                 int64_t N, acc_t* __restrict__ inv, acc_t* __restrict__ wmax,
-                                 int* __restrict__ diff) {
+                                 int64_t N, int64_t M, acc_t* __restrict__ inv,
+                                 acc_t* __restrict__ wmax, int* __restrict__ diff) {
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= N) return;
-  const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
+  int64_t s, e;
+  unit_range(ranges, k, M, s, e);
   const UnitDen<acc_t> den = unit_denominator(w, s, e);
   inv[k] = den.inv;
   wmax[k] = den.wmax;
@@ -149,12 +163,13 @@ __global__ void unit_prep_kernel(const int64_t* __restrict__ ranges, const acc_t
 }
 
 // Scatter unit k into the CSR list of each of its tokens (slot order arbitrary, fixed by sort).
-__global__ void csr_fill_kernel(const int64_t* __restrict__ ranges, int64_t N,
+__global__ void csr_fill_kernel(const int64_t* __restrict__ ranges, int64_t N, int64_t M,
                                 const int64_t* __restrict__ row_ptr, int64_t P,
                                 int* __restrict__ cursor, int* __restrict__ units) {
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= N) return;
-  const int64_t s = ranges[2 * k], e = ranges[2 * k + 1];
+  int64_t s, e;
+  unit_range(ranges, k, M, s, e);
   for (int64_t t = s; t < e; ++t) {
     const int64_t slot = row_ptr[t] + atomicAdd(cursor + t, 1);
     if (slot < P) units[slot] = int(k);
@@ -179,7 +194,8 @@ __global__ void csr_sort_kernel(const int64_t* __restrict__ row_ptr, int64_t M, 
 }
 
 // grad_hidden[t] = sum_j f(t, k_j) grad_out[k_j], k_j = units[j] over token t's sorted list,
-// f(t, k) = (w_t / wmax_k) inv_k (<= 1; inv_k without weights), as the CPU kernel.
+// f(t, k) = (w_t / wmax_k) inv_k (<= 1; inv_k without weights), as the CPU kernel. A host P that
+// differs from the true total row_ptr[M] (wrong metadata) makes every row NaN.
 template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kBlock)
     pool_bwd_gather_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ row_ptr,
@@ -190,6 +206,7 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t t = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (t >= M) return;
   const int64_t j0 = min(row_ptr[t], P), j1 = min(row_ptr[t + 1], P);
+  const bool wrong_p = __ldg(row_ptr + M) != P;
   auto f = [&](int k) { return w ? normalised_weight(w[t], wmax[k]) * inv[k] : inv[k]; };
   const int64_t nvec = D / V;
   for (int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; c < nvec;
@@ -211,7 +228,8 @@ __global__ void __launch_bounds__(kBlock)
       const VT x = load_vec<scalar_t, V>(col + int64_t(k) * D);
       fma_vec(acc, x, f(k));
     }
-    store_vec(gh + t * D + c * V, acc, acc_t(1));
+    store_vec(gh + t * D + c * V, acc,
+              wrong_p ? std::numeric_limits<acc_t>::quiet_NaN() : acc_t(1));
   }
 }
 
@@ -262,10 +280,12 @@ at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (cuda::rows_16b_aligned<scalar_t>(h, D) && cuda::rows_16b_aligned<scalar_t>(o, D)) {
       const auto L = row_launch(N, D / V);
-      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, h, r, w, o, N, D);
+      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, h, r, w, o, N, M,
+                   D);
     } else {
       const auto L = row_launch(N, D);
-      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, h, r, w, o, N, D);
+      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, h, r, w, o, N, M,
+                   D);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -300,7 +320,7 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   AT_DISPATCH_FLOATING_TYPES(acc_dt, "segment_pool_unit_prep", [&] {
     const scalar_t* w = a.weights ? a.weights->const_data_ptr<scalar_t>() : nullptr;
     cuda::launch(unit_prep_kernel<scalar_t>, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, 
-        r, w, N, inv.mutable_data_ptr<scalar_t>(), wmax.mutable_data_ptr<scalar_t>(),
+        r, w, N, M, inv.mutable_data_ptr<scalar_t>(), wmax.mutable_data_ptr<scalar_t>(),
         diff.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -313,7 +333,7 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   if (P > 0) {
     auto cursor = at::zeros({M}, idx_opts);
     cuda::launch(csr_fill_kernel, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, 
-        r, N, row_ptr.const_data_ptr<int64_t>(), P, cursor.mutable_data_ptr<int>(),
+        r, N, M, row_ptr.const_data_ptr<int64_t>(), P, cursor.mutable_data_ptr<int>(),
         units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cuda::launch(csr_sort_kernel, cuda::grid_1d(M, 256, kBwd, "rows"), 256, stream, 

@@ -26,7 +26,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <limits>

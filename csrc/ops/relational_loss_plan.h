@@ -67,20 +67,28 @@ C10_HOST_DEVICE inline void write_row(int64_t* dst, int64_t a, int64_t n, int64_
 }
 
 // Writes example (a, n)'s plan rows: its Gram tiles from tile row `off.tiles` and its row tiles
-// from row `off.rows` (off: the sizes of the examples before it). Rows at or beyond the capacity
-// `cap` are skipped: a plan sized from wrong host metadata cannot write out of bounds.
-C10_HOST_DEVICE inline void write_example(int64_t a, int64_t n, const Sizes& off, const Sizes& cap,
+// from row `off.rows` (off: the sizes of the examples before it) -- all of them, or none when
+// its share does not fit the capacity `cap` (off + its sizes > cap in any of the four), which
+// is then reported by returning false. Every row of a written example therefore addresses E and
+// the radial partials inside `cap`: a plan sized from wrong host metadata cannot make a kernel
+// read or write out of bounds, nor hold half an example. (The device plan starts zero-filled: a
+// zero row -- n = 0 -- does nothing in either kernel.)
+C10_HOST_DEVICE inline bool write_example(int64_t a, int64_t n, const Sizes& off, const Sizes& cap,
                                           int64_t* tiles, int64_t* rows) {
-  if (n <= 0) return;
-  const int64_t Tb = (n + kTile - 1) / kTile;
+  if (n <= 0) return true;
+  const Sizes s = example_sizes(n);
+  if (off.tiles + s.tiles > cap.tiles || off.rows + s.rows > cap.rows || off.e + s.e > cap.e ||
+      off.rad + s.rad > cap.rad)
+    return false;
+  const int64_t Tb = s.rows;
   int64_t t = off.tiles;
   if (n >= 2)
     for (int64_t ti = 0; ti < Tb; ++ti)
       for (int64_t tj = ti; tj < Tb; ++tj, ++t)
-        if (t < cap.tiles) write_row(tiles + t * kCols, a, n, ti, tj, off.e, off.rad, Tb);
+        write_row(tiles + t * kCols, a, n, ti, tj, off.e, off.rad, Tb);
   for (int64_t ti = 0; ti < Tb; ++ti)
-    if (off.rows + ti < cap.rows)
-      write_row(rows + (off.rows + ti) * kCols, a, n, ti, 0, off.e, off.rad, Tb);
+    write_row(rows + (off.rows + ti) * kCols, a, n, ti, 0, off.e, off.rad, Tb);
+  return true;
 }
 
 // Host: the plan sizes of a host cu_units [B + 1] over N units.

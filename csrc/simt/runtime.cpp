@@ -363,7 +363,9 @@ void launch(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
   const int64_t nblocks = int64_t(grid.x) * grid.y * grid.z;
   g_blocks.fetch_add(nblocks, std::memory_order_relaxed);
   const int64_t seed = g_shuffle_seed.load(std::memory_order_relaxed);
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+  // Blocks in parallel only for large grids: a handoff to the OpenMP pool costs more than a
+  // few small blocks (and the test machines have 2 cores).
+  at::parallel_for(0, nblocks, 64, [&](int64_t b0, int64_t b1) {
     TORCH_CHECK(t_fiber == nullptr, "simt: a kernel launched a kernel (not supported)");
     thread_local Runner runner;
     Runner* const saved = t_runner;
