@@ -20,7 +20,7 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the compiled ops)
 
-__all__ = ["available", "enabled", "suspended", "stats", "reset_stats"]
+__all__ = ["available", "enabled", "reset_stats", "stats", "suspended"]
 
 _lock = threading.Lock()
 _depth = 0

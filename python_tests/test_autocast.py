@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICES, tdev
 
 import mta_ext
-from conftest import DEVICES, tdev
 
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
 

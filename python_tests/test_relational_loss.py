@@ -270,12 +270,20 @@ def test_relational_loss_zero_norm_unit(rng, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_relational_loss_mixed_dtypes_and_one_side(rng, device):
     us, ut, w, cu = _units(rng, [70, 3, 0, 9], 48, 40, torch.bfloat16, torch.float32)
-    loss = ops.relational_loss(us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
+    loss = ops.relational_loss(
+        us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device))
+    )
     ref, _, _ = _rl_ref(us, ut, w, cu)
     torch.testing.assert_close(loss.cpu().double(), ref.detach(), rtol=2e-4, atol=1e-6)
     one = torch.ones((), device=tdev(device))
     gs, gt = ops.relational_loss_backward(
-        one, us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)), True, False
+        one,
+        us.to(tdev(device)),
+        ut.to(tdev(device)),
+        w.to(tdev(device)),
+        cu.to(tdev(device)),
+        True,
+        False,
     )
     assert gs.dtype == torch.bfloat16 and gt.dtype == torch.float32
     assert (gt == 0).all()
@@ -353,7 +361,9 @@ def test_relational_loss_and_grad_fused(rng, dtype, device):
     # Public wrapper under loss scaling (GradScaler's 2^16) equals the plain op's backward.
     a = args[0].clone().requires_grad_(True)
     out = mta_ext.relational_loss(a, args[1], args[2], args[3])
-    (ga,) = torch.autograd.grad(out, (a,), torch.tensor(65536.0, device=tdev(device), dtype=out.dtype))
+    (ga,) = torch.autograd.grad(
+        out, (a,), torch.tensor(65536.0, device=tdev(device), dtype=out.dtype)
+    )
     bs16, _ = ops.relational_loss_backward(one * 65536, *args, True, False)
     torch.testing.assert_close(ga.double(), bs16.double(), rtol=_tol(dtype)["rtol"], atol=0)
     # The public wrapper takes the fused path when inputs require grad.
@@ -362,7 +372,9 @@ def test_relational_loss_and_grad_fused(rng, dtype, device):
     a = args[0].clone().requires_grad_(True)
     b = args[1].clone().requires_grad_(True)
     out = public(a, b, args[2], args[3])
-    ga, gb = torch.autograd.grad(out, (a, b), torch.tensor(0.5, device=tdev(device), dtype=out.dtype))
+    ga, gb = torch.autograd.grad(
+        out, (a, b), torch.tensor(0.5, device=tdev(device), dtype=out.dtype)
+    )
     torch.testing.assert_close(ga.double(), (0.5 * gs.double()), rtol=1e-2, atol=1e-6)
     torch.testing.assert_close(gb.double(), (0.5 * gt.double()), rtol=1e-2, atol=1e-6)
 
@@ -383,7 +395,9 @@ def test_relational_loss_identical_inputs_exact_zero(rng, dtype, device):
 def test_relational_loss_extreme_magnitudes(rng, dtype, device):
     us, ut, w, cu = _units(rng, [9, 70], 12, 10, dtype, dtype)
     base = (
-        ops.relational_loss(us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
+        ops.relational_loss(
+            us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device))
+        )
         .cpu()
         .double()
     )
@@ -391,7 +405,10 @@ def test_relational_loss_extreme_magnitudes(rng, dtype, device):
     # of 2^90-sized rows overflow fp32 unless the rows are scaled first.
     for s in (2.0**-30, 2.0**90):
         got = ops.relational_loss(
-            (us * s).to(tdev(device)), (ut * s).to(tdev(device)), (w * 1e30).to(tdev(device)), cu.to(tdev(device))
+            (us * s).to(tdev(device)),
+            (ut * s).to(tdev(device)),
+            (w * 1e30).to(tdev(device)),
+            cu.to(tdev(device)),
         )
         torch.testing.assert_close(got.cpu().double(), base, rtol=1e-5, atol=1e-7)
 
@@ -407,7 +424,9 @@ def test_non_finite_inputs_propagate_on_device(rng, device):
     assert torch.isnan(out[0]).all() and torch.equal(out[1:], clean[1:])
     us, ut, w, cu = _units(rng, [9, 70], 12, 10, torch.float32, torch.float32)
     us[2, 1] = float("inf")
-    loss = ops.relational_loss(us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device)))
+    loss = ops.relational_loss(
+        us.to(tdev(device)), ut.to(tdev(device)), w.to(tdev(device)), cu.to(tdev(device))
+    )
     assert torch.isnan(loss).item()
     hp = torch.randn(6, 16)
     hp[1, 3] = float("nan")

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.usefixtures("poison_outputs")
 def _inputs(m, d, n, dtype, gen, device="cpu", weighted=True):
     hidden = torch.randn(m, d, generator=gen, dtype=torch.float64).to(dtype).to(tdev(device))
     ranges = random_ranges(m, n, generator=gen).to(tdev(device))
-    weights = torch.rand(m, generator=gen, dtype=torch.float64).to(tdev(device)) if weighted else None
+    weights = (
+        torch.rand(m, generator=gen, dtype=torch.float64).to(tdev(device)) if weighted else None
+    )
     return hidden, ranges, weights
 
 
@@ -287,7 +289,9 @@ def test_segment_pool_cuda_matches_cpu_kernel(rng, dtype, device):
     g = torch.randn(n, d).to(dtype)
     with cpu_kernels():
         cpu_b = ops.segment_pool_backward(g, r, w, m)
-    gpu_b = ops.segment_pool_backward(g.to(tdev(device)), r.to(tdev(device)), w.to(tdev(device)), m).cpu()
+    gpu_b = ops.segment_pool_backward(
+        g.to(tdev(device)), r.to(tdev(device)), w.to(tdev(device)), m
+    ).cpu()
     torch.testing.assert_close(gpu_b.double(), cpu_b.double(), **_tol(dtype))
 
 

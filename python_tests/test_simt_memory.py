@@ -91,7 +91,6 @@ def test_segment_pool_ranges_outside_rows_stay_in_bounds(dtype, d):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("delta", [-7, -1, 1, 50])
 def test_segment_pool_wrong_num_incidences_gives_nan(dtype, delta):
-    h = torch.randn(30, 16).to(dtype)
     r = torch.tensor([[0, 10], [5, 20], [19, 30], [3, 3]])  # 10 + 15 + 11 = 36 incidences
     g = torch.randn(4, 16).to(dtype)
     with _simt.enabled():

@@ -207,5 +207,7 @@ def test_token_salience_two_tokens_width_one(dtype, device):
     # contraction in one of them), so the row maximum gives exp(0): [0.5, 0.5], not inf or 0.
     for pair in ((1.7, 2.3), (0.5, 3.0)):
         h = torch.tensor([[[pair[0]], [pair[1]]]]).to(dtype)
-        out = ops.token_salience(h.to(tdev(device)), torch.ones(1, 2, dtype=torch.bool, device=tdev(device)), 0)
+        out = ops.token_salience(
+            h.to(tdev(device)), torch.ones(1, 2, dtype=torch.bool, device=tdev(device)), 0
+        )
         assert out.cpu().tolist() == [[0.5, 0.5]], (dtype, pair, out)
