@@ -52,7 +52,8 @@ MUTANTS = [
         "gemm-drop-reuse-barrier",
         "drop the __syncthreads before the next K-chunk overwrites the staging buffer",
         "csrc/common/simt_tile.cuh",
-        "        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];\n    }\n    __syncthreads();",
+        "        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];\n    }\n"
+        "    __syncthreads();",
         "        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];\n    }",
         (TS, RL),
     ),
@@ -110,9 +111,8 @@ MUTANTS = [
         "relational_loss tile kernel: drop the barrier between writing and reading the column "
         "partials",
         "csrc/cuda/relational_loss_tiles.cuh",
-        "        for (int j = 0; j < 4; ++j) red[ty][tx + 16 * j] = side == 0 ? colS[j] : colT[j];\n"
-        "        __syncthreads();",
-        "        for (int j = 0; j < 4; ++j) red[ty][tx + 16 * j] = side == 0 ? colS[j] : colT[j];",
+        "red[ty][tx + 16 * j] = side == 0 ? colS[j] : colT[j];\n        __syncthreads();",
+        "red[ty][tx + 16 * j] = side == 0 ? colS[j] : colT[j];",
         (RL,),
     ),
     Mutant(
