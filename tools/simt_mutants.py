@@ -132,6 +132,15 @@ MUTANTS = [
         (RL, MEMORY),
     ),
     Mutant(
+        "prep-scale-through-fp32",
+        "relational_loss row prep: the power-of-two scale computed in fp32 (fp64 rows beyond "
+        "2^126 get an infinite or zero scale)",
+        "csrc/cuda/relational_loss_tiles.cuh",
+        "    sc = ldexp(acc_t(1), -e);",
+        "    sc = static_cast<acc_t>(ldexpf(1.0f, -e));",
+        (RL,),
+    ),
+    Mutant(
         "finalize-missing-factor",
         "relational_loss finalize: the pair-weight denominator counts each pair once",
         "csrc/cuda/relational_loss_rows.cuh",
