@@ -69,6 +69,7 @@ DEV=cuda
 [ "$DRY" = 1 ] && DEV=cpu
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 MTA_BENCH_RESULTS_DIR=$LOGS/results
+export PATH="$HOME/.local/bin:$PATH"  # console scripts of a --user install (cmake, ninja)
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
@@ -120,10 +121,13 @@ EOF
 if [ -n "$need" ]; then
   if [ -d "$REPO/wheels" ]; then
     log "installing from the carried wheels/: $need"
-    # shellcheck disable=SC2086
-    "$PY" -m pip install -q --no-index --find-links "$REPO/wheels" $need >"$LOGS/wheels.log" 2>&1 ||
-      "$PY" -m pip install -q --user --no-index --find-links "$REPO/wheels" $need >>"$LOGS/wheels.log" 2>&1 ||
-      log "wheel install FAILED (see logs.tar.gz: wheels.log)"
+    ok=0
+    for how in "" --user --break-system-packages; do  # plain, then user site, then PEP 668
+      # shellcheck disable=SC2086
+      "$PY" -m pip install -q --disable-pip-version-check --no-index \
+        --find-links "$REPO/wheels" $how $need >>"$LOGS/wheels.log" 2>&1 && { ok=1; break; }
+    done
+    [ $ok = 1 ] && log "installed${how:+ ($how)}" || log "wheel install FAILED (logs.tar.gz: wheels.log)"
   else
     log "missing or too old: $need (no wheels/ carried: run tools/gpu_wheels.sh and carry wheels)"
   fi
@@ -158,7 +162,7 @@ log "compute-sanitizer: ${SANITIZER:-absent} $([ -n "$SANITIZER" ] && "$SANITIZE
 log "ncu: ${NCU:-absent} $([ -n "$NCU" ] && "$NCU" --version 2>&1 | grep -o 'Version [0-9.]*' | head -n 1)"
 if [ -n "$NCU" ] && [ "$DRY" != 1 ]; then
   # Does ncu work here (performance counters are often not permitted in containers)?
-  timeout 40 "$NCU" --metrics gpu__time_duration.sum -c 1 "$PY" -c \
+  timeout 30 "$NCU" --metrics gpu__time_duration.sum -c 1 "$PY" -c \
     'import torch; x = torch.ones(1 << 20, device="cuda"); (x * 2).sum().item()' \
     >"$LOGS/ncu_probe.log" 2>&1 && r=0 || r=$?
   if [ $r = 0 ] && grep -q "gpu__time_duration" "$LOGS/ncu_probe.log"; then
@@ -186,14 +190,14 @@ if sys.argv[1] != "1":
     assert names and not miss, f"ops without a CUDA kernel: {miss}"
 EOF
 }
+if [ "$DRY" = 1 ]; then
+  bdir=build/gpu-dry cuda=OFF extra=()
+else
+  bdir=build/gpu cuda=ON extra=(-DCMAKE_CUDA_FLAGS=-Xptxas=-v)  # ptxas: registers, spills
+fi
 if [ "$SKIP_BUILD" = 1 ] && have_build; then
   step_end "skipped (in-place build ok)"
 else
-  if [ "$DRY" = 1 ]; then
-    bdir=build/gpu-dry cuda=OFF extra=()
-  else
-    bdir=build/gpu cuda=ON extra=(-DCMAKE_CUDA_FLAGS=-Xptxas=-v)
-  fi
   log "building: MTA_WITH_CUDA=$cuda, archs ${MTA_CUDA_ARCHS:-90}, $JOBS jobs, build dir $bdir"
   if MTA_BUILD_DIR=$bdir MTA_WITH_CUDA=$cuda MTA_CUDA_ARCHS=${MTA_CUDA_ARCHS:-90} \
        MTA_BUILD_JOBS=$JOBS PYTHON=$PY timeout "$(left)" tools/dev_build.sh "${extra[@]}" \
@@ -205,7 +209,11 @@ else
     exit 1
   fi
 fi
-grep -E "Compiling entry|Function properties|registers|spill" "$LOGS/build.log" >"$OUT/ptxas.txt"
+# ptxas reports of the last real build (kept beside it, so a --skip-build rerun has them too)
+if grep -qE "Compiling entry|registers" "$LOGS/build.log" 2>/dev/null; then
+  grep -E "Compiling entry|Function properties|registers|spill" "$LOGS/build.log" >"$bdir/ptxas.txt"
+fi
+cp "$bdir/ptxas.txt" "$OUT/ptxas.txt" 2>/dev/null || echo "no ptxas report (CPU build)" >"$OUT/ptxas.txt"
 log "ptxas: $(grep -c 'Used [0-9]* registers' "$OUT/ptxas.txt") kernels reported, nonzero spills:" \
   "$(grep -cE '[1-9][0-9]* bytes spill' "$OUT/ptxas.txt")"
 
@@ -238,7 +246,7 @@ if [ "$DRY" = 1 ]; then
   fi
 fi
 log "pytest python_tests -k \"$kexpr\""
-timeout "$(cap 150)" "$PY" -m pytest python_tests -q -p no:cacheprovider -o addopts="" \
+timeout "$(cap 120)" "$PY" -m pytest python_tests -q -p no:cacheprovider -o addopts="" \
   -k "$kexpr" -rfE --continue-on-collection-errors --junitxml "$LOGS/junit.xml" \
   >"$LOGS/tests.log" 2>&1 && r=0 || r=$?
 { grep -E "^(FAILED|ERROR)" "$LOGS/tests.log" | head -n 80; tail -n 1 "$LOGS/tests.log"; } >"$OUT/tests.txt"
@@ -255,7 +263,7 @@ step_begin bench_gpu
 args=(--json "$OUT/bench_gpu.json")
 [ "$DRY" = 1 ] && args+=(--dry-run)
 [ "$QUICK" = 1 ] && args+=(--quick)
-timeout "$(cap 150)" "$PY" -m benchmarks.bench_gpu "${args[@]}" >"$LOGS/bench_gpu.log" 2>&1 &&
+timeout "$(cap 120)" "$PY" -m benchmarks.bench_gpu "${args[@]}" >"$LOGS/bench_gpu.log" 2>&1 &&
   r=0 || r=$?
 grep -E "^\[bench_gpu\]" "$LOGS/bench_gpu.log" | tee -a "$SUMMARY"
 case $r in
@@ -272,7 +280,7 @@ else
 fi
 [ "$DRY" = 1 ] && args+=(--quick)
 log "python -m benchmarks.bench_loss --device $DEV ${args[*]}"
-timeout "$(cap 90)" "$PY" -m benchmarks.bench_loss --device "$DEV" "${args[@]}" \
+timeout "$(cap 60)" "$PY" -m benchmarks.bench_loss --device "$DEV" "${args[@]}" \
   >"$LOGS/bench_loss.log" 2>&1 && r=0 || r=$?
 f=$(ls -t "$LOGS"/results/*.json 2>/dev/null | head -n 1)
 [ -n "$f" ] && cp "$f" "$OUT/bench_loss.json"
@@ -287,7 +295,7 @@ esac
 step_begin review
 args=(--json "$OUT/review_checks.json")
 [ "$DRY" = 1 ] && args+=(--dry-run)
-timeout "$(cap 60)" "$PY" -m benchmarks.gpu_review_checks "${args[@]}" \
+timeout "$(cap 45)" "$PY" -m benchmarks.gpu_review_checks "${args[@]}" \
   >"$LOGS/review_checks.log" 2>&1 && r=0 || r=$?
 tee -a "$SUMMARY" <"$LOGS/review_checks.log" >/dev/null
 case $r in
