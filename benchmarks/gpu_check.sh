@@ -35,7 +35,8 @@
 # Usage: bash benchmarks/gpu_check.sh [--dry-run] [--skip-build] [--quick]
 #   --dry-run (or GPU_CHECK_DRY=1): the same steps in the same order on a machine without a
 #     GPU, device "cpu": a CPU build (build/gpu-dry), the smoke input without the sanitizer,
-#     the CUDA tests on the SIMT device (-k simt) when this build has it, the benchmarks and
+#     the CUDA tests on the SIMT device (-k simt) when this build has it (tools/dev_build.sh
+#     builds it on a CPU-only torch; the smoke input then runs the CUDA kernels), the benchmarks and
 #     review checks at tiny sizes; the same file set in $OUT.
 #   --skip-build (or GPU_CHECK_SKIP_BUILD=1): reuse the in-place build.
 #   --quick: fewer benchmark targets (a rerun's budget).
@@ -242,7 +243,7 @@ step_begin tests
 kexpr="cuda or gpu_sync or no_host_sync"
 if [ "$DRY" = 1 ]; then
   if "$PY" -c 'from mta_ext import _simt; raise SystemExit(0 if _simt.available() else 1)' 2>/dev/null; then
-    kexpr="simt"
+    kexpr="simt or gpu_sync or no_host_sync"  # the op tests' SIMT device ids name it
   fi
 fi
 log "pytest python_tests -k \"$kexpr\""

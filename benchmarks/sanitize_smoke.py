@@ -101,16 +101,20 @@ def wrong_metadata_cases(dev: torch.device) -> list[tuple[str, str]]:
     report: list[tuple[str, str]] = []
 
     def run(name: str, op, *args) -> None:
+        # Named before the call: if a case crashes the process, the log says which.
+        print(f"sanitize_smoke: wrong metadata: {name} ...", flush=True)
         try:
             out = op(*args)
             outs = list(out) if isinstance(out, (tuple, list)) else [out]
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             finite = all(bool(torch.isfinite(o).all()) for o in outs)
-            report.append((name, "finite" if finite else "non-finite (NaN/inf)"))
+            what = "finite" if finite else "non-finite (NaN/inf)"
         except Exception as exc:  # an error is a visible answer too; the sanitizer judges memory
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            report.append((name, f"raised {type(exc).__name__}: {msg[:100]}"))
+            what = f"raised {type(exc).__name__}: {msg[:100]}"
+        report.append((name, what))
+        print(f"sanitize_smoke: wrong metadata: {name}: {what}", flush=True)
 
     g = torch.Generator().manual_seed(3)
     for cu_list, plan in (([0, 64], [1, 1, 4, 2]), ([0, 2], [2, 1, 4, 2]), ([0, 130], [0] * 4)):
@@ -148,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         bad = [i for i, o in enumerate(outs) if not torch.isfinite(o).all()]
-        report = [] if a.no_wrong_metadata else wrong_metadata_cases(dev)
-    if bad:
-        print(f"sanitize_smoke: non-finite outputs on valid input at {bad}", file=sys.stderr)
-    print(f"sanitize_smoke: {len(outs)} outputs on valid input, {len(bad)} non-finite")
-    for name, what in report:
-        print(f"sanitize_smoke: wrong metadata: {name}: {what}")
+        if bad:
+            print(f"sanitize_smoke: non-finite outputs on valid input at {bad}", file=sys.stderr)
+        print(f"sanitize_smoke: {len(outs)} outputs on valid input, {len(bad)} non-finite")
+        sys.stdout.flush()
+        if not a.no_wrong_metadata:
+            wrong_metadata_cases(dev)  # prints one line per case as it goes
     return 1 if bad else 0
 
 
