@@ -274,7 +274,7 @@ case $r in
 esac
 
 step_begin bench_loss
-if "$PY" -m benchmarks.bench_loss --help 2>/dev/null | grep -q -- "--paper "; then
+if "$PY" -m benchmarks.bench_loss --help 2>/dev/null | grep -qE -- "--paper([^-]|$)"; then
   args=(--paper)
 else
   args=(--only paper)
