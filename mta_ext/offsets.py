@@ -36,7 +36,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -166,7 +166,8 @@ def _piece(steps: list[dict], token: str, first: bool) -> tuple[bytes, int, bool
         elif kind == "Metaspace":
             if isinstance(val, str):
                 rep = st.get("replacement", "▁")
-                scheme = st.get("prepend_scheme", "always" if st.get("add_prefix_space") else "never")
+                legacy = "always" if st.get("add_prefix_space") else "never"
+                scheme = st.get("prepend_scheme", legacy)
                 val = val.replace(rep, "" if first and scheme != "never" else " ")
         elif kind == "WordPiece":
             if isinstance(val, str):
@@ -228,7 +229,7 @@ class PieceDecoder:
         self.steps = [s["type"] for s in steps]
 
     def __call__(
-        self, ids: Sequence[Sequence[int]] | Sequence[np.ndarray], *, skip_special_tokens: bool = False
+        self, ids: Sequence[Any], *, skip_special_tokens: bool = False
     ) -> tuple[list[str], list[np.ndarray], list[int]]:
         """``(texts, offsets, broken)`` for a batch of id sequences: per sequence the decoded
         text, int64 ``[n, 2]`` code-point offsets into it, and the number of tokens that got no
@@ -237,8 +238,8 @@ class PieceDecoder:
         res = self._table.decode(rows, skip_special_tokens)
         return [r[0] for r in res], [r[1] for r in res], [int(r[2]) for r in res]
 
-    _cache: OrderedDict[int, tuple[Any, PieceDecoder]] = OrderedDict()
-    _lock = threading.Lock()
+    _cache: ClassVar[OrderedDict[int, tuple[Any, PieceDecoder]]] = OrderedDict()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> PieceDecoder:
