@@ -217,7 +217,7 @@ def test_version_gate(monkeypatch):
     monkeypatch.delenv("MTA_EXT_ALLOW_UNTESTED_TRL")
     monkeypatch.setattr(mta_trl, "TESTED_TRL", ("0.1", "0.2"))  # the installed trl is outside
     monkeypatch.setattr(mta_trl, "_CLASSES", {})  # not built yet in this process
-    with pytest.raises(ImportError, match="tested with trl>=0.1,<0.2"):
+    with pytest.raises(ImportError, match=r"tested with trl>=0\.1,<0\.2"):
         mta_trl.MTAGKDTrainer  # noqa: B018  (the classes are built behind the gate)
 
 

@@ -158,7 +158,7 @@ def test_gold_on_policy(trl_ready, tmp_path, lmbda):
 
     from mta_ext.integrations.trl import MTAGOLDTrainer
 
-    teacher, t_tok, student0, s_tok = tiny_models()
+    teacher, _, student0, s_tok = tiny_models()
     student = copy.deepcopy(student0)
     ds = Dataset.from_list(
         [
