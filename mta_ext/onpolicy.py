@@ -10,7 +10,8 @@ text. Each model sees its own prompt (its own chat template) and the units live 
   path, as TRL decodes). Pieces that are not valid UTF-8 get no offsets.
 * **Teacher side**: the completion text re-encoded with the teacher's tokenizer
   (``add_special_tokens=False``) after the teacher's own prompt ids; its offsets are that
-  encoding's ``offset_mapping``.
+  encoding's ``offset_mapping``. With one tokenizer on both sides the teacher scores the
+  sampled ids themselves (no re-encoding) and the two rows' completions coincide.
 * **The seam**: both sides tokenize the completion on its own, so no token of either side
   crosses the prompt/completion border; prompt tokens get no offsets and belong to no unit. A
   tokenizer whose decoder strips the first space (Llama/Mistral SentencePiece) decodes a
@@ -164,7 +165,11 @@ def on_policy_batch(
     dec = PieceDecoder.for_tokenizer(s_tok)
     texts, c_offs, broken = dec([list(c) for c in completion_ids], skip_special_tokens=True)
     truncated = [bool(len(c)) and int(c[-1]) not in dec.special_ids for c in completion_ids]
-    if hasattr(t_tok, "backend_tokenizer"):
+    if aligner.shared_tokenizer:  # one tokenizer: the teacher scores the sampled ids themselves
+        t_ids = [list(c) for c in completion_ids]
+        t_offs = [o.tolist() for o in c_offs]
+        teacher_suffix_ids = ()
+    elif hasattr(t_tok, "backend_tokenizer"):
         enc = t_tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         t_ids, t_offs = enc["input_ids"], enc["offset_mapping"]
     else:  # a bare tokenizers.Tokenizer
@@ -212,3 +217,228 @@ def on_policy_batch(
         truncated,
         int(sum(broken)),
     )
+
+
+# ----------------------------------------------------------------------------- a training step
+
+
+def prompt_ids(
+    tokenizer: Any, prompts: Sequence[str], *, chat: bool | None = None
+) -> list[list[int]]:
+    """Each model's own prompt ids: the tokenizer's chat template (a user turn + the generation
+    prompt) when it has one and ``chat`` is not False, else the plain text with its specials."""
+    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    if not use_chat:
+        return [list(x) for x in tokenizer(list(prompts))["input_ids"]]
+    out = []
+    for p in prompts:
+        s = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
+        out.append(list(tokenizer(s, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+
+
+@torch.no_grad()
+def sample_completions(
+    student: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    min_new_tokens: int = 0,
+) -> list[list[int]]:
+    """Sample one completion per prompt with HF ``generate`` (left-padded batch, plain
+    sampling: top-k 0, top-p 1). Returns per prompt the sampled ids up to and including the
+    first EOS, or ``max_new_tokens`` ids when none came (a cut completion)."""
+    device = next(student.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[b, T - len(p) :] = 1
+    was_training = student.training
+    student.eval()
+    out = student.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        pad_token_id=pad,
+    )
+    student.train(was_training)
+    eos = set(_eos_ids(student, tokenizer))
+    comps = []
+    for row in out[:, T:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        comps.append(row[:cut])
+    return comps
+
+
+def reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_completion: torch.Tensor,
+    teacher_completion: torch.Tensor,
+) -> torch.Tensor:
+    """Reverse KL ``KL(p_S || p_T)`` of the next-token distributions that predict the sampled
+    completion tokens, averaged over them (one tokenizer: the teacher scores the same ids).
+
+    Args:
+        student_logits / teacher_logits: ``[B, T_s, V]`` / ``[B, T_t, V]``.
+        student_completion / teacher_completion: bool ``[B, T]``, the completion positions.
+    """
+    ps = student_completion[:, 1:].to(student_logits.device)
+    pt = teacher_completion[:, 1:].to(teacher_logits.device)
+    s = student_logits[:, :-1][ps].float().log_softmax(-1)
+    t = teacher_logits[:, :-1][pt].float().log_softmax(-1).to(s.device)
+    if s.shape != t.shape:
+        raise ValueError(
+            f"reverse_kl: {s.shape[0]} student and {t.shape[0]} teacher completion positions "
+            f"over vocabularies {s.shape[-1]} / {t.shape[-1]}: it needs one tokenizer (use ULD "
+            "across tokenizers)"
+        )
+    if s.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    return (s.exp() * (s - t)).sum(-1).mean()
+
+
+def on_policy_step(
+    student: Any,
+    teacher: Any,
+    aligner: Aligner,
+    mta_loss: Any,
+    student_prompts: Sequence[Sequence[int]],
+    teacher_prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    mta_share: float = 0.5,
+    kd: str = "auto",
+    span_pool: Any = None,
+    min_new_tokens: int = 0,
+    teacher_suffix_ids: Sequence[int] = (),
+) -> tuple[torch.Tensor, dict[str, float], OnPolicyBatch]:
+    """One on-policy distillation step's loss: the student samples, the teacher scores,
+    ``loss = (1 − w)·KD + w·L_MTA`` with ``w = mta_share``.
+
+    KD (``kd="auto"``): the reverse KL on the sampled tokens when both models share one
+    tokenizer, else ULD at the token boundaries both tokenizations share
+    (:func:`mta_ext.integrations.uld_kd`); ``"none"``: L_MTA alone. With ``span_pool`` (a
+    :class:`mta_ext.phrases.SpanPool`) the completions' spans parse in a worker while the
+    teacher and the student run. Returns ``(loss, parts, batch)``; ``parts`` holds the loss
+    terms and the seconds of each phase: ``generate_s``, ``align_spans_s`` (offsets of the
+    sampled ids, the teacher's re-encoding, spans, the merge), ``teacher_s``, ``student_s``
+    (forward) and ``losses_s`` (KD + L_MTA forward). The caller runs ``loss.backward()``.
+    """
+    import time
+
+    from .integrations.distill import teacher_forward
+    from .integrations.logit_kd import uld_kd
+
+    if kd == "auto":
+        kd = "reverse_kl" if aligner.shared_tokenizer else "uld"
+    if kd not in ("reverse_kl", "uld", "none"):
+        raise ValueError(f"kd must be 'auto', 'reverse_kl', 'uld' or 'none', got {kd!r}")
+    if not 0.0 <= mta_share <= 1.0:
+        raise ValueError(f"mta_share must be in [0, 1], got {mta_share}")
+    use_mta = mta_share > 0 and mta_loss is not None
+    parts: dict[str, float] = {}
+    t0 = time.perf_counter()
+    comps = sample_completions(
+        student,
+        aligner.student_tokenizer,
+        student_prompts,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+    )
+    t1 = time.perf_counter()
+    parts["generate_s"] = t1 - t0
+    future = None
+    if use_mta and span_pool is not None:
+        texts = PieceDecoder.for_tokenizer(aligner.student_tokenizer)(
+            comps, skip_special_tokens=True
+        )[0]
+        future = span_pool.submit(texts)
+    no_spans = [{"word": [], "phrase": []}] * len(comps)
+    # spans now (inline) unless a worker parses them; KD alone needs only the offsets
+    batch = on_policy_batch(
+        aligner,
+        student_prompts,
+        comps,
+        teacher_prompts,
+        spans=no_spans if (future is not None or not use_mta) else None,
+        teacher_suffix_ids=teacher_suffix_ids,
+    )
+    parts["align_spans_s"] = time.perf_counter() - t1
+    device = next(student.parameters()).device
+    t2 = time.perf_counter()
+    t_out = teacher_forward(
+        teacher,
+        batch.teacher["input_ids"].to(device),
+        batch.teacher["attention_mask"].to(device),
+        need_logits=kd != "none" or getattr(mta_loss, "weighting", None) == "entropy",
+    )
+    t3 = time.perf_counter()
+    parts["teacher_s"] = t3 - t2
+    s_out = student(
+        input_ids=batch.student["input_ids"].to(device),
+        attention_mask=batch.student["attention_mask"].to(device),
+        output_hidden_states=use_mta,
+        use_cache=False,
+    )
+    t4 = time.perf_counter()
+    parts["student_s"] = t4 - t3
+    if future is not None:  # collect the worker's spans and redo the (fast) merge with them
+        t5 = time.perf_counter()
+        batch = on_policy_batch(
+            aligner,
+            student_prompts,
+            comps,
+            teacher_prompts,
+            spans=future.result(),
+            teacher_suffix_ids=teacher_suffix_ids,
+        )
+        parts["align_spans_s"] += time.perf_counter() - t5
+    t6 = time.perf_counter()
+    loss = s_out.logits.sum() * 0.0
+    if kd == "reverse_kl":
+        kd_term = reverse_kl(
+            s_out.logits,
+            t_out.logits,
+            batch.student["completion_mask"],
+            batch.teacher["completion_mask"],
+        )
+    elif kd == "uld":
+        kd_term = uld_kd()(s_out, t_out, {"alignment": batch.alignment.to(device)})
+    else:
+        kd_term = None
+    if kd_term is not None:
+        loss = loss + (1.0 - mta_share if use_mta else 1.0) * kd_term
+        parts["kd"] = float(kd_term.detach())
+    if use_mta:
+        mta, per_pair = mta_loss(s_out, t_out, batch.alignment.to(device), return_components=True)
+        loss = loss + (mta_share if kd_term is not None else 1.0) * mta
+        parts["mta"] = float(mta.detach())
+        for part in ("dsa", "hid"):
+            vals = [float(v) for k, v in per_pair.items() if k.startswith(part + "/")]
+            if vals:
+                parts[part] = sum(vals) / len(vals)
+    parts["losses_s"] = time.perf_counter() - t6
+    parts["loss"] = float(loss.detach())
+    parts["completion_tokens"] = float(sum(len(c) for c in comps))
+    parts["units"] = float(sum(lay.num_units for lay in batch.alignment.units.values()))
+    return loss, parts, batch
