@@ -599,7 +599,8 @@ def explain(alignment: Alignment, i: int) -> str:
     tm, sm = al.teacher["attention_mask"].cpu(), al.student["attention_mask"].cpu()
     lines = [
         f"example {i}: {text!r}",
-        f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens",
+        f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens; "
+        "[a:b] = character (code point) offsets into the text",
     ]
     T_t, T_s = tm.shape[1], sm.shape[1]
     t_ids, t_off = al.teacher["input_ids"].cpu(), al.teacher["offsets"].cpu()
