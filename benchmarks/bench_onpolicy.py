@@ -15,10 +15,13 @@ by round so that load drift hits all alike:
 * ``kd+mta (words)``    the same, regex words only (``phrases=None``: no spaCy at all).
 
 Per mode: the step's median and the medians of its phases (generate, align+spans, teacher
-forward, student forward, losses forward, backward + optimizer step); the MTA share is
-``(step(mode) - step(kd)) / step(mode)``. Separately, on the sampled completions of one batch:
-spaCy's parse time and the offsets of the sampled ids (C++) against re-encoding the text with
-offsets (tokenizers). ``--quick``: tiny random models with two different tokenizers (CI-sized).
+forward, student forward, losses forward, backward + optimizer step), in wall seconds and in
+process CPU seconds (a span worker's CPU is not counted: it is off the critical path); the MTA
+share is ``(step(mode) - step(kd)) / step(mode)`` in CPU time, which a busy machine disturbs far
+less than wall time (run with ``--threads 1`` there: no thread waits for another). Separately,
+on the sampled completions of one batch: spaCy's parse time and the offsets of the sampled ids
+(C++) against re-encoding the text with offsets (tokenizers). ``--quick``: tiny random models
+with two different tokenizers (CI-sized).
 Writes ``benchmarks/results/onpolicy_<device>[_quick].json``.
 """
 
@@ -73,7 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.max_new_tokens, args.batch_size = 2, 8, 2
 
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         b = args.batch_size
         chunk = prompts[state["i"] * b : (state["i"] + 1) * b]
         state["i"] = (state["i"] + 1) % max(1, len(prompts) // b)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss, parts, batch = on_policy_step(
             student,
             teacher,
@@ -128,12 +134,14 @@ def main(argv: list[str] | None = None) -> dict:
             span_pool=span_pool,
             teacher_suffix_ids=eos,
         )
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         parts["backward_s"] = time.perf_counter() - t1
+        parts["backward_cpu_s"] = time.process_time() - c1
         parts["step_s"] = time.perf_counter() - t0
+        parts["step_cpu_s"] = time.process_time() - c0
         state["last"] = batch
         return parts
 
@@ -150,15 +158,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for mode, rs in runs.items():
-        row = {"mode": mode, "step_median_s": statistics.median(r["step_s"] for r in rs)}
-        for ph in PHASES:
+        row: dict = {"mode": mode}
+        for ph in ("step_s", *PHASES):
             row[ph[:-2] + "_median_s"] = statistics.median(r[ph] for r in rs)
+            row[ph[:-2] + "_cpu_median_s"] = statistics.median(r[ph[:-2] + "_cpu_s"] for r in rs)
         row["units"] = statistics.median(r["units"] for r in rs)
         row["completion_tokens"] = statistics.median(r["completion_tokens"] for r in rs)
         rows.append(row)
-    base = rows[0]["step_median_s"]
+    base, base_cpu = rows[0]["step_median_s"], rows[0]["step_cpu_median_s"]
     for row in rows:
         row["mta_share_pct"] = 100 * (row["step_median_s"] - base) / row["step_median_s"]
+        row["mta_share_cpu_pct"] = (
+            100 * (row["step_cpu_median_s"] - base_cpu) / row["step_cpu_median_s"]
+        )
         row["align_spans_pct_of_generate"] = (
             100 * row["align_spans_median_s"] / row["generate_median_s"]
         )
@@ -166,13 +178,15 @@ def main(argv: list[str] | None = None) -> dict:
     cols = [
         "mode",
         "step_median_s",
-        "generate_median_s",
+        "step_cpu_median_s",
+        "generate_cpu_median_s",
         "align_spans_median_s",
-        "teacher_median_s",
-        "student_median_s",
-        "losses_median_s",
-        "backward_median_s",
-        "mta_share_pct",
+        "align_spans_cpu_median_s",
+        "teacher_cpu_median_s",
+        "student_cpu_median_s",
+        "losses_cpu_median_s",
+        "backward_cpu_median_s",
+        "mta_share_cpu_pct",
         "align_spans_pct_of_generate",
         "units",
     ]
@@ -209,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         "offsets_for_ids_tokens_per_s": n_tok / ids_s if ids_s else None,
         "reencode_with_offsets_batch_s": reenc_s,
         "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
     }
     print(table)
     print(info)

@@ -342,7 +342,8 @@ def on_policy_step(
     teacher and the student run. Returns ``(loss, parts, batch)``; ``parts`` holds the loss
     terms and the seconds of each phase: ``generate_s``, ``align_spans_s`` (offsets of the
     sampled ids, the teacher's re-encoding, spans, the merge), ``teacher_s``, ``student_s``
-    (forward) and ``losses_s`` (KD + L_MTA forward). The caller runs ``loss.backward()``.
+    (forward) and ``losses_s`` (KD + L_MTA forward), each also as process CPU seconds
+    (``*_cpu_s``; a span worker's CPU is not counted). The caller runs ``loss.backward()``.
     """
     import time
 
@@ -357,7 +358,18 @@ def on_policy_step(
         raise ValueError(f"mta_share must be in [0, 1], got {mta_share}")
     use_mta = mta_share > 0 and mta_loss is not None
     parts: dict[str, float] = {}
-    t0 = time.perf_counter()
+
+    class _Clock:  # wall and process-CPU seconds per phase (CPU time: robust to a busy machine)
+        def __init__(self) -> None:
+            self.w, self.c = time.perf_counter(), time.process_time()
+
+        def add(self, name: str) -> None:
+            w, c = time.perf_counter(), time.process_time()
+            parts[name + "_s"] = parts.get(name + "_s", 0.0) + w - self.w
+            parts[name + "_cpu_s"] = parts.get(name + "_cpu_s", 0.0) + c - self.c
+            self.w, self.c = w, c
+
+    clock = _Clock()
     comps = sample_completions(
         student,
         aligner.student_tokenizer,
@@ -365,8 +377,7 @@ def on_policy_step(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
     )
-    t1 = time.perf_counter()
-    parts["generate_s"] = t1 - t0
+    clock.add("generate")
     future = None
     if use_mta and span_pool is not None:
         texts = PieceDecoder.for_tokenizer(aligner.student_tokenizer)(
@@ -383,27 +394,23 @@ def on_policy_step(
         spans=no_spans if (future is not None or not use_mta) else None,
         teacher_suffix_ids=teacher_suffix_ids,
     )
-    parts["align_spans_s"] = time.perf_counter() - t1
     device = next(student.parameters()).device
-    t2 = time.perf_counter()
+    clock.add("align_spans")
     t_out = teacher_forward(
         teacher,
         batch.teacher["input_ids"].to(device),
         batch.teacher["attention_mask"].to(device),
         need_logits=kd != "none" or getattr(mta_loss, "weighting", None) == "entropy",
     )
-    t3 = time.perf_counter()
-    parts["teacher_s"] = t3 - t2
+    clock.add("teacher")
     s_out = student(
         input_ids=batch.student["input_ids"].to(device),
         attention_mask=batch.student["attention_mask"].to(device),
         output_hidden_states=use_mta,
         use_cache=False,
     )
-    t4 = time.perf_counter()
-    parts["student_s"] = t4 - t3
+    clock.add("student")
     if future is not None:  # collect the worker's spans and redo the (fast) merge with them
-        t5 = time.perf_counter()
         batch = on_policy_batch(
             aligner,
             student_prompts,
@@ -412,8 +419,7 @@ def on_policy_step(
             spans=future.result(),
             teacher_suffix_ids=teacher_suffix_ids,
         )
-        parts["align_spans_s"] += time.perf_counter() - t5
-    t6 = time.perf_counter()
+        clock.add("align_spans")
     loss = s_out.logits.sum() * 0.0
     if kd == "reverse_kl":
         kd_term = reverse_kl(
@@ -437,7 +443,7 @@ def on_policy_step(
             vals = [float(v) for k, v in per_pair.items() if k.startswith(part + "/")]
             if vals:
                 parts[part] = sum(vals) / len(vals)
-    parts["losses_s"] = time.perf_counter() - t6
+    clock.add("losses")
     parts["loss"] = float(loss.detach())
     parts["completion_tokens"] = float(sum(len(c) for c in comps))
     parts["units"] = float(sum(lay.num_units for lay in batch.alignment.units.values()))

@@ -159,7 +159,13 @@ class MTATRLMixin:
         mta_loss: an ``mta_ext.MTALoss`` (attached to the student as ``student.mta_loss``).
         mta_weight: weight of ``L_MTA``.
         phrases, words: span source, as for ``mta_ext.Aligner`` / ``annotate_spans``.
-        span_cache_size: texts whose spans are kept in memory (0: no cache).
+        on_policy_phrases: span source for sampled batches ("same": ``phrases``; ``None``:
+            regex words, no spaCy on the critical path).
+        span_workers: worker processes that parse a sampled batch's spans while TRL's
+            forwards run (0: parse inline); started on the first sampled batch, stopped when
+            ``train()`` returns.
+        span_cache_size: texts whose spans are kept in memory (0: no cache; off-policy only:
+            sampled text is new every step).
     """
 
     def __init__(
@@ -204,13 +210,8 @@ class MTATRLMixin:
         self.mta_on_policy_phrases = phrases if on_policy_phrases == "same" else on_policy_phrases
         self._span_cache: OrderedDict[str, Any] = OrderedDict()
         self._span_cache_size = int(span_cache_size)
-        self._span_pool = None
-        if span_workers:
-            from ..phrases import SpanPool
-
-            self._span_pool = SpanPool(
-                span_workers, phrases=self.mta_on_policy_phrases, words=self.mta_words
-            )
+        self._span_workers = int(span_workers)
+        self._span_pool: Any = None  # started on the first sampled batch, stopped after train()
         self._mta_sampled_by: str | None = None  # GKD: who generated the current batch
 
     # ------------------------------------------------------------------ batch types
@@ -379,9 +380,23 @@ class MTATRLMixin:
             "n_broken": n_broken,
             "future": None,
         }
-        if self._span_pool is not None:
+        if self._span_workers and self.mta_on_policy_phrases is not None:
+            if self._span_pool is None:
+                from ..phrases import SpanPool
+
+                self._span_pool = SpanPool(
+                    self._span_workers, phrases=self.mta_on_policy_phrases, words=self.mta_words
+                )
             prep["future"] = self._span_pool.submit(texts)
         return prep
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # stop the span workers (a later train() starts new ones)
+            if self._span_pool is not None:
+                self._span_pool.close()
+                self._span_pool = None
 
     def _sampled_alignment(
         self,
