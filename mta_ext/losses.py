@@ -75,20 +75,24 @@ def unit_weights(
         cu_units: ``[B+1]`` int64 prefix sums of units per example.
 
     Returns:
-        ``[N]`` float32 (float64 for float64 weights). Vectorised with float64 prefix sums, so
-        it is exact to ~1e-16 relative and has no host sync.
+        ``[N]`` float32 (float64 for float64 weights). Each unit's sum, and each example's sum
+        over its units, is a float64 segment sum of its own terms (the deterministic
+        ``segment_pool`` op: a mean times the count), so no weight elsewhere in the batch
+        (a special token outside every unit, a heavier example) cancels a small unit's weight;
+        relative error ~1e-16 before the final rounding. No host sync.
     """
     out_dtype = torch.float64 if token_weights_flat.dtype == torch.float64 else torch.float32
-    w = token_weights_flat.detach().to(torch.float64)
-    zero = w.new_zeros(1)
-    cs = torch.cat([zero, w.cumsum(0)])
+    w = token_weights_flat.detach().to(torch.float64).reshape(-1, 1)
     r = ranges.to(torch.long)
-    sums = (cs[r[:, 1]] - cs[r[:, 0]]).clamp_min(0.0)
+    lengths = (r[:, 1] - r[:, 0]).clamp_min(0)
+    # segment means (float64 accumulation) times the counts: the per-unit sums
+    sums = segment_pool(w, r, None).squeeze(1) * lengths
     cu = cu_units.to(torch.long)
-    cs_units = torch.cat([zero, sums.cumsum(0)])
-    totals = cs_units[cu[1:]] - cs_units[cu[:-1]]  # [B]
-    example = torch.searchsorted(cu[1:], torch.arange(r.shape[0], device=r.device), right=True)
-    den = totals.clamp_min(0.0)[example]
+    counts = cu[1:] - cu[:-1]
+    per_example = torch.stack([cu[:-1], cu[1:]], dim=1)
+    totals = segment_pool(sums.unsqueeze(1), per_example, None).squeeze(1) * counts  # [B]
+    # the example total of every unit; output_size keeps repeat_interleave free of a host sync
+    den = torch.repeat_interleave(totals, counts, output_size=r.shape[0])
     W = torch.where(den > 0, sums / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     return W.to(out_dtype)
 

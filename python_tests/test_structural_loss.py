@@ -269,6 +269,23 @@ def test_unit_weights_matches_reference():
     assert out[1:].eq(0).all() and out[0] == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unit_weights_do_not_cancel_behind_mass_outside_units(dtype):
+    """Salience mass outside the units (a special token of weight 1) must not cancel a small
+    unit's weight: W is each unit's own sum, not a difference of running sums over the batch."""
+    w = torch.tensor([4.4e-28, 1.0, 1e-17, 1.0, 1e-17, 2e-17], dtype=dtype)
+    # example 0: unit [2,3) (1e-17) lies behind the weight-1 token, unit [0,1) (4.4e-28) before
+    # it; example 1: two tiny units behind another weight-1 token.
+    ranges = torch.tensor([[2, 3], [0, 1], [4, 5], [5, 6]])
+    cu = torch.tensor([0, 2, 4])
+    got = unit_weights(w, ranges, cu)
+    exp = ref.unit_weights(w, ranges, cu)
+    torch.testing.assert_close(
+        exp[:2].double(), torch.tensor([1.0, 4.4e-11]).double(), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(got, exp, rtol=1e-6, atol=0)
+
+
 def test_errors(models):
     teacher, student = models
     al = _batch(seed=11)
