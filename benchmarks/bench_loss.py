@@ -1,7 +1,7 @@
 """structural_loss forward+backward: mta_ext vs the reference, and vs the authors' loss.
 
     python -m benchmarks.bench_loss [--quick] [--device cpu|cuda] [--repeats 20]
-                                    [--paper-repeats 5] [--only paper|cross]
+                                    [--paper-repeats 7] [--only paper|cross] [--paper]
 
 Two settings:
 
@@ -11,20 +11,23 @@ Two settings:
   unit-level Hid (nn.Linear(D_s, D_t) per pair). Units: word units of 1-3 tokens on each side
   covering ~80% of the valid tokens, phrase units of 2-4 consecutive words. The authors' loss
   is not run here: it needs one shared tokenizer.
-* The paper's shape, one tokenizer (mta_ext vs ``mta_ext.reference.structural_loss_original``,
-  the exact re-creation of the authors' loss, and vs the matmul floor): teacher 1600 wide with
-  49 hidden states (GPT-2 XL), student 768 wide with 13 (GPT-2), B=8, T=512 without padding,
-  schedule 24/36/48 <-> 6/9/12 (1 word + 2 phrase pairs), ~2,200 word and ~1,230 phrase units
-  (words of 1-2 tokens, phrases of 1-3 words), salience weighting, token-level Hid. Only the
-  six scheduled hidden states are distinct tensors (the others are never read). The row also
-  records the relative difference of the two losses (the maths coincide without padding).
-  Matmul floor: the GEMM FLOPs an exact implementation of this formulation must do, at the
-  GEMM rate measured alone in the same process: per used layer the salience Gram ``Ĥ Ĥᵀ``
-  (symmetric: ``B·T²·D`` FLOPs), and per pair the projector's forward and its two backward
-  GEMMs on all ``B·T`` tokens (``3 · 2·B·T·D_s·D_t``). The DSA Grams (a few percent) are left
-  out, which only lowers the floor. Every token is projected because the loss weights every
-  token inside a unit (~90 % of them here); tokens outside all units could be skipped, which
-  on this CPU cost more in gathers than it saved.
+* The paper's shape, one tokenizer, in one interleaved run (``--paper`` = ``--only paper``):
+  teacher 1600 wide with 49 hidden states (GPT-2 XL), student 768 wide with 13 (GPT-2), B=8,
+  T=512 without padding, schedule 24/36/48 <-> 6/9/12 (1 word + 2 phrase pairs), ~2,200 word
+  and ~1,230 phrase units (words of 1-2 tokens, phrases of 1-3 words), salience weighting,
+  token-level Hid. Only the six scheduled hidden states are distinct tensors. Timed, each
+  round in turn (medians of ``--paper-repeats`` rounds after one warm-up round):
+  the authors' computation (``mta_ext.reference.structural_loss_original``: their index
+  gather / ``scatter_add_`` / batch-wide masked Gram strategy; one extra profiled call prints
+  the time per phase and the ops that dominate it); ours (``structural_loss`` on
+  ``UnitLayout``s carrying their host metadata ``.host``, the path users run); ours on the same
+  layouts without ``.host`` (labelled "raw-op fallback": the ops size their work from device
+  tensors, one host sync each on a GPU, and every row is projected); and the matmul floor of
+  each formulation (its GEMMs alone, at the rate measured in the same run, see ``_floors``).
+  The row records the relative difference of the two losses (the maths coincide without
+  padding) and the load average around the timed rounds.
+  On a GPU: ``python -m benchmarks.bench_loss --device cuda --paper`` (CUDA-synchronised
+  wall times; no process CPU time).
 
 Peak memory: the extra peak RSS (VmHWM, reset via /proc/self/clear_refs) of one fwd+bwd above
 the resident level before it (benchmarks/common.py); inputs are not counted.
@@ -58,6 +61,7 @@ from benchmarks.common import (
 )
 from mta_ext import reference
 from mta_ext.alignment import UnitLayout
+from mta_ext.losses import _COVERED_ONLY_MAX
 
 IMPLS = ("mta_ext", "reference")
 PAPER_IMPLS = ("mta_ext", "original")
@@ -281,9 +285,9 @@ def _floors(inp: dict) -> dict[str, tuple[Any, float, float]]:
 
     ``ours``: per used layer the salience Gram ``Ĥ Ĥᵀ`` (symmetric: the floor counts
     ``B·T²·D`` FLOPs, half of the GEMM the closure runs), per pair the projector's forward and
-    its two backward GEMMs on the rows it projects (those inside some unit of the pair's
-    granularity: ``layout.host.teacher_covered_rows``). The per-example DSA Grams (a few
-    percent) are left out, which only lowers the floor.
+    its two backward GEMMs on the rows it projects (every row, or only those inside some unit
+    when they are few enough: ``mta_ext.losses._COVERED_ONLY_MAX``). The per-example DSA
+    Grams (a few percent) are left out, which only lowers the floor.
     ``original``: the GEMMs the authors' computation runs: a full ``[B, T, T]`` salience matmul
     per used layer, the projector's three GEMMs on the gathered (token, unit) incidences
     (duplicates included), and per pair the two batch-wide ``n × n`` unit Grams plus the two
@@ -299,7 +303,12 @@ def _floors(inp: dict) -> dict[str, tuple[Any, float, float]]:
     pairs = [
         (p, projs[i].weight.detach(), projs[i].bias.detach()) for i, p in enumerate(inp["schedule"])
     ]
-    rows_ours = [hosts[p.granularity].teacher_covered_rows for p, _, _ in pairs]
+    # the rows structural_loss projects: those inside some unit, or all of them when the
+    # units cover more than losses._COVERED_ONLY_MAX of the axis
+    rows_ours = []
+    for p, _, _ in pairs:
+        c = hosts[p.granularity].teacher_covered_rows
+        rows_ours.append(c if 0 <= c <= _COVERED_ONLY_MAX * B * T else B * T)
     rows_orig = [hosts[p.granularity].teacher_incidences for p, _, _ in pairs]
     n_units = [int(inp["alignment"].units[p.granularity].cu_units[-1]) for p, _, _ in pairs]
     u_s = [torch.randn(n, Ds, device=x.device) for n in n_units]

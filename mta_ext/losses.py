@@ -510,6 +510,7 @@ def structural_loss(
     s_w: dict[int, torch.Tensor] = {}
     comps: dict[str, Any] = {}
     covered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per granularity, token Hid
+    unit_w: dict[tuple[int, str, bool], torch.Tensor] = {}
     terms = []
     for i, p in enumerate(sched):
         ht, hs = t_hs[p.teacher_layer], s_hs[p.student_layer]
@@ -531,7 +532,14 @@ def structural_loss(
         us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws, num_incidences=s_inc)
         # W in the accumulation type of the units (float64 only for float64 hidden states).
         acc64 = torch.float64 in (ht.dtype, hs.dtype)
-        W = unit_weights(wu.double() if acc64 else wu, lay.teacher_ranges, lay.cu_units)
+        # W depends on the teacher token weights and the units only: pairs that share both
+        # (entropy weighting: one confidence for every pair) compute it once.
+        w_key = (-1 if conf is not None else p.teacher_layer, p.granularity, acc64)
+        if w_key not in unit_w:
+            unit_w[w_key] = unit_weights(
+                wu.double() if acc64 else wu, lay.teacher_ranges, lay.cu_units
+            )
+        W = unit_w[w_key]
         plan = info.plan_sizes if info is not None else None
         term = relational_loss(us, ut, W, lay.cu_units, plan_sizes=plan)
         comps[f"dsa/{i}"] = term.detach()
