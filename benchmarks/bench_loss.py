@@ -613,6 +613,7 @@ def main(argv: list[str] | None = None) -> dict:
             + f" (fallback {r['fallback_speedup_vs_original']:.2f}x); floors "
             f"{r['floor_ratio']:.2f}x apart; GEMM rate {r['gemm_gflop_per_s']:.0f} GFLOP/s "
             "(measured in the same run).",
+            "",
         ]
         table += ("\n\n" if table else "") + "\n".join(lines)
     print(table)
