@@ -55,7 +55,6 @@ class LayoutHostInfo(NamedTuple):
         relational_loss tile plan (:func:`relational_plan_sizes`), its ``plan_sizes`` argument.
     teacher_incidences, student_incidences: ``sum_k (e_k - s_k)`` of each side's ranges, the
         ``num_incidences`` argument of ``segment_pool``.
-    max_units: the largest number of units of one example (like ``max_seqlen``).
     teacher_max_end, student_max_end: the largest range end per side (0 without units): the
         ranges fit a ``[B*T]`` axis when ``max_end <= B*T``, checked on the host for free.
     """
@@ -63,7 +62,6 @@ class LayoutHostInfo(NamedTuple):
     plan_sizes: tuple[int, int, int, int]
     teacher_incidences: int
     student_incidences: int
-    max_units: int
     teacher_max_end: int
     student_max_end: int
 
@@ -136,12 +134,10 @@ def layout_host_info(
             )
         ends.append(int(a[:, 1].max()) if a.shape[0] else 0)
         incid.append(int((a[:, 1] - a[:, 0]).sum()))
-    counts = cu[1:] - cu[:-1]
     return LayoutHostInfo(
         plan_sizes=relational_plan_sizes(cu, int(cu[-1])),
         teacher_incidences=incid[0],
         student_incidences=incid[1],
-        max_units=int(counts.max()) if counts.size else 0,
         teacher_max_end=ends[0],
         student_max_end=ends[1],
     )

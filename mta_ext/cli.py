@@ -734,7 +734,7 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
 
     from .data import load_texts
     from .models import load_tokenizer
-    from .reference.alignment import REASONS
+    from ._reasons import REASONS
 
     if args.data is not None:
         texts = load_texts(args.data)[: args.max_examples]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 import mta_ext
@@ -59,3 +64,20 @@ def test_cuda_build_registers_every_op():
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"mta_ext::{n}", "CUDA")
     ]
     assert not missing, f"ops without a CUDA kernel: {missing}"
+
+
+def test_import_does_not_load_the_oracle(tmp_path):
+    """``import mta_ext`` leaves the pure-PyTorch oracle (``mta_ext.reference``) unimported; the
+    attribute imports it on first use."""
+    code = (
+        "import sys, mta_ext; assert 'mta_ext.reference' not in sys.modules, 'eager'; "
+        "mta_ext.reference.segment_pool; assert 'mta_ext.reference' in sys.modules"
+    )
+    pkg_parent = str(Path(mta_ext.__file__).resolve().parents[1])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")])
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .._layout import get_layout, get_masks, shares_tokenizer
-from .relational import relational_loss, unit_weights
-from .salience import entropy_weights, token_salience, uniform_weights
+from .relational_loss import relational_loss, unit_weights
 from .segment_pool import segment_pool
+from .token_salience import entropy_weights, token_salience, uniform_weights
 
 __all__ = ["structural_loss", "structural_loss_original"]
 
