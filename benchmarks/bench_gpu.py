@@ -10,7 +10,7 @@ read + written) and the bf16 matrix rate (8192^3 torch.mm) as the ceilings, then
   and against the bf16 rate (target >= 30 %), counting the nominal dense FLOPs
   6 * sum_b N_b^2 * (Ds + Dt) (forward Grams + the two backward products per side, as a dense
   PyTorch version does them; the kernel visits only the upper triangle of each Gram);
-* token_salience (no target in the issue; reported vs the reference).
+* token_salience (no performance target; reported vs the reference).
 
 Timing: CUDA events around each call, warm-up first, median of many runs, inputs rotated among
 several sets so repeated runs do not measure the cache; peak memory from
