@@ -9,23 +9,25 @@ reads attributes, so the losses do not import the aligner.
 
 Host metadata (the trust boundary, docs/DESIGN.md "Validation"): a layout built on the CPU is
 validated once there and keeps a :class:`LayoutHostInfo` (``layout.host``) of plain ints: the
-relational tile plan's sizes, each side's CSR size, the largest unit count per example, each
-side's largest range end. It stays on the host after ``.to(device)``, as varlen attention keeps a
-host ``max_seqlen`` next to the device ``cu_seqlens``, so the CUDA kernels size their buffers and
-launches without reading device memory. A layout without it (a plain dict, or one built from
-device tensors) still works: the ops then compute what they need from the device tensors, one
-documented host sync each.
+relational tile plan's sizes, each side's CSR size, each side's largest range end. It stays on
+the host after ``.to(device)``, as varlen attention keeps a host ``max_seqlen`` next to the
+device ``cu_seqlens``, so the CUDA kernels size their buffers and launches without reading
+device memory. A layout without it (a plain dict, or one built from device tensors) still
+works: the ops then compute what they need from the device tensors, one documented host sync
+each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import numpy as np
 import torch
 
 __all__ = [
+    "AlignmentContract",
+    "AlignmentLike",
     "LayoutHostInfo",
     "LayoutTensors",
     "get_host_info",
@@ -38,6 +40,31 @@ __all__ = [
 ]
 
 PLAN_TILE = 64  # the CUDA relational_loss tile (csrc/ops/relational_loss_plan.h)
+
+
+class AlignmentContract(Protocol):
+    """What the losses read from an alignment (``mta_ext.Alignment`` satisfies it).
+
+    units: per granularity (``"word"``, ``"phrase"``) a layout with ``cu_units`` int64 ``[B+1]``,
+        ``teacher_ranges`` / ``student_ranges`` int64 ``[N, 2]`` (attributes or mapping keys) and
+        optionally ``host`` (:class:`LayoutHostInfo`).
+    teacher, student: each side's encoding, a mapping with ``attention_mask`` ``[B, T]``.
+    Optional: ``shared_tokenizer`` (bool; read with ``getattr``, default False).
+    """
+
+    @property
+    def units(self) -> Mapping[str, Any]: ...
+
+    @property
+    def teacher(self) -> Mapping[str, torch.Tensor]: ...
+
+    @property
+    def student(self) -> Mapping[str, torch.Tensor]: ...
+
+
+# An alignment as the losses accept it: an object of the contract, or a plain
+# ``{granularity: layout}`` mapping (no masks, no shared-tokenizer fact).
+AlignmentLike: TypeAlias = AlignmentContract | Mapping[str, Any]
 
 
 class LayoutTensors(NamedTuple):
@@ -143,7 +170,7 @@ def layout_host_info(
     )
 
 
-def get_host_info(alignment: Any, granularity: str) -> LayoutHostInfo | None:
+def get_host_info(alignment: AlignmentLike, granularity: str) -> LayoutHostInfo | None:
     """The :class:`LayoutHostInfo` a layout carries (``layout.host`` or ``layout["host"]``), or
     ``None`` (the ops then compute what they need: one host sync each on CUDA)."""
     lay = get_layouts(alignment).get(granularity)
@@ -157,7 +184,7 @@ def _field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def get_layouts(alignment: Any) -> Mapping[str, Any]:
+def get_layouts(alignment: AlignmentLike) -> Mapping[str, Any]:
     """The per-granularity layouts of an ``Alignment`` or of a plain ``{gran: layout}`` dict."""
     units = _field(alignment, "units")
     if units is not None:
@@ -170,7 +197,7 @@ def get_layouts(alignment: Any) -> Mapping[str, Any]:
     )
 
 
-def get_layout(alignment: Any, granularity: str) -> LayoutTensors:
+def get_layout(alignment: AlignmentLike, granularity: str) -> LayoutTensors:
     """The ``LayoutTensors`` of one granularity, with a clear error when it is missing."""
     layouts = get_layouts(alignment)
     if granularity not in layouts:
@@ -187,7 +214,7 @@ def get_layout(alignment: Any, granularity: str) -> LayoutTensors:
     return LayoutTensors(*vals)
 
 
-def _side_mask(alignment: Any, side: str) -> torch.Tensor | None:
+def _side_mask(alignment: AlignmentLike, side: str) -> torch.Tensor | None:
     enc = _field(alignment, side)
     if enc is None:
         return None
@@ -198,7 +225,7 @@ def _side_mask(alignment: Any, side: str) -> torch.Tensor | None:
 
 
 def get_masks(
-    alignment: Any,
+    alignment: AlignmentLike,
     teacher_attention_mask: torch.Tensor | None,
     student_attention_mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -215,7 +242,7 @@ def get_masks(
     return t, s
 
 
-def shares_tokenizer(alignment: Any) -> bool:
+def shares_tokenizer(alignment: AlignmentLike) -> bool:
     """Whether the alignment records that teacher and student share one tokenizer.
 
     True only when ``alignment.shared_tokenizer is True`` (an ``Alignment`` built by an
