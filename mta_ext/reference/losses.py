@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._layout import get_layout, get_masks, shares_tokenizer
+from .._layout import AlignmentLike, get_layout, get_masks, shares_tokenizer
 from .relational_loss import relational_loss, unit_weights
 from .segment_pool import segment_pool
 from .token_salience import entropy_weights, token_salience, uniform_weights
@@ -43,7 +43,7 @@ def _pool_weights(kind: str, h: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     raise ValueError(f"weighting: unknown {kind!r}")
 
 
-def _hid_level(hid: str, alignment: Any) -> str:
+def _hid_level(hid: str, alignment: AlignmentLike) -> str:
     if hid == "auto":
         return "token" if shares_tokenizer(alignment) else "unit"
     if hid not in ("unit", "token"):
@@ -59,7 +59,7 @@ def _hid_unit(p: torch.Tensor, ut: torch.Tensor, W: torch.Tensor) -> torch.Tenso
 def structural_loss(
     student_hidden_states: Sequence[torch.Tensor],
     teacher_hidden_states: Sequence[torch.Tensor],
-    alignment: Any,
+    alignment: AlignmentLike,
     schedule: Any,
     *,
     projectors: Sequence[torch.nn.Module] | None = None,
@@ -165,7 +165,7 @@ def _membership(ranges: torch.Tensor, m: int, dtype) -> torch.Tensor:
 def structural_loss_original(
     student_hidden_states: Sequence[torch.Tensor],
     teacher_hidden_states: Sequence[torch.Tensor],
-    alignment: Any,
+    alignment: AlignmentLike,
     schedule: Any,
     *,
     projectors: Sequence[torch.nn.Module] | None = None,
