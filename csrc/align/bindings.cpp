@@ -149,6 +149,13 @@ Raises ValueError naming the argument and the example index on bad input.)doc");
   m.def("is_space", [](uint32_t cp) { return mta_align::is_space(cp); }, py::arg("codepoint"),
         "Python's str.isspace() for one code point, as the engine sees it.");
   m.def("has_openmp", &mta_align::has_openmp);
+  // The drop reasons of the status codes align() returns: {code: reason} for codes >= 1.
+  py::dict reasons;
+  for (int code = 1; code < mta_align::kNumStatus; ++code) {
+    reasons[py::int_(code)] = mta_align::status_reason(static_cast<mta_align::Status>(code));
+  }
+  m.attr("REASONS") = reasons;
+  m.attr("KEPT") = static_cast<int>(mta_align::kKept);
   m.def("choose_threads", &mta_align::choose_threads, py::arg("work"), py::arg("requested"),
         "Threads align() uses for work = B*(T_teacher+T_student) + UTF-8 bytes of the texts.");
 }
