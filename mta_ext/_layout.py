@@ -39,8 +39,6 @@ __all__ = [
     "shares_tokenizer",
 ]
 
-PLAN_TILE = 64  # the CUDA relational_loss tile (csrc/ops/relational_loss_plan.h)
-
 
 class AlignmentContract(Protocol):
     """What the losses read from an alignment (``mta_ext.Alignment`` satisfies it).
@@ -96,32 +94,26 @@ class LayoutHostInfo(NamedTuple):
 def relational_plan_sizes(cu_units: Any, num_units: int | None = None) -> tuple[int, int, int, int]:
     """The CUDA relational_loss plan sizes of a host ``cu_units`` ``[B+1]``.
 
-    Mirrors ``plan::plan_sizes`` (csrc/ops/relational_loss_plan.cpp): per example of ``n``
-    units (clamped into ``[0, num_units]``), ``ceil(n/64)`` row tiles, and for ``n >= 2``
-    ``Tb (Tb + 1) / 2`` Gram tiles, ``n^2`` E elements and ``n Tb`` radial partials.
+    Computed by the extension's own plan (``torch.ops.mta_ext._relational_loss_plan``: the
+    host copy of the code the device runs, csrc/ops/relational_loss_plan.h): per example of
+    ``n`` units (clamped into ``[0, num_units]``), one row tile per started tile of units, and
+    for ``n >= 2`` the upper triangle of Gram tiles, ``n^2`` E elements and ``n`` radial
+    partials per row tile.
 
     Returns:
         ``(num_tiles, num_row_tiles, gram_size, radial_size)`` as Python ints.
     """
-    cu = np.asarray(
+    cu = torch.as_tensor(
         # host sync: CPU only (a layout's own CPU tensors, when it is built)
-        cu_units.detach().cpu() if isinstance(cu_units, torch.Tensor) else cu_units,
-        dtype=np.int64,
+        cu_units.detach().cpu() if isinstance(cu_units, torch.Tensor) else np.asarray(cu_units),
+        dtype=torch.int64,
     ).reshape(-1)
-    if cu.size < 1:
+    if cu.numel() < 1:
         raise ValueError("cu_units must have B + 1 >= 1 entries")
     n_all = int(cu[-1]) if num_units is None else int(num_units)
-    lo = np.clip(cu[:-1], 0, max(n_all, 0))
-    hi = np.clip(cu[1:], lo, max(n_all, 0))
-    n = hi - lo
-    tb = (n + PLAN_TILE - 1) // PLAN_TILE
-    pair = n >= 2
-    return (
-        int((tb * (tb + 1) // 2)[pair].sum()),
-        int(tb[n > 0].sum()),
-        int((n * n)[pair].sum()),
-        int((n * tb)[pair].sum()),
-    )
+    _tiles, _rows, sizes = torch.ops.mta_ext._relational_loss_plan(cu, n_all)
+    a, b, c, d = (int(x) for x in sizes.tolist())  # host sync: CPU only (a CPU tensor)
+    return a, b, c, d
 
 
 def layout_host_info(
