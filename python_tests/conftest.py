@@ -29,14 +29,11 @@ def _simt_device(request) -> Iterator[None]:
 
 
 @pytest.fixture
-def gen() -> torch.Generator:
-    return torch.Generator().manual_seed(1234)
-
-
-@pytest.fixture
 def rng() -> random.Random:
-    """Fresh random inputs on every run (the kernels must compute the same function on any valid
-    input); the seed is printed, replay it with MTA_TEST_SEED."""
+    """The one seeding scheme of the op tests: fresh random inputs on every run (the kernels must
+    compute the same function on any valid input). Seeds Python's ``random`` and torch's global
+    RNG (the builders of op_helpers / op_registry draw from them); the seed is printed, replay it
+    with MTA_TEST_SEED."""
     s = int(os.environ.get("MTA_TEST_SEED", random.SystemRandom().randrange(2**31)))
     print(f"seed={s}")
     random.seed(s)
