@@ -75,6 +75,9 @@ def test_matches_reference(rng, case, device):
     _finite(out)
     tol = {"rtol": 1e-4, "atol": 1e-6} if dtype != torch.float64 else {"rtol": 1e-6, "atol": 1e-8}
     torch.testing.assert_close(out.cpu(), ref, **tol)
+    # Bit-identical on a second run.
+    again = token_salience(h.to(tdev(device)), m.to(tdev(device)), key_block=key_block)
+    assert torch.equal(again, out)
     # Valid weights sum to 1 for examples with >= 2 valid tokens, pads and examples with < 2
     # valid tokens are exactly 0.
     out = out.cpu()
