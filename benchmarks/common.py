@@ -7,10 +7,22 @@ CPU peak memory: Linux's peak-RSS counter (VmHWM) is reset through /proc/self/cl
 before one run and read after it, so "peak extra" is the high-water mark of resident memory
 above what was resident before the run (inputs included in the baseline, not in the figure).
 GPU: torch.cuda.reset_peak_memory_stats / max_memory_allocated minus the allocated baseline.
+
+GPU times are CUDA events recorded around each run (the GPU time from the first launch to the
+end of the last kernel), not wall clock around a synchronize, whose ~10-20 us per call would
+dominate the short ops. Every case also makes one extra call of its ``mta_ext`` implementation
+with host syncs forbidden (``torch.cuda.set_sync_debug_mode("error")``): the ``host_sync``
+column then proves that the timed path never waits for the GPU (on a CPU the same call runs
+with CPU tensors counted as device tensors, ``_pretend_device``, and counts the value checks and
+host-metadata fallbacks that would each be a sync there).
+
+``MTA_BENCH_RESULTS_DIR`` (environment) redirects every results file from
+``benchmarks/results`` (the GPU check points it at the folder that comes back from the device).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import gc
@@ -26,7 +38,8 @@ from typing import Any
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(os.environ.get("MTA_BENCH_RESULTS_DIR") or Path(__file__).parent / "results")
+RESULTS_DIR = RESULTS_DIR.resolve()
 
 
 try:
@@ -106,23 +119,96 @@ def time_fn(
     repeats: int = 20,
     min_time: float = 0.0,
 ) -> dict[str, float]:
-    """Median/min/max wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup``."""
+    """Median/min/max time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup``.
+
+    CPU: wall clock per run. CUDA: a pair of CUDA events around each run, read after one
+    synchronize at the end (no per-run host sync, whose cost would dominate short kernels).
+    ``min_time`` (seconds) extends the runs until that much wall time has passed.
+    """
     for _ in range(warmup):
         fn()
     sync(device)
+    cuda = device == "cuda" or str(device).startswith("cuda:")
     times: list[float] = []
+    events: list[tuple[Any, Any]] = []
     t_start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - t_start) < min_time:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+    while (len(times) + len(events)) < repeats or (time.perf_counter() - t_start) < min_time:
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events.append((start, end))
+            if len(events) % 64 == 0:
+                # bound the queue (and the memory of queued inputs) on long min_time runs
+                end.synchronize()
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    if cuda:
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) * 1e-3 for s, e in events]
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
         "runs": len(times),
     }
+
+
+def _simt_or_nothing() -> contextlib.AbstractContextManager:
+    """The SIMT backend (the CUDA kernels run on CPU tensors) when this build has it: then the
+    simulated check runs the CUDA front code, which counts every host-metadata fallback (the CPU
+    kernels need no metadata and count only some)."""
+    try:
+        from mta_ext import _simt  # type: ignore[attr-defined]
+    except ImportError:
+        return contextlib.nullcontext()
+    return _simt.enabled() if _simt.available() else contextlib.nullcontext()
+
+
+def host_sync_check(fn: Callable[[], Any], *, device: str = "cpu") -> str:
+    """Run ``fn()`` once and say whether it waited for the device (the path users run must not).
+
+    CUDA: under ``torch.cuda.set_sync_debug_mode("error")``: ``"none"`` or ``"SYNC: <error>"``.
+    CPU: with CPU tensors counted as device tensors (``torch.ops.mta_ext._pretend_device``), the
+    mta_ext ops' value checks and host-metadata fallbacks (each a host sync on a device) are
+    counted: ``"none (simulated)"`` or ``"SYNC (simulated): N value checks, M fallbacks"``.
+    Any other exception is reported as ``"error: ..."``.
+    """
+    cuda = device == "cuda" or str(device).startswith("cuda:")
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            prev = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode(prev)
+            torch.cuda.synchronize()
+            return "none"
+        ops = torch.ops.mta_ext
+        if not hasattr(ops, "_pretend_device"):
+            return "-"
+        ops._reset_sync_counters()
+        ops._pretend_device(True)
+        try:
+            with _simt_or_nothing():
+                fn()
+        finally:
+            ops._pretend_device(False)
+        checks, fallbacks = ops._sync_counters()
+        if checks or fallbacks:
+            return f"SYNC (simulated): {checks} value checks, {fallbacks} fallbacks"
+        return "none (simulated)"
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if cuda and "synchroniz" in msg.lower():
+            return f"SYNC: {msg[:120]}"
+        return f"error: {type(exc).__name__}: {msg[:120]}"
 
 
 def _rss_kib(field: str) -> int:
@@ -156,8 +242,16 @@ def peak_extra_bytes(fn: Callable[[], Any], *, device: str = "cpu") -> int | Non
 
 
 # ---------------------------------------------------------------- machine limits
-def copy_bandwidth(device: str = "cpu", nbytes: int = 256 * 2**20) -> float:
-    """Bytes/s of a large tensor copy (read + write counted), median of 10."""
+def _is_cuda(device: str) -> bool:
+    return device == "cuda" or str(device).startswith("cuda:")
+
+
+def copy_bandwidth(device: str = "cpu", nbytes: int | None = None) -> float:
+    """Bytes/s of a large tensor copy (read + write counted), median of 10.
+
+    ``nbytes`` per buffer defaults to 256 MiB on a CPU and 1 GiB on a GPU (far above its L2).
+    """
+    nbytes = nbytes or (2**30 if _is_cuda(device) else 256 * 2**20)
     n = nbytes // 4
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
@@ -165,11 +259,26 @@ def copy_bandwidth(device: str = "cpu", nbytes: int = 256 * 2**20) -> float:
     return 2 * nbytes / t["median_s"]
 
 
-def matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
-    """FLOP/s of an n x n matmul in ``dtype``, median of 10."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    t = time_fn(lambda: a @ b, device=device, warmup=2, repeats=10)
+def matmul_flops(
+    device: str = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None
+) -> float:
+    """FLOP/s of an ``n x n`` matmul in ``dtype``, median of 10 (two input pairs alternate).
+
+    ``n`` defaults to 1024 on a CPU and 8192 on a GPU (large enough to reach the tensor-core
+    rate: 2 n^3 = 1.1 TFLOP per call).
+    """
+    n = n or (8192 if _is_cuda(device) else 1024)
+    pairs = [
+        tuple(torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)) for _ in range(2)
+    ]
+    i = [0]
+
+    def run() -> None:
+        a, b = pairs[i[0] % 2]
+        i[0] += 1
+        torch.mm(a, b)
+
+    t = time_fn(run, device=device, warmup=2, repeats=10)
     return 2 * n**3 / t["median_s"]
 
 
@@ -192,6 +301,7 @@ OPS_COLUMNS = [
     "x_of_floor",
     "mta_ext_peak_extra_mib",
     "reference_peak_extra_mib",
+    "host_sync",
 ]
 
 
@@ -200,7 +310,9 @@ class Case:
     """One benchmark configuration; ``make(impl)`` builds inputs and returns the timed closure.
 
     ``impl`` is one of ``impls`` (e.g. "mta_ext", "reference"). ``floor_bytes``, when given, is
-    the minimum traffic of the op (for the fraction-of-copy-bandwidth column).
+    the minimum traffic of the op (for the fraction-of-copy-bandwidth column). ``sync_check``:
+    the impl whose one extra call runs with host syncs forbidden (:func:`host_sync_check`,
+    the ``host_sync`` column), ``None`` for none; by default ``"mta_ext"`` when it is an impl.
     """
 
     op: str
@@ -208,6 +320,7 @@ class Case:
     make: Callable[[str], Callable[[], Any]]
     impls: tuple[str, ...] = ("mta_ext", "reference")
     floor_bytes: int | None = None
+    sync_check: str | None = "mta_ext"
 
 
 def run_cases(cases: list[Case], *, device: str, repeats: int, warmup: int) -> list[dict]:
@@ -222,6 +335,8 @@ def run_cases(cases: list[Case], *, device: str, repeats: int, warmup: int) -> l
             row[f"{impl}_max_ms"] = t["max_s"] * 1e3
             row[f"{impl}_runs"] = t["runs"]
             row[f"{impl}_peak_extra_mib"] = _mib(peak_extra_bytes(fn, device=device))
+            if impl == case.sync_check:
+                row["host_sync"] = host_sync_check(fn, device=device)
             del fn
             gc.collect()
         if len(case.impls) >= 2:

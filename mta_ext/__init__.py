@@ -14,6 +14,7 @@ from ._debug import debug_enabled, set_debug
 from ._info import build_info
 from .alignment import Aligner, Alignment, UnitLayout, align_encoded, explain
 from .losses import MTALoss, structural_loss
+from .offsets import offsets_for_ids
 from .ops import relational_loss, segment_pool, token_salience
 from .phrases import annotate_spans
 from .schedule import LayerPair, LayerSchedule
@@ -45,6 +46,7 @@ __all__ = [
     "build_info",
     "debug_enabled",
     "explain",
+    "offsets_for_ids",
     "reference",
     "relational_loss",
     "segment_pool",

@@ -82,6 +82,9 @@ class LayoutHostInfo(NamedTuple):
         ``num_incidences`` argument of ``segment_pool``.
     teacher_max_end, student_max_end: the largest range end per side (0 without units): the
         ranges fit a ``[B*T]`` axis when ``max_end <= B*T``, checked on the host for free.
+    teacher_covered_rows: how many distinct rows of the teacher's flattened axis lie inside at
+        least one unit (overlaps counted once; -1: unknown). The token-level Hid projects only
+        these rows, sized without a host sync.
     """
 
     plan_sizes: tuple[int, int, int, int]
@@ -89,6 +92,7 @@ class LayoutHostInfo(NamedTuple):
     student_incidences: int
     teacher_max_end: int
     student_max_end: int
+    teacher_covered_rows: int = -1
 
 
 def relational_plan_sizes(cu_units: Any, num_units: int | None = None) -> tuple[int, int, int, int]:
@@ -153,12 +157,19 @@ def layout_host_info(
             )
         ends.append(int(a[:, 1].max()) if a.shape[0] else 0)
         incid.append(int((a[:, 1] - a[:, 0]).sum()))
+        if side == "teacher_ranges":
+            # distinct covered rows: a difference array over [0, max_end)
+            diff = np.zeros(ends[0] + 1, dtype=np.int64)
+            np.add.at(diff, a[:, 0], 1)
+            np.add.at(diff, a[:, 1], -1)
+            covered = int((np.cumsum(diff)[:-1] > 0).sum())
     return LayoutHostInfo(
         plan_sizes=relational_plan_sizes(cu, int(cu[-1])),
         teacher_incidences=incid[0],
         student_incidences=incid[1],
         teacher_max_end=ends[0],
         student_max_end=ends[1],
+        teacher_covered_rows=covered,
     )
 
 

@@ -380,6 +380,7 @@ def align_encoded(
     *,
     num_threads: int = 0,
     shared_tokenizer: bool | None = None,
+    windows: tuple[Any, Any] | None = None,
 ) -> Alignment:
     """Align an already tokenized batch.
 
@@ -393,6 +394,10 @@ def align_encoded(
         shared_tokenizer: whether both encodings come from one tokenizer (recorded on the
             ``Alignment``; ``hid="auto"`` then uses the token-level Hid). ``None``: True
             exactly when the two encodings are identical (ids, mask and offsets).
+        windows: ``(teacher_window, student_window)``, each None or int64 ``[B, 2]``: per
+            example the chars ``[lo, hi)`` a unit must lie in on that side, else it is dropped
+            as truncated (e.g. a sampled completion cut by the length limit inside its last
+            word: :func:`mta_ext.onpolicy.cut_windows`). None: the whole text.
     """
     texts = list(texts)
     B = len(texts)
@@ -400,7 +405,7 @@ def align_encoded(
     s = _side_from_encoding(student, "student", B)
     if shared_tokenizer is None:
         shared_tokenizer = _identical_sides(t, s)
-    return _merge(texts, t, s, spans, num_threads, bool(shared_tokenizer))
+    return _merge(texts, t, s, spans, num_threads, bool(shared_tokenizer), windows or (None, None))
 
 
 def _merge(
@@ -594,7 +599,8 @@ def explain(alignment: Alignment, i: int) -> str:
     tm, sm = al.teacher["attention_mask"].cpu(), al.student["attention_mask"].cpu()
     lines = [
         f"example {i}: {text!r}",
-        f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens",
+        f"  teacher: {int(tm[i].sum())} tokens, student: {int(sm[i].sum())} tokens; "
+        "[a:b] = character (code point) offsets into the text",
     ]
     T_t, T_s = tm.shape[1], sm.shape[1]
     t_ids, t_off = al.teacher["input_ids"].cpu(), al.teacher["offsets"].cpu()

@@ -314,6 +314,35 @@ def _add_demo_args(d: argparse.ArgumentParser) -> None:
         default=None,
         help="torch CPU threads (default: every CPU this process may run on)",
     )
+    d.add_argument(
+        "--on-policy",
+        action="store_true",
+        help="on-policy: the student samples completions of prompts cut from the passages, "
+        "the teacher scores them; trains (1 - w)·KD + w·L_MTA (KD: ULD across tokenizers, "
+        "reverse KL with one tokenizer) on the sampled ids",
+    )
+    d.add_argument(
+        "--max-new-tokens",
+        metavar="N",
+        type=_positive_int,
+        default=32,
+        help="--on-policy: tokens sampled per completion",
+    )
+    d.add_argument(
+        "--mta-share",
+        metavar="W",
+        type=_unit_float,
+        default=0.5,
+        help="--on-policy: w in (1 - w)·KD + w·L_MTA, in [0, 1]",
+    )
+    d.add_argument(
+        "--span-workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="--on-policy: spaCy worker processes that parse the sampled text while the "
+        "models run (0: parse inline)",
+    )
 
 
 def _add_explain_args(e: argparse.ArgumentParser) -> None:
@@ -551,12 +580,139 @@ def _load_pair(args: argparse.Namespace, timings: dict[str, float]):
     return teacher, t_tok, student, s_tok, sched
 
 
+def _demo_on_policy(args: argparse.Namespace, out: Path, t_start: float) -> dict[str, Any]:
+    """``mta-ext demo --on-policy``: sample, align on the sampled ids, KD + L_MTA."""
+    import mta_ext
+
+    from .data import chunk_texts, load_texts, train_eval_split
+    from .integrations import heldout_ce, save_student
+    from .onpolicy import on_policy_step, prompt_ids
+    from .phrases import SpanPool
+
+    timings: dict[str, float] = {}
+    docs = load_texts(args.data)
+    train_docs, eval_docs = train_eval_split(docs, 0.1, seed=args.seed)
+    eval_texts = chunk_texts(eval_docs, args.max_length * 4)[: args.eval_size]
+    rng = random.Random(args.seed)
+    words = [w for w in (t.split() for t in chunk_texts(train_docs, 400)) if len(w) > 12]
+    rng.shuffle(words)
+    prompts = ["Continue this text: " + " ".join(w[:12]) for w in words]
+    need = args.steps * args.batch_size
+    prompts = (prompts * (need // max(len(prompts), 1) + 1))[:need]
+    teacher, t_tok, student, s_tok, sched = _load_pair(args, timings)
+    tc, sc = teacher.config, student.config
+    phrases = "spacy" if args.phrases == "spacy" else None
+    aligner = mta_ext.Aligner(
+        t_tok, s_tok, phrases=phrases, words="in_phrases" if phrases else "all"
+    )
+    _seed_all(args.seed)
+    mta_loss = mta_ext.MTALoss(sched, sc.hidden_size, tc.hidden_size)
+    _log(f"MTA schedule (teacher layer, student layer, units): {list(map(tuple, sched))}")
+    pool = SpanPool(args.span_workers, phrases=phrases) if args.span_workers and phrases else None
+    if pool is not None:
+        pool.warm_up()
+    before = heldout_ce(student, s_tok, eval_texts, max_length=args.max_length)
+    _log(f"held-out before: CE {before['ce']:.4f}  ppl {before['ppl']:.2f}")
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(student.parameters()), "lr": args.lr},
+            {"params": list(mta_loss.parameters()), "lr": args.proj_lr},
+        ],
+        weight_decay=0.0,
+    )
+    student.train()
+    eos = [t_tok.eos_token_id] if t_tok.eos_token_id is not None else []
+    history: list[dict[str, float]] = []
+    _seed_all(args.seed)
+    t0 = time.perf_counter()
+    try:
+        for step in range(1, args.steps + 1):
+            chunk = prompts[(step - 1) * args.batch_size : step * args.batch_size]
+            ts = time.perf_counter()
+            loss, parts, batch = on_policy_step(
+                student,
+                teacher,
+                aligner,
+                mta_loss,
+                prompt_ids(s_tok, chunk),
+                prompt_ids(t_tok, chunk),
+                max_new_tokens=args.max_new_tokens,
+                mta_share=args.mta_share,
+                span_pool=pool,
+                teacher_suffix_ids=eos,
+            )
+            tb = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            parts["backward_step_s"] = time.perf_counter() - tb
+            parts["seconds"] = time.perf_counter() - ts
+            parts["step"] = step
+            history.append(parts)
+            if step == 1:
+                _log(
+                    "\nalignment of one sampled completion:\n"
+                    + _trim_explain(batch.alignment.explain(0))
+                    + "\n"
+                )
+            _log(
+                f"  [on-policy] step {step:3d}  kd {parts.get('kd', 0):.4f}  "
+                f"mta {parts.get('mta', 0):.4f}  units {parts['units']:.0f}  "
+                f"(generate {parts['generate_s']:.1f}s, align+spans "
+                f"{parts['align_spans_s']:.2f}s, teacher {parts['teacher_s']:.1f}s, step "
+                f"{parts['seconds']:.1f}s)"
+            )
+    finally:
+        if pool is not None:
+            pool.close()
+    timings["train_on_policy_s"] = time.perf_counter() - t0
+    after = heldout_ce(student, s_tok, eval_texts, max_length=args.max_length)
+    _log(
+        f"held-out student CE: before {before['ce']:.4f} -> after {after['ce']:.4f} "
+        f"({after['ce'] - before['ce']:+.4f}; {args.steps} steps, one seed: a smoke test)"
+    )
+    phase = {
+        k: sum(h[k] for h in history) / len(history)
+        for k in ("generate_s", "align_spans_s", "teacher_s", "student_s", "losses_s")
+    }
+    phase["backward_step_s"] = sum(h["backward_step_s"] for h in history) / len(history)
+    _log(
+        "mean seconds per step: "
+        + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in phase.items())
+        + f"; a sampled completion: {batch.texts[0][:120]!r}"
+    )
+    save_student(student, out / "student", tokenizer=s_tok, mta_loss=mta_loss)
+    timings["total_s"] = time.perf_counter() - t_start
+    metrics = {
+        "args": {
+            k: (v.source if isinstance(v, ScheduleSpec) else v)
+            for k, v in vars(args).items()
+            if k != "func"
+        },
+        "mode": "on-policy",
+        "schedule": [list(p) for p in sched],
+        "heldout": {"before": before, "after": after},
+        "history": history,
+        "mean_phase_s": phase,
+        "timings": timings,
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    _log(f"wrote {out / 'metrics.json'} and {out / 'student'}; total {timings['total_s']:.0f}s")
+    return metrics
+
+
 def demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo; returns the metrics dict it also writes to ``<out>/metrics.json``.
 
     The output folder is created only when the first result is written.
     """
-    _require_packages("demo", args, ("tqdm", "matplotlib"))
+    if getattr(args, "on_policy", False):
+        _require_packages("demo", args, ("tqdm",))
+    else:
+        _require_packages("demo", args, ("tqdm", "matplotlib"))
     import mta_ext
 
     from ._plot import plot_runs
@@ -577,6 +733,8 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         )
     out = Path(args.out)
     t_start = time.perf_counter()
+    if getattr(args, "on_policy", False):
+        return _demo_on_policy(args, out, t_start)
     timings: dict[str, float] = {}
 
     # --- data: split documents first, then cut them into short passages ----------------------

@@ -76,20 +76,24 @@ def unit_weights(
         cu_units: ``[B+1]`` int64 prefix sums of units per example.
 
     Returns:
-        ``[N]`` float32 (float64 for float64 weights). Vectorised with float64 prefix sums, so
-        it is exact to ~1e-16 relative and has no host sync.
+        ``[N]`` float32 (float64 for float64 weights). Each unit's sum, and each example's sum
+        over its units, is a float64 segment sum of its own terms (the deterministic
+        ``segment_pool`` op: a mean times the count), so no weight elsewhere in the batch
+        (a special token outside every unit, a heavier example) cancels a small unit's weight;
+        relative error ~1e-16 before the final rounding. No host sync.
     """
     out_dtype = torch.float64 if token_weights_flat.dtype == torch.float64 else torch.float32
-    w = token_weights_flat.detach().to(torch.float64)
-    zero = w.new_zeros(1)
-    cs = torch.cat([zero, w.cumsum(0)])
+    w = token_weights_flat.detach().to(torch.float64).reshape(-1, 1)
     r = ranges.to(torch.long)
-    sums = (cs[r[:, 1]] - cs[r[:, 0]]).clamp_min(0.0)
+    lengths = (r[:, 1] - r[:, 0]).clamp_min(0)
+    # segment means (float64 accumulation) times the counts: the per-unit sums
+    sums = segment_pool(w, r, None).squeeze(1) * lengths
     cu = cu_units.to(torch.long)
-    cs_units = torch.cat([zero, sums.cumsum(0)])
-    totals = cs_units[cu[1:]] - cs_units[cu[:-1]]  # [B]
-    example = torch.searchsorted(cu[1:], torch.arange(r.shape[0], device=r.device), right=True)
-    den = totals.clamp_min(0.0)[example]
+    counts = cu[1:] - cu[:-1]
+    per_example = torch.stack([cu[:-1], cu[1:]], dim=1)
+    totals = segment_pool(sums.unsqueeze(1), per_example, None).squeeze(1) * counts  # [B]
+    # the example total of every unit; output_size keeps repeat_interleave free of a host sync
+    den = torch.repeat_interleave(totals, counts, output_size=r.shape[0])
     W = torch.where(den > 0, sums / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     return W.to(out_dtype)
 
@@ -153,7 +157,7 @@ class _RowCosine(torch.autograd.Function):
     def forward(ctx: Any, p: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
         n_p = torch.linalg.vector_norm(p, dim=-1)
         n_h = torch.linalg.vector_norm(h, dim=-1)
-        dot = torch.bmm(p.unsqueeze(1), h.unsqueeze(2)).reshape(-1)
+        dot = torch.linalg.vecdot(p, h)
         cos = dot / (n_p.clamp_min(eps) * n_h.clamp_min(eps))
         ctx.save_for_backward(p, h, n_p, n_h, cos)
         ctx.eps = eps
@@ -176,6 +180,53 @@ class _RowCosine(torch.autograd.Function):
         return gp, gh, None
 
 
+# The token-level Hid projects only the rows inside some unit when they are at most this share
+# of the axis (padded batches, sparse units). Measured on the 2-core CPU, D 768 -> 1600 (a
+# loaded machine): at 83-93 % coverage the row gathers and the input-gradient scatter cost
+# about what the GEMM rows save (the paper-shape benchmark with its word pair at 83 % was ~5 %
+# slower than projecting every row, in two runs); at 70 % the gathered token Hid was 12 %
+# faster.
+_COVERED_ONLY_MAX = 0.75
+
+
+class _GatherRows(torch.autograd.Function):
+    """``x[rows]`` for distinct ``rows``, with the backward an ``index_copy_`` into zeros: each
+    row receives exactly one gradient row, so no accumulation is needed (autograd's
+    ``index_select`` backward is an ``index_add_``, several times slower on the CPU)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.num_rows = x.shape[0]
+        return x.index_select(0, rows)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        out = g.new_zeros((ctx.num_rows, *g.shape[1:]))
+        return out.index_copy_(0, rows, g), None
+
+
+def _covered_rows(
+    ranges: torch.Tensor, num_rows: int, covered: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``covered`` rows of a ``[num_rows]`` axis that lie inside at least one range, in
+    order (``[covered]`` int64), and ``ranges`` remapped onto that compressed axis (a unit's
+    rows are all covered, so they stay contiguous there). ``covered`` is host metadata
+    (``LayoutHostInfo.teacher_covered_rows``): ``nonzero_static`` sizes the result without a
+    host sync."""
+    r = ranges.to(torch.long)
+    one = torch.ones(r.shape[0], dtype=torch.int32, device=r.device)
+    diff = torch.zeros(num_rows + 1, dtype=torch.int32, device=r.device)
+    diff.index_add_(0, r[:, 0], one).index_add_(0, r[:, 1], -one)
+    cov = diff.cumsum(0)[:num_rows] > 0
+    rows = torch.nonzero_static(cov, size=covered).squeeze(1)
+    rank = torch.cat([cov.new_zeros(1, dtype=torch.long), cov.cumsum(0)])  # rows before t
+    start = rank[r[:, 0]]
+    return rows, torch.stack([start, start + (r[:, 1] - r[:, 0]).clamp_min(0)], dim=1)
+
+
 def _token_hid(
     proj: nn.Module,
     x: torch.Tensor,
@@ -184,14 +235,24 @@ def _token_hid(
     token_weights: torch.Tensor,
     W: torch.Tensor,
     num_incidences: int | None = None,
+    covered: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Token-level Hid ``Σ_k W_k Σ_{t∈k} w_t (1 - cos(P x_t, h_t)) / max(Σ_{t∈k} w_t, 1e-5)
     / max(Σ_k W_k, 1e-5)`` on one shared flattened token axis (``x [M, D_s]``, ``h [M, D_t]``).
 
-    Every row is projected (static shapes, no host sync; on CPU, gathering only the covered
-    rows cost more in copies than it saved in GEMM at ~85% coverage). The cosine is fused
-    (:class:`_RowCosine`) and the per-unit pooling of ``1 - cos`` runs on an ``[M, 1]`` column.
+    ``covered``: ``(rows, ranges)`` from :func:`_covered_rows`: only those rows are projected
+    (each once, however many units hold it) and ``ranges`` index the compressed axis; without
+    it (no host metadata, or units covering more than ``_COVERED_ONLY_MAX`` of the rows) every
+    row is projected. The cosine is fused (:class:`_RowCosine`) and
+    the per-unit pooling of ``1 - cos`` runs on an ``[M, 1]`` column.
     """
+    if covered is not None:
+        rows, ranges = covered
+        x, h, token_weights = (
+            _GatherRows.apply(x, rows),
+            h.index_select(0, rows),
+            token_weights[rows],
+        )
     pdt = _projector_dtype(proj)
     p = proj(x if pdt is None else x.to(pdt))
     cdt = _cos_dtype(p, h)
@@ -450,6 +511,8 @@ def structural_loss(
     t_w: dict[int, torch.Tensor] = {}
     s_w: dict[int, torch.Tensor] = {}
     comps: dict[str, Any] = {}
+    covered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per granularity, token Hid
+    unit_w: dict[tuple[int, str, bool], torch.Tensor] = {}
     terms = []
     for i, p in enumerate(sched):
         ht, hs = t_hs[p.teacher_layer], s_hs[p.student_layer]
@@ -471,7 +534,14 @@ def structural_loss(
         us = segment_pool(hs.reshape(B * Ts, Ds), lay.student_ranges, ws, num_incidences=s_inc)
         # W in the accumulation type of the units (float64 only for float64 hidden states).
         acc64 = torch.float64 in (ht.dtype, hs.dtype)
-        W = unit_weights(wu.double() if acc64 else wu, lay.teacher_ranges, lay.cu_units)
+        # W depends on the teacher token weights and the units only: pairs that share both
+        # (entropy weighting: one confidence for every pair) compute it once.
+        w_key = (-1 if conf is not None else p.teacher_layer, p.granularity, acc64)
+        if w_key not in unit_w:
+            unit_w[w_key] = unit_weights(
+                wu.double() if acc64 else wu, lay.teacher_ranges, lay.cu_units
+            )
+        W = unit_w[w_key]
         plan = info.plan_sizes if info is not None else None
         term = relational_loss(us, ut, W, lay.cu_units, plan_sizes=plan)
         comps[f"dsa/{i}"] = term.detach()
@@ -484,6 +554,12 @@ def structural_loss(
                 cos = F.cosine_similarity(pu.to(cdt), ut.to(cdt), dim=-1, eps=1e-5)
                 lh = _weighted_mean(1.0 - cos, W)
             else:
+                cov = None
+                n_cov = info.teacher_covered_rows if info is not None else -1
+                if 0 <= n_cov <= _COVERED_ONLY_MAX * B * Tt:
+                    if p.granularity not in covered:
+                        covered[p.granularity] = _covered_rows(lay.teacher_ranges, B * Tt, n_cov)
+                    cov = covered[p.granularity]
                 lh = _token_hid(
                     proj,
                     hs.reshape(B * Ts, Ds),
@@ -492,6 +568,7 @@ def structural_loss(
                     wu,
                     W,
                     t_inc,
+                    cov,
                 )
             comps[f"hid/{i}"] = lh.detach()
             term = term + hid_weight * lh.to(term.dtype)

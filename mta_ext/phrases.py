@@ -170,3 +170,62 @@ def annotate_spans(
         raise ValueError(f"phrases must be 'spacy', None or a callable, got {phrases!r}")
     nlp = load_spacy()
     return [_doc_spans(doc, words) for doc in nlp.pipe(texts, batch_size=batch_size)]
+
+
+def _pool_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the worker only parses; leave the cores to the models
+
+
+def _pool_annotate(texts: list[str], phrases: SpanSource, words: str) -> list[Any]:
+    return annotate_spans(texts, phrases=phrases, words=words)
+
+
+class SpanPool:
+    """Candidate spans computed in worker processes, off the training loop's critical path.
+
+    Generated text has no cached spans, and spaCy costs ~10 ms per short text. Submit the
+    completions as soon as they are sampled, run the teacher and student forwards, then
+    collect: the parse overlaps the forwards instead of adding to them.
+
+        pool = SpanPool()                      # phrases="spacy", words="in_phrases"
+        future = pool.submit(texts)            # returns at once
+        ... teacher / student forwards ...
+        spans = future.result()                # as annotate_spans(texts)
+
+    ``processes`` workers (spawned, one torch thread each) load spaCy once each; ``close()``
+    (or use as a context manager) stops them. ``phrases`` must be picklable ("spacy", None or
+    a module-level function).
+    """
+
+    def __init__(
+        self, processes: int = 1, *, phrases: SpanSource = "spacy", words: str = "in_phrases"
+    ) -> None:
+        import concurrent.futures
+        import multiprocessing
+
+        _check_words(words)
+        self.phrases, self.words = phrases, words
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_pool_init,
+        )
+
+    def submit(self, texts: Sequence[str]) -> Any:
+        """A ``concurrent.futures.Future`` of ``annotate_spans(texts)``."""
+        return self._pool.submit(_pool_annotate, list(texts), self.phrases, self.words)
+
+    def warm_up(self) -> None:
+        """Load spaCy in the workers now (the first parse otherwise pays for it)."""
+        self.submit(["Warm up the parser."]).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> SpanPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from op_helpers import simt_seed
+from op_helpers import SIMT, simt_seed
 
 from mta_ext import _simt
 
@@ -88,3 +88,25 @@ def shared_student():
             max_position_embeddings=64,
         )
     ).eval()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line that says how many tests ran the CUDA kernels on the SIMT backend (CI's log shows
+    them executing, not skipped)."""
+    counts = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        reports = terminalreporter.stats.get(outcome, [])
+        counts[outcome] = sum(
+            1
+            for r in reports
+            if getattr(r, "when", "call") in ("call", "setup")
+            and ("[simt" in r.nodeid or "-simt" in r.nodeid or "test_simt_" in r.nodeid)
+            and (outcome != "passed" or r.when == "call")
+        )
+    if SIMT or any(counts.values()):
+        terminalreporter.write_line(
+            "simt device (CUDA kernels on the CPU): {passed} tests passed, {failed} failed, "
+            "{skipped} skipped, {error} errors".format(**counts)
+        )
+    else:
+        terminalreporter.write_line("simt device: not built (MTA_WITH_SIMT=OFF)")

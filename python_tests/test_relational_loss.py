@@ -260,6 +260,30 @@ def test_extreme_magnitudes(rng, dtype, device):
         torch.testing.assert_close(got.cpu().double(), base, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp64_beyond_the_fp32_exponent_range(rng, device):
+    # fp64 rows of 2^600 / 2^-600: the per-row power-of-two scales must be exact in fp64 (an
+    # exponent passed through fp32 -- torch.ldexp in some releases -- makes them inf or 0).
+    us, ut, w, cu = _units(rng, [9, 70], 12, 10, torch.float64, torch.float64)
+    d = tdev(device)
+    one = torch.ones((), dtype=torch.float64, device=d)
+    base = ops.relational_loss(us.to(d), ut.to(d), w.to(d), cu.to(d)).cpu()
+    g_base = ops.relational_loss_backward(one, us.to(d), ut.to(d), w.to(d), cu.to(d))
+    big = 2.0**600  # scale invariant: the same loss, gradients scaled by 1 / 2^600
+    got = ops.relational_loss((us * big).to(d), (ut * big).to(d), w.to(d), cu.to(d)).cpu()
+    torch.testing.assert_close(got, base, rtol=1e-12, atol=0)
+    gs, gt = ops.relational_loss_backward(
+        one, (us * big).to(d), (ut * big).to(d), w.to(d), cu.to(d)
+    )
+    torch.testing.assert_close((gs * big).cpu(), g_base[0].cpu(), rtol=1e-10, atol=0)
+    torch.testing.assert_close((gt * big).cpu(), g_base[1].cpu(), rtol=1e-10, atol=0)
+    # 2^-600: every norm is below the 1e-12 clamp of F.normalize; as the float64 reference.
+    tiny = 2.0**-600
+    got = ops.relational_loss((us * tiny).to(d), (ut * tiny).to(d), w.to(d), cu.to(d)).cpu()
+    ref, _, _ = _rl_ref(us * tiny, ut * tiny, w, cu, need_grad=False)
+    torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=0)
+
+
 # ------------------------------------------------------------------ the fused path
 
 

@@ -141,6 +141,46 @@ def test_token_level_hid_shared_tokenizer(models, shared_student):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("weighting", ["salience", "entropy"])
+def test_token_hid_projects_only_covered_rows_with_host_metadata(
+    models, shared_student, weighting, monkeypatch
+):
+    """Layouts with host metadata (``.host``, as an Aligner's): the token-level Hid projects
+    only the rows inside some unit; same loss and gradients as projecting every row (a layout
+    without ``.host``) and as the reference, on a padded batch with overlapping units."""
+    from mta_ext import losses
+    from mta_ext._layout import layout_host_info
+
+    monkeypatch.setattr(losses, "_COVERED_ONLY_MAX", 1.0)  # whatever the coverage
+    teacher, _ = models
+    al = _batch(seed=12, same_tokenizer=True)
+    t_out = _run(teacher, al.teacher)
+    t_hs = tuple(h.double() for h in t_out.hidden_states)
+    s_hs = _leaf(_run(shared_student, al.student).hidden_states, torch.float64)
+    hosted = SimpleNamespace(**vars(al))
+    hosted.units = {}
+    for g, lay in al.units.items():
+        info = layout_host_info(lay.cu_units, lay.teacher_ranges, lay.student_ranges)
+        assert 0 < info.teacher_covered_rows < t_hs[0].shape[0] * t_hs[0].shape[1]
+        hosted.units[g] = SimpleNamespace(**vars(lay), host=info)
+    projs = _projectors(dtype=torch.float64)
+    kw = dict(
+        projectors=projs, hid="token", weighting=weighting, teacher_logits=t_out.logits.double()
+    )
+    got = structural_loss(s_hs, t_hs, hosted, SCHED, **kw)
+    full = structural_loss(s_hs, t_hs, al, SCHED, **kw)
+    exp = ref.structural_loss(s_hs, t_hs, al, SCHED, **kw)
+    torch.testing.assert_close(got, full, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got, exp, rtol=1e-7, atol=1e-10)
+    params = list(projs.parameters())
+    ga = torch.autograd.grad(got, [*s_hs[1:], *params])
+    gf = torch.autograd.grad(full, [*s_hs[1:], *params])
+    gb = torch.autograd.grad(exp, [*s_hs[1:], *params])
+    for a, f, b in zip(ga, gf, gb, strict=True):
+        torch.testing.assert_close(a, f, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
 def test_gradcheck_uniform_weighting(models):
     teacher, student = models
     al = _batch(seed=4, word=(2, 1, 3), phrase=(1, 3, 2))
@@ -267,6 +307,23 @@ def test_unit_weights_matches_reference():
     # example 1 of the last layout owns units 2 and 5, both with zero weight -> W = 0
     out = unit_weights(w, torch.tensor([[0, 3], [6, 8], [8, 10]]), torch.tensor([0, 1, 3]))
     assert out[1:].eq(0).all() and out[0] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unit_weights_do_not_cancel_behind_mass_outside_units(dtype):
+    """Salience mass outside the units (a special token of weight 1) must not cancel a small
+    unit's weight: W is each unit's own sum, not a difference of running sums over the batch."""
+    w = torch.tensor([4.4e-28, 1.0, 1e-17, 1.0, 1e-17, 2e-17], dtype=dtype)
+    # example 0: unit [2,3) (1e-17) lies behind the weight-1 token, unit [0,1) (4.4e-28) before
+    # it; example 1: two tiny units behind another weight-1 token.
+    ranges = torch.tensor([[2, 3], [0, 1], [4, 5], [5, 6]])
+    cu = torch.tensor([0, 2, 4])
+    got = unit_weights(w, ranges, cu)
+    exp = ref.unit_weights(w, ranges, cu)
+    torch.testing.assert_close(
+        exp[:2].double(), torch.tensor([1.0, 4.4e-11]).double(), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(got, exp, rtol=1e-6, atol=0)
 
 
 def test_errors(models):

@@ -134,6 +134,22 @@ def test_large_logits(rng, device):
     torch.testing.assert_close(out.sum(1), torch.ones(b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_with_different_logit_scales(device):
+    # Token 0 has a near-duplicate (token 5): its row's largest logit is ~sqrt(D) = 128, while
+    # token 1's row stays near 0. Each query row needs its OWN running max: a max shared with
+    # another row (e.g. a warp reduction over too many lanes on CUDA, where rows 0 and 1 share a
+    # warp) shifts row 1 by ~128 and exp() underflows in fp32: its attention would vanish.
+    g = torch.Generator().manual_seed(0)
+    d = 16384
+    h = torch.randn(1, 40, d, generator=g)
+    h[0, 5] = h[0, 0] + 1e-3 * torch.randn(d, generator=g)
+    mask = torch.ones(1, 40, dtype=torch.bool)
+    out = ops.token_salience(h.to(tdev(device)), mask.to(tdev(device)), 0).cpu()
+    _finite(out)
+    torch.testing.assert_close(out, reference.token_salience(h, mask), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_two_tokens_width_one(dtype, device):

@@ -19,5 +19,6 @@ libasan=$(${CXX:-g++} -print-file-name=libasan.so)
 cd "$bdir/site"  # imports the ASan copy, not the checkout
 # detect_leaks=0: Python and torch keep allocations alive at exit by design.
 # abort_on_error: an ASan report ends the run with a non-zero status, whatever pytest thinks.
+# -s: ASan writes its report to stderr, which pytest would otherwise capture and lose on abort.
 LD_PRELOAD="$libasan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
-  "$py" -m pytest -p no:cacheprovider "$ROOT/python_tests/${1:-test_simt_memory.py}" "${@:2}"
+  "$py" -m pytest -p no:cacheprovider -s "$ROOT/python_tests/${1:-test_simt_memory.py}" "${@:2}"

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "align.h"
+#include "ids_offsets.h"
 
 namespace py = pybind11;
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -128,6 +129,83 @@ py::list align(const std::vector<std::string>& texts, const I64Array& teacher_of
   return out;
 }
 
+
+// The piece table of one tokenizer (copied once), decoding batches of id sequences.
+class PieceTable {
+ public:
+  PieceTable(const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& rest_bytes,
+             const I64Array& rest_off,
+             const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& first_bytes,
+             const I64Array& first_off,
+             const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& flags,
+             const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& rest_sep) {
+    const auto V = flags.size();
+    if (rest_off.size() != V + 1 || first_off.size() != V + 1 || rest_sep.size() != V) {
+      throw py::value_error("PieceTable: rest_off / first_off need V+1 = " +
+                            std::to_string(V + 1) + " entries and rest_sep V, got " +
+                            std::to_string(rest_off.size()) + ", " +
+                            std::to_string(first_off.size()) + ", " +
+                            std::to_string(rest_sep.size()));
+    }
+    rest_bytes_.assign(rest_bytes.data(), rest_bytes.data() + rest_bytes.size());
+    first_bytes_.assign(first_bytes.data(), first_bytes.data() + first_bytes.size());
+    rest_off_.assign(rest_off.data(), rest_off.data() + rest_off.size());
+    first_off_.assign(first_off.data(), first_off.data() + first_off.size());
+    flags_.assign(flags.data(), flags.data() + V);
+    rest_sep_.assign(rest_sep.data(), rest_sep.data() + V);
+    for (py::ssize_t v = 0; v < V; ++v) {
+      if (rest_off_[v] < 0 || rest_off_[v + 1] < rest_off_[v] ||
+          first_off_[v] < 0 || first_off_[v + 1] < first_off_[v] ||
+          rest_off_[v + 1] > static_cast<int64_t>(rest_bytes_.size()) ||
+          first_off_[v + 1] > static_cast<int64_t>(first_bytes_.size()) ||
+          rest_sep_[v] > rest_off_[v + 1] - rest_off_[v]) {
+        throw py::value_error("PieceTable: bad offsets for id " + std::to_string(v));
+      }
+    }
+    // Keep data() valid for empty tables.
+    rest_bytes_.push_back(0);
+    first_bytes_.push_back(0);
+  }
+
+  py::list decode(const std::vector<I64Array>& batch, bool skip_special) const {
+    const mta_align::PieceTableView view{rest_bytes_.data(), rest_off_.data(),
+                                         first_bytes_.data(), first_off_.data(),
+                                         flags_.data(),      rest_sep_.data(),
+                                         static_cast<int64_t>(flags_.size())};
+    std::vector<mta_align::IdsDecoded> res(batch.size());
+    std::vector<std::pair<const int64_t*, int64_t>> rows;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      if (batch[b].ndim() != 1) {
+        throw py::value_error("decode: ids[" + std::to_string(b) + "] must be 1-D");
+      }
+      rows.emplace_back(batch[b].data(), batch[b].shape(0));
+    }
+    {
+      py::gil_scoped_release release;
+      for (size_t b = 0; b < rows.size(); ++b) {
+        try {
+          res[b] = mta_align::decode_ids(view, rows[b].first, rows[b].second, skip_special);
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument("example " + std::to_string(b) + ": " + e.what());
+        }
+      }
+    }
+    py::list out;
+    for (auto& r : res) {
+      const auto n = static_cast<py::ssize_t>(r.offsets.size() / 2);
+      out.append(py::make_tuple(py::str(r.text), to_numpy(std::move(r.offsets), {n, 2}),
+                                r.broken));
+    }
+    return out;
+  }
+
+  int64_t vocab() const { return static_cast<int64_t>(flags_.size()); }
+
+ private:
+  std::vector<uint8_t> rest_bytes_, first_bytes_, flags_, rest_sep_;
+  std::vector<int64_t> rest_off_, first_off_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_align, m) {
@@ -156,6 +234,22 @@ Raises ValueError naming the argument and the example index on bad input.)doc");
   }
   m.attr("REASONS") = reasons;
   m.attr("KEPT") = static_cast<int>(mta_align::kKept);
+  py::class_<PieceTable>(m, "PieceTable",
+                         "Per-id decoded bytes of one tokenizer (built by mta_ext.offsets).")
+      .def(py::init<const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&,
+                    const I64Array&,
+                    const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&,
+                    const I64Array&,
+                    const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&,
+                    const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&>(),
+           py::arg("rest_bytes"), py::arg("rest_off"), py::arg("first_bytes"),
+           py::arg("first_off"), py::arg("flags"), py::arg("rest_sep"))
+      .def("decode", &PieceTable::decode, py::arg("ids"), py::arg("skip_special") = false,
+           R"doc(Decode id sequences: ids is a list of int64 [n_b] arrays. Returns per sequence
+(text: str, offsets: int64 [n_b, 2] code-point offsets into text, broken: int, the tokens that
+got no offsets because their bytes are not valid UTF-8). Special tokens and broken pieces get
+the empty span (p, p). Raises ValueError naming the example and position of an unknown id.)doc")
+      .def_property_readonly("vocab", &PieceTable::vocab);
   m.def("choose_threads", &mta_align::choose_threads, py::arg("work"), py::arg("requested"),
         "Threads align() uses for work = B*(T_teacher+T_student) + UTF-8 bytes of the texts.");
 }

@@ -15,6 +15,7 @@
 // bit-identical across runs and thread counts.
 #include "cpu/relational_loss_cpu.h"
 
+#include "common/sequential_blas.h"
 #include "common/debug.h"
 #include "ops/relational_loss.h"
 
@@ -164,6 +165,7 @@ template <typename acc_t>
 void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, int64_t a,
                    int64_t e, at::ScalarType acc, acc_t* num, double scale, const at::Tensor& gs,
                    const at::Tensor& gt) {
+  const SequentialBlas one_blas_thread;  // results independent of the thread count
   const int64_t n = e - a, Ds = us.size(1), Dt = ut.size(1);
   const auto xs = us.slice(0, a, e).to(acc).contiguous();
   const auto xt = ut.slice(0, a, e).to(acc).contiguous();

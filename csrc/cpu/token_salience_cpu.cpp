@@ -17,6 +17,7 @@
 
 #include "ops/token_salience.h"
 
+#include "common/sequential_blas.h"
 #include "common/no_autocast.h"
 #include "common/checks.h"
 
@@ -201,6 +202,7 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
   // Tiny batches run inline (an OpenMP region would cost more than the work).
   const int64_t grain = work < kSerialWork ? std::max<int64_t>(n_small, 1) : 1;
   at::parallel_for(0, n_small, grain, [&](int64_t i0, int64_t i1) {
+    const SequentialBlas one_blas_thread;  // results independent of the thread count
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = small[i], n = count(b);
       auto hn = at::empty({n, D}, opts);
@@ -223,6 +225,7 @@ at::Tensor token_salience_cpu(const at::Tensor& hidden, const at::Tensor& attent
     const bool whole = key_block == 0 && n <= kWholeRowMaxKeys;
     const int64_t kb = key_block > 0 ? key_block : kAutoKeyBlock;
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      const SequentialBlas one_blas_thread;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t r0 = tiles * g / groups * kRowTile;
         const int64_t r1 = std::min(n, tiles * (g + 1) / groups * kRowTile);

@@ -426,6 +426,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
 
 }  // namespace
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_plan_with_sizes_cuda(
+    const at::Tensor& cu_units, int64_t num_units, at::IntArrayRef plan_sizes) {
+  const char* op = "_relational_loss_plan_with_sizes";
+  TORCH_CHECK_VALUE(cu_units.dim() == 1 && cu_units.size(0) >= 1, op,
+                    ": cu_units must be [B + 1]");
+  const c10::cuda::CUDAGuard guard(cu_units.device());
+  const auto cu = cu_units.to(at::kLong).contiguous();
+  const auto pl = make_plan(cu, num_units, plan::sizes_from_list(op, plan_sizes),
+                            c10::cuda::getCurrentCUDAStream());
+  return {pl.tiles, pl.rows, pl.bad};
+}
+
 std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& u_student, const at::Tensor& u_teacher,
     const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,

@@ -23,4 +23,9 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cuda(
     const at::Tensor& unit_weights, const at::Tensor& cu_units, bool need_student,
     bool need_teacher, at::OptionalIntArrayRef plan_sizes);
 
+// Test-only: the plan make_plan builds on the device for the host's sizes (tiles, rows, the
+// wrong-metadata flag); ops/relational_loss_plan.cpp registers it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_plan_with_sizes_cuda(
+    const at::Tensor& cu_units, int64_t num_units, at::IntArrayRef plan_sizes);
+
 }  // namespace mta_ext

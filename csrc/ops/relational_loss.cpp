@@ -63,16 +63,7 @@ plan::Sizes resolve_plan_sizes(const char* op, const at::Tensor& cu, int64_t N,
   const int64_t B = cu.size(0) - 1;
   if (plan_sizes.has_value()) {
     const auto v = *plan_sizes;
-    TORCH_CHECK_VALUE(v.size() == 4, op,
-                      ": plan_sizes must be [num_tiles, num_row_tiles, gram_size, radial_size] "
-                      "(4 ints), got ", v.size());
-    for (const int64_t x : v)
-      TORCH_CHECK_VALUE(x >= 0, op, ": plan_sizes must be >= 0, got ", v);
-    plan::Sizes s;
-    s.tiles = v[0];
-    s.rows = v[1];
-    s.e = v[2];
-    s.rad = v[3];
+    const plan::Sizes s = plan::sizes_from_list(op, v);
     if (value_checks_enabled(cu)) {
       const auto c = cu.cpu();  // host sync: debug mode
       const plan::Sizes t = plan::plan_sizes(c.const_data_ptr<int64_t>(), B, N);

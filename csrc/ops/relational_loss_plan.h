@@ -10,6 +10,7 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+#include <c10/util/ArrayRef.h>
 
 #include <cstdint>
 
@@ -93,6 +94,9 @@ C10_HOST_DEVICE inline bool write_example(int64_t a, int64_t n, const Sizes& off
 
 // Host: the plan sizes of a host cu_units [B + 1] over N units.
 Sizes plan_sizes(const int64_t* cu, int64_t B, int64_t N);
+
+// The sizes of a plan_sizes list [tiles, rows, e, rad] (checked: 4 ints >= 0).
+Sizes sizes_from_list(const char* op, c10::IntArrayRef v);
 
 // Host: the whole plan into tiles [sizes.tiles, kCols] and rows [sizes.rows, kCols].
 void fill_plan(const int64_t* cu, int64_t B, int64_t N, const Sizes& sizes, int64_t* tiles,

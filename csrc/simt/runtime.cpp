@@ -6,8 +6,9 @@
 // missing __syncthreads or a read-before-write race between threads changes what the other
 // threads see. When no fiber can run: complete every warp collective whose lanes have all
 // arrived (all lanes at once, so no lane can overwrite its value before another lane read it);
-// else release the block barrier if every live thread is at it; else the block is stuck, which
-// is an error naming what each thread waits for. Errors the GPU would leave undefined are
+// else release the block barrier if every thread is at it (one that has exited instead is an
+// error: a barrier in divergent code); else the block is stuck, which is an error naming what
+// each thread waits for. Errors the GPU would leave undefined are
 // errors here too: a collective whose mask names a lane that has exited or that is at another
 // collective, a shuffle source outside the mask, a launch with an empty or oversized grid.
 #include "simt/runtime.h"
@@ -48,6 +49,9 @@ std::atomic<bool> g_active{false};
 std::atomic<int64_t> g_shuffle_seed{-1};
 std::atomic<int> g_sm{90};
 std::atomic<int64_t> g_launches{0}, g_blocks{0}, g_barriers{0}, g_collectives{0};
+// Launches since the backend was last switched on: with the seed, it keys the shuffled order of
+// every block, so a test (which switches the backend on once) replays from its seed alone.
+std::atomic<int64_t> g_launch_index{0};
 
 enum class State : uint8_t { kRunnable, kBarrier, kWarp, kExited, kTrapped };
 
@@ -252,18 +256,25 @@ bool release_warps(Runner& r) {
   return any;
 }
 
+// Releases the block barrier when every thread waits at it. A barrier that some threads of the
+// block never reach because they have exited is an error: __syncthreads in divergent code is
+// undefined on a GPU (it may hang, or release early).
 bool release_barrier(Runner& r) {
-  bool waiting = false;
+  int waiting = 0, exited = 0;
   for (int i = 0; i < r.n; ++i) {
     const State s = r.fibers[i]->state;
     if (s == State::kBarrier)
-      waiting = true;
-    else if (s != State::kExited)
+      ++waiting;
+    else if (s == State::kExited)
+      ++exited;
+    else
       return false;
   }
-  if (!waiting) return false;
-  for (int i = 0; i < r.n; ++i)
-    if (r.fibers[i]->state == State::kBarrier) r.fibers[i]->state = State::kRunnable;
+  if (waiting == 0) return false;
+  TORCH_CHECK(exited == 0, "simt: __syncthreads in ", where(), " reached by ", waiting,
+              " threads while ", exited, " threads of the block have exited (a barrier in ",
+              "divergent code is undefined on a GPU)");
+  for (int i = 0; i < r.n; ++i) r.fibers[i]->state = State::kRunnable;
   g_barriers.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -359,7 +370,8 @@ void launch(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
   TORCH_CHECK(threads >= 1 && threads <= kMaxThreads && block.z <= 64,
               "simt: invalid launch: block (", block.x, ", ", block.y, ", ", block.z,
               ") must have 1 to 1024 threads (z <= 64)");
-  const int64_t launch_no = g_launches.fetch_add(1, std::memory_order_relaxed);
+  g_launches.fetch_add(1, std::memory_order_relaxed);
+  const int64_t launch_no = g_launch_index.fetch_add(1, std::memory_order_relaxed);
   const int64_t nblocks = int64_t(grid.x) * grid.y * grid.z;
   g_blocks.fetch_add(nblocks, std::memory_order_relaxed);
   const int64_t seed = g_shuffle_seed.load(std::memory_order_relaxed);
@@ -397,6 +409,7 @@ void configure(bool on, int64_t shuffle_seed, int64_t sm) {
                     "80 or 90, got ", sm);
   g_shuffle_seed.store(shuffle_seed < 0 ? -1 : shuffle_seed);
   g_sm.store(int(sm));
+  g_launch_index.store(0);
   g_active.store(on);
 }
 

@@ -1,32 +1,49 @@
-"""Add ``L_MTA`` to TRL's distillation trainers: ``GKDTrainer`` (one tokenizer) and the
-experimental ``GOLDTrainer`` (different tokenizers, ULD), in their off-policy setting.
+"""Add ``L_MTA`` to TRL's distillation trainers: ``GKDTrainer`` (one tokenizer), the
+experimental ``GOLDTrainer`` (different tokenizers, ULD) and the stable ``DistillationTrainer``
+(one tokenizer, always on-policy: ``MTATRLDistillationTrainer``), off-policy and on-policy.
 
     from mta_ext import MTALoss
     from mta_ext.integrations.trl import MTAGOLDTrainer
 
     trainer = MTAGOLDTrainer(
-        model=student, teacher_model=teacher, args=GOLDConfig(..., lmbda=0.0, use_uld_loss=True),
+        model=student, teacher_model=teacher, args=GOLDConfig(..., lmbda=0.5, use_uld_loss=True),
         processing_class=student_tok, train_dataset=ds,          # everything as for GOLDTrainer
         mta_loss=MTALoss.from_configs(student.config, teacher.config),   # + these two lines
         mta_weight=1.0,
     )
     trainer.train(); trainer.save_model(out_dir)   # student dir + mta_projectors.safetensors
 
-The loss is TRL's own objective (GKD's generalized JSD, GOLD's ULD or JSD) plus
-``mta_weight · L_MTA``. How it plugs in, without re-implementing TRL's ``compute_loss``:
+The loss is TRL's own objective (GKD's generalized JSD, GOLD's ULD or JSD, the
+DistillationTrainer's chunked JSD) plus ``mta_weight · L_MTA``. How it plugs in, without
+re-implementing TRL's ``compute_loss`` or its generation:
 
 * **Hidden states.** During ``compute_loss`` a forward pre-hook on the student and on the
-  teacher adds ``output_hidden_states=True`` to TRL's own forward calls and a forward hook keeps
-  their outputs and inputs: no extra forward pass. The hooks live only inside ``compute_loss``,
-  so generation is untouched.
+  teacher (their HF backbone for the ``DistillationTrainer``, which calls only that) adds
+  ``output_hidden_states=True`` to TRL's own forward calls and a forward hook keeps their
+  outputs and inputs: no extra forward pass. The hooks live only inside ``compute_loss``, so
+  generation is untouched.
+* **Batch types.** TRL decides per batch: off-policy (dataset completions), on-policy (the
+  student sampled the completion through TRL's own generation path: HF ``generate``, or vLLM
+  where configured), or ``seq_kd`` (GKD: the teacher sampled it). ``lmbda`` and ``seq_kd``
+  are TRL's own settings.
 * **Alignment.** MTA compares units (words, phrases) of the *completion* text, as TRL's
-  losses do (the prompt carries chat markup). The completion text is the batch's
-  ``original_completion_text`` (GOLD's collator emits it) or, failing that, the decoded student
-  label tokens. Each side tokenizes it with its own tokenizer (char offsets), and the tokens are
-  located in the row the model actually saw (student: from the first label; teacher: searched).
-  Tokens that do not match (a re-tokenisation that differs at the prompt/completion seam) get
-  no offsets and belong to no unit; ``mta_matched`` logs the share that matched. Spans come from
-  ``annotate_spans`` (spaCy phrases by default) with an in-memory cache per text.
+  losses do (the prompt carries chat markup; each model may see its own template).
+  Off-policy, the completion text is the batch's ``original_completion_text`` (GOLD's collator
+  emits it) or the decoded label tokens, each side tokenizes it and the tokens are located in
+  the row the model saw. On a *sampled* batch the sampler's ids are not re-encoded: their char
+  offsets come from :func:`mta_ext.offsets.offsets_for_ids` on the ids at the completion
+  positions (the loss is on those ids, which need not be the canonical encoding), the
+  completion text is their decode (what TRL decodes); the other tokenizer (GOLD's teacher)
+  re-encodes that text, located in its row as TRL built it. A sampled completion that stopped
+  on the length limit drops the units reaching into its last, possibly cut, word; tokens that
+  are not valid UTF-8 (a character cut by the limit) get no offsets. ``mta_matched`` (share of
+  completion tokens with offsets) is logged overall and per batch type
+  (``mta_matched/off_policy``, ``/on_policy``, ``/seq_kd``).
+* **Spans.** ``annotate_spans`` (spaCy phrases by default) with an in-memory cache per text;
+  sampled text is new every step, so ``on_policy_phrases`` (default: the same as
+  ``phrases``) can name a cheaper source for sampled batches (``None``: regex words only).
+  With ``span_workers=N`` the spans of a sampled batch are parsed in N worker processes while
+  TRL's forwards run (:class:`mta_ext.phrases.SpanPool`).
 * **Scaling.** ``L_MTA`` is a per-micro-batch mean; it is divided by the accumulation steps
   exactly when the Trainer does not divide TRL's loss (when that loss is normalised by
   ``num_items_in_batch``), so both terms keep their relative weight under accumulation.
@@ -37,10 +54,9 @@ The loss is TRL's own objective (GKD's generalized JSD, GOLD's ULD or JSD) plus
   and write ``mta_projectors.safetensors`` + ``mta_config.json`` next to the student
   (:func:`mta_ext.integrations.load_mta_loss` rebuilds the loss).
 
-Only the off-policy setting (``lmbda=0``, ``seq_kd=False``) is supported: on-policy batches
-are generated inside the trainer and were not tested with MTA. TRL's experimental API moves:
-this module checks the installed ``trl`` against the tested range (``TESTED_TRL``) and refuses
-other versions with a clear message (set ``MTA_EXT_ALLOW_UNTESTED_TRL=1`` to try anyway).
+TRL's experimental API moves: this module checks the installed ``trl`` against the tested
+range (``TESTED_TRL``) and refuses other versions with a clear message (set
+``MTA_EXT_ALLOW_UNTESTED_TRL=1`` to try anyway).
 """
 
 from __future__ import annotations
@@ -58,12 +74,13 @@ from torch import nn
 from ..phrases import SpanSource, annotate_spans
 from .checkpoint import MTA_PREFIX, save_mta_loss, split_state_dict
 
-# MTAGKDTrainer / MTAGOLDTrainer are built on first access (module __getattr__), so importing
-# this module does not import both experimental TRL trainers.
+# The trainer classes are built on first access (module __getattr__), so importing this module
+# does not import TRL's trainers.
 __all__ = [  # noqa: F822
     "TESTED_TRL",
     "MTAGKDTrainer",
     "MTAGOLDTrainer",
+    "MTATRLDistillationTrainer",
     "MTATRLMixin",
     "check_trl_version",
 ]
@@ -142,7 +159,13 @@ class MTATRLMixin:
         mta_loss: an ``mta_ext.MTALoss`` (attached to the student as ``student.mta_loss``).
         mta_weight: weight of ``L_MTA``.
         phrases, words: span source, as for ``mta_ext.Aligner`` / ``annotate_spans``.
-        span_cache_size: texts whose spans are kept in memory (0: no cache).
+        on_policy_phrases: span source for sampled batches ("same": ``phrases``; ``None``:
+            regex words, no spaCy on the critical path).
+        span_workers: worker processes that parse a sampled batch's spans while TRL's
+            forwards run (0: parse inline); started on the first sampled batch, stopped when
+            ``train()`` returns.
+        span_cache_size: texts whose spans are kept in memory (0: no cache; off-policy only:
+            sampled text is new every step).
     """
 
     def __init__(
@@ -152,6 +175,8 @@ class MTATRLMixin:
         mta_weight: float = 1.0,
         phrases: SpanSource = "spacy",
         words: str = "in_phrases",
+        on_policy_phrases: SpanSource | str = "same",
+        span_workers: int = 0,
         span_cache_size: int = 100_000,
         **kwargs: Any,
     ) -> None:
@@ -170,10 +195,11 @@ class MTATRLMixin:
         targs = kwargs.get("args", args[2] if len(args) > 2 else None)  # (model, teacher, args)
         if targs is None:
             raise ValueError(f"{type(self).__name__}: pass the TRL config as args=")
-        if getattr(targs, "lmbda", 0.0) != 0.0 or getattr(targs, "seq_kd", False):
+        if self._mta_backbone_hooks and getattr(mta_loss, "weighting", None) == "entropy":
             raise ValueError(
-                f"{type(self).__name__}: MTA supports the off-policy setting only (set lmbda=0.0 "
-                f"and seq_kd=False; got lmbda={targs.lmbda}, seq_kd={targs.seq_kd})"
+                f"{type(self).__name__}: weighting='entropy' needs the teacher's logits, which "
+                "TRL's DistillationTrainer never materialises (it runs the backbone and a "
+                "chunked head); use weighting='salience' or 'uniform'"
             )
         model.add_module(MTA_PREFIX.rstrip("."), mta_loss)
         super().__init__(*args, **kwargs)
@@ -181,8 +207,37 @@ class MTATRLMixin:
         self.mta_weight = float(mta_weight)
         self.mta_phrases = phrases
         self.mta_words = words
+        self.mta_on_policy_phrases = phrases if on_policy_phrases == "same" else on_policy_phrases
         self._span_cache: OrderedDict[str, Any] = OrderedDict()
         self._span_cache_size = int(span_cache_size)
+        self._span_workers = int(span_workers)
+        self._span_pool: Any = None  # started on the first sampled batch, stopped after train()
+        self._mta_sampled_by: str | None = None  # GKD: who generated the current batch
+
+    # ------------------------------------------------------------------ batch types
+
+    _mta_backbone_hooks = False  # the DistillationTrainer calls only the HF backbone
+
+    def generate_on_policy_outputs(self, model: Any, inputs: Any, generation_config: Any) -> Any:
+        """TRL's own generation (GKD, GOLD), recording who sampled the batch."""
+        teacher = _inner(self.teacher_model) if hasattr(self, "teacher_model") else None
+        self._mta_sampled_by = "seq_kd" if _inner(model) is teacher else "on_policy"
+        return super().generate_on_policy_outputs(model, inputs, generation_config)
+
+    def training_step(self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        self._mta_sampled_by = None
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _mta_batch_kind(self, model: nn.Module) -> str:
+        """ "off_policy", "on_policy" (the student sampled the completions) or "seq_kd" (the
+        teacher did) for the batch in ``compute_loss``."""
+        if not model.training:
+            return "off_policy"  # TRL evaluates on the dataset's completions
+        flags = getattr(self, "_buffered_on_policy", None)
+        if flags is not None and hasattr(self, "_step"):  # GOLD: one flag per buffered slice
+            i = (self._step - 1) % max(1, int(self.args.gradient_accumulation_steps))
+            return "on_policy" if i < len(flags) and flags[i] else "off_policy"
+        return self._mta_sampled_by or "off_policy"
 
     # ------------------------------------------------------------------ tokenizers
 
@@ -252,6 +307,7 @@ class MTATRLMixin:
         t_ids: torch.Tensor,
         t_mask: torch.Tensor,
     ) -> tuple[Any, float]:
+        """Off-policy batches: the completion text re-encoded by each side, located in its row."""
         from ..alignment import align_encoded
 
         labels = inputs.get("labels")
@@ -288,6 +344,114 @@ class MTATRLMixin:
         matched = (s_hit + t_hit) / max(s_tot + t_tot, 1)
         return alignment, matched
 
+    # ------------------------------------------------------------------ sampled batches
+
+    def _sampled_rows(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's rows ``[B, T]`` and the completion positions (bool) in them."""
+        if "input_ids" in inputs and "labels" in inputs:  # GKD, GOLD
+            ids = inputs["input_ids"]
+            comp = inputs["labels"] != -100
+            if "attention_mask" in inputs:
+                comp = comp & inputs["attention_mask"].bool()
+            return ids, comp
+        # DistillationTrainer: [prompt (left-padded) | completion (right-padded)]
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        comp = torch.cat(
+            [torch.zeros_like(inputs["prompt_mask"]), inputs["completion_mask"]], dim=1
+        ).bool()
+        return ids, comp
+
+    def _prepare_sampled(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Before TRL's forwards: the sampled ids' offsets (no re-encoding) and the spans
+        (submitted to the worker pool, if any, so they parse while the forwards run)."""
+        from ..onpolicy import completion_offsets
+
+        ids, comp = self._sampled_rows(inputs)
+        # GKD's seq_kd samples with the teacher, which shares the student's tokenizer there
+        texts, offs, truncated, n_tok, n_broken = completion_offsets(
+            self._student_tokenizer(), ids, comp
+        )
+        prep = {
+            "ids": ids.detach().cpu(),
+            "texts": texts,
+            "offsets": offs,
+            "truncated": truncated,
+            "n_tok": n_tok,
+            "n_broken": n_broken,
+            "future": None,
+        }
+        if self._span_workers and self.mta_on_policy_phrases is not None:
+            if self._span_pool is None:
+                from ..phrases import SpanPool
+
+                self._span_pool = SpanPool(
+                    self._span_workers, phrases=self.mta_on_policy_phrases, words=self.mta_words
+                )
+            prep["future"] = self._span_pool.submit(texts)
+        return prep
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # stop the span workers (a later train() starts new ones)
+            if self._span_pool is not None:
+                self._span_pool.close()
+                self._span_pool = None
+
+    def _sampled_alignment(
+        self,
+        inputs: dict[str, Any],
+        prep: dict[str, Any],
+        s_ids: torch.Tensor,
+        s_mask: torch.Tensor,
+        t_ids: torch.Tensor,
+        t_mask: torch.Tensor,
+    ) -> tuple[Any, float]:
+        """Sampled batches: the sampled ids' own offsets on the student side; the teacher
+        shares them (one tokenizer, same rows) or re-encodes the completion text (GOLD)."""
+        from ..alignment import align_encoded
+        from ..onpolicy import cut_windows
+
+        if s_ids.shape != prep["ids"].shape or not torch.equal(s_ids.detach().cpu(), prep["ids"]):
+            raise RuntimeError(
+                "MTA with TRL: the student forward did not see the sampled rows of this batch; "
+                "this TRL version's compute_loss is not supported"
+            )
+        texts = prep["texts"]
+        s_offs = prep["offsets"]
+        s_hit, s_tot = prep["n_tok"] - prep["n_broken"], prep["n_tok"]
+        s_tok, t_tok = self._student_tokenizer(), self._teacher_tokenizer()
+        same = t_ids.shape == s_ids.shape and bool(torch.equal(t_ids, s_ids))
+        if same:
+            t_offs, t_hit, t_tot = s_offs, s_hit, s_tot
+        else:
+            t_offs, t_hit, t_tot = self._side_offsets(
+                t_tok, texts, t_ids, t_mask, [None] * len(texts)
+            )
+            # The teacher saw TRL's decode of the completion; a row where that differs from the
+            # decode of the sampled ids gets no teacher offsets (no unit kept, counted below).
+            trl_texts = inputs.get("original_completion_text")
+            if trl_texts is not None:
+                for b, (ours, theirs) in enumerate(zip(texts, trl_texts, strict=True)):
+                    if ours != theirs:
+                        t_hit -= int((t_offs[b, :, 1] > t_offs[b, :, 0]).sum())
+                        t_offs[b] = 0
+        if prep["future"] is not None:
+            spans = prep["future"].result()
+        else:
+            spans = annotate_spans(texts, phrases=self.mta_on_policy_phrases, words=self.mta_words)
+        win = cut_windows(texts, prep["truncated"])
+        alignment = align_encoded(
+            texts,
+            {"input_ids": t_ids.cpu(), "offset_mapping": t_offs, "attention_mask": t_mask.cpu()},
+            {"input_ids": s_ids.cpu(), "offset_mapping": s_offs, "attention_mask": s_mask.cpu()},
+            spans,
+            shared_tokenizer=same and s_tok is t_tok,
+            windows=(win, win),
+        )
+        matched = (s_hit + t_hit) / max(s_tot + t_tot, 1)
+        return alignment, matched
+
     # ------------------------------------------------------------------ loss
 
     def compute_loss(
@@ -300,6 +464,8 @@ class MTATRLMixin:
         if self.mta_weight == 0.0:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         captured: dict[str, Any] = {}
+        kind = self._mta_batch_kind(model)
+        prep = self._prepare_sampled(inputs) if kind != "off_policy" else None
 
         def pre_hook(name: str):
             def hook(mod: nn.Module, args: tuple, kwargs: dict):
@@ -322,6 +488,8 @@ class MTATRLMixin:
             return hook
 
         student, teacher = _inner(model), _inner(self.teacher_model)
+        if self._mta_backbone_hooks:  # TRL calls the backbone (no LM head) of both models
+            student, teacher = student.base_model, teacher.base_model
         handles = []
         for name, mod in (("student", student), ("teacher", teacher)):
             handles.append(mod.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
@@ -343,7 +511,10 @@ class MTATRLMixin:
         t_ids, t_mask = captured["teacher_in"]
         s_mask = torch.ones_like(s_ids) if s_mask is None else s_mask
         t_mask = torch.ones_like(t_ids) if t_mask is None else t_mask
-        alignment, matched = self._mta_alignment(inputs, s_ids, s_mask, t_ids, t_mask)
+        if prep is None:
+            alignment, matched = self._mta_alignment(inputs, s_ids, s_mask, t_ids, t_mask)
+        else:
+            alignment, matched = self._sampled_alignment(inputs, prep, s_ids, s_mask, t_ids, t_mask)
         device = loss.device
         mta, per_pair = self.mta_loss(
             captured["student"], captured["teacher"], alignment.to(device), return_components=True
@@ -361,11 +532,12 @@ class MTATRLMixin:
             m = self._metrics["train"]
             m["trl_loss"].append(float(loss.detach()))
             m["mta"].append(float(mta.detach()))
-            for kind in ("dsa", "hid"):
-                vals = [float(v) for k, v in per_pair.items() if k.startswith(kind + "/")]
+            for part in ("dsa", "hid"):
+                vals = [float(v) for k, v in per_pair.items() if k.startswith(part + "/")]
                 if vals:
-                    m[kind].append(sum(vals) / len(vals))
+                    m[part].append(sum(vals) / len(vals))
             m["mta_matched"].append(matched)
+            m[f"mta_matched/{kind}"].append(matched)
         return (total, outputs) if return_outputs else total
 
     # ------------------------------------------------------------------ saving
@@ -380,17 +552,43 @@ class MTATRLMixin:
             save_mta_loss(self.mta_loss, output_dir, state_dict=mta_sd or None)
 
 
+class _DistillationMixin(MTATRLMixin):
+    """TRL's ``DistillationTrainer`` runs the HF backbone of both models (no LM head) and is
+    always on-policy (train and eval generate)."""
+
+    _mta_backbone_hooks = True
+
+    def _mta_batch_kind(self, model: nn.Module) -> str:
+        return "on_policy"
+
+
+_BASES = {
+    "MTAGKDTrainer": (
+        "trl.experimental.gkd",
+        "GKDTrainer",
+        "TRL's ``GKDTrainer`` (one tokenizer) + ``mta_weight · L_MTA``.",
+    ),
+    "MTAGOLDTrainer": (
+        "trl.experimental.gold",
+        "GOLDTrainer",
+        "TRL's ``GOLDTrainer`` (cross-tokenizer) + ``mta_weight · L_MTA``.",
+    ),
+    "MTATRLDistillationTrainer": (
+        "trl",
+        "DistillationTrainer",
+        "TRL's stable ``DistillationTrainer`` (one tokenizer, on-policy) + ``mta_weight · L_MTA``.",
+    ),
+}
+
+
 def _make(name: str) -> type:
+    import importlib
+
     check_trl_version()
-    if name == "MTAGKDTrainer":
-        from trl.experimental.gkd import GKDTrainer
-
-        base, doc = GKDTrainer, "TRL's ``GKDTrainer`` (one tokenizer) + ``mta_weight · L_MTA``."
-    else:
-        from trl.experimental.gold import GOLDTrainer
-
-        base, doc = GOLDTrainer, "TRL's ``GOLDTrainer`` (cross-tokenizer) + ``mta_weight · L_MTA``."
-    cls = type(name, (MTATRLMixin, base), {"__doc__": doc + "\n\n" + (MTATRLMixin.__doc__ or "")})
+    module, base_name, doc = _BASES[name]
+    base = getattr(importlib.import_module(module), base_name)
+    mixin = _DistillationMixin if name == "MTATRLDistillationTrainer" else MTATRLMixin
+    cls = type(name, (mixin, base), {"__doc__": doc + "\n\n" + (MTATRLMixin.__doc__ or "")})
     cls.__module__ = __name__
     return cls
 
@@ -399,7 +597,7 @@ _CLASSES: dict[str, type] = {}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("MTAGKDTrainer", "MTAGOLDTrainer"):
+    if name in _BASES:
         if name not in _CLASSES:
             _CLASSES[name] = _make(name)
         return _CLASSES[name]
