@@ -9,23 +9,25 @@ reads attributes, so the losses do not import the aligner.
 
 Host metadata (the trust boundary, docs/DESIGN.md "Validation"): a layout built on the CPU is
 validated once there and keeps a :class:`LayoutHostInfo` (``layout.host``) of plain ints: the
-relational tile plan's sizes, each side's CSR size, the largest unit count per example, each
-side's largest range end. It stays on the host after ``.to(device)``, as varlen attention keeps a
-host ``max_seqlen`` next to the device ``cu_seqlens``, so the CUDA kernels size their buffers and
-launches without reading device memory. A layout without it (a plain dict, or one built from
-device tensors) still works: the ops then compute what they need from the device tensors, one
-documented host sync each.
+relational tile plan's sizes, each side's CSR size, each side's largest range end. It stays on
+the host after ``.to(device)``, as varlen attention keeps a host ``max_seqlen`` next to the
+device ``cu_seqlens``, so the CUDA kernels size their buffers and launches without reading
+device memory. A layout without it (a plain dict, or one built from device tensors) still
+works: the ops then compute what they need from the device tensors, one documented host sync
+each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import numpy as np
 import torch
 
 __all__ = [
+    "AlignmentContract",
+    "AlignmentLike",
     "LayoutHostInfo",
     "LayoutTensors",
     "get_host_info",
@@ -37,7 +39,30 @@ __all__ = [
     "shares_tokenizer",
 ]
 
-PLAN_TILE = 64  # the CUDA relational_loss tile (csrc/ops/relational_loss_plan.h)
+
+class AlignmentContract(Protocol):
+    """What the losses read from an alignment (``mta_ext.Alignment`` satisfies it).
+
+    units: per granularity (``"word"``, ``"phrase"``) a layout with ``cu_units`` int64 ``[B+1]``,
+        ``teacher_ranges`` / ``student_ranges`` int64 ``[N, 2]`` (attributes or mapping keys) and
+        optionally ``host`` (:class:`LayoutHostInfo`).
+    teacher, student: each side's encoding, a mapping with ``attention_mask`` ``[B, T]``.
+    Optional: ``shared_tokenizer`` (bool; read with ``getattr``, default False).
+    """
+
+    @property
+    def units(self) -> Mapping[str, Any]: ...
+
+    @property
+    def teacher(self) -> Mapping[str, torch.Tensor]: ...
+
+    @property
+    def student(self) -> Mapping[str, torch.Tensor]: ...
+
+
+# An alignment as the losses accept it: an object of the contract, or a plain
+# ``{granularity: layout}`` mapping (no masks, no shared-tokenizer fact).
+AlignmentLike: TypeAlias = AlignmentContract | Mapping[str, Any]
 
 
 class LayoutTensors(NamedTuple):
@@ -55,7 +80,6 @@ class LayoutHostInfo(NamedTuple):
         relational_loss tile plan (:func:`relational_plan_sizes`), its ``plan_sizes`` argument.
     teacher_incidences, student_incidences: ``sum_k (e_k - s_k)`` of each side's ranges, the
         ``num_incidences`` argument of ``segment_pool``.
-    max_units: the largest number of units of one example (like ``max_seqlen``).
     teacher_max_end, student_max_end: the largest range end per side (0 without units): the
         ranges fit a ``[B*T]`` axis when ``max_end <= B*T``, checked on the host for free.
     teacher_covered_rows: how many distinct rows of the teacher's flattened axis lie inside at
@@ -66,7 +90,6 @@ class LayoutHostInfo(NamedTuple):
     plan_sizes: tuple[int, int, int, int]
     teacher_incidences: int
     student_incidences: int
-    max_units: int
     teacher_max_end: int
     student_max_end: int
     teacher_covered_rows: int = -1
@@ -75,32 +98,26 @@ class LayoutHostInfo(NamedTuple):
 def relational_plan_sizes(cu_units: Any, num_units: int | None = None) -> tuple[int, int, int, int]:
     """The CUDA relational_loss plan sizes of a host ``cu_units`` ``[B+1]``.
 
-    Mirrors ``plan::plan_sizes`` (csrc/ops/relational_loss_plan.cpp): per example of ``n``
-    units (clamped into ``[0, num_units]``), ``ceil(n/64)`` row tiles, and for ``n >= 2``
-    ``Tb (Tb + 1) / 2`` Gram tiles, ``n^2`` E elements and ``n Tb`` radial partials.
+    Computed by the extension's own plan (``torch.ops.mta_ext._relational_loss_plan``: the
+    host copy of the code the device runs, csrc/ops/relational_loss_plan.h): per example of
+    ``n`` units (clamped into ``[0, num_units]``), one row tile per started tile of units, and
+    for ``n >= 2`` the upper triangle of Gram tiles, ``n^2`` E elements and ``n`` radial
+    partials per row tile.
 
     Returns:
         ``(num_tiles, num_row_tiles, gram_size, radial_size)`` as Python ints.
     """
-    cu = np.asarray(
+    cu = torch.as_tensor(
         # host sync: CPU only (a layout's own CPU tensors, when it is built)
-        cu_units.detach().cpu() if isinstance(cu_units, torch.Tensor) else cu_units,
-        dtype=np.int64,
+        cu_units.detach().cpu() if isinstance(cu_units, torch.Tensor) else np.asarray(cu_units),
+        dtype=torch.int64,
     ).reshape(-1)
-    if cu.size < 1:
+    if cu.numel() < 1:
         raise ValueError("cu_units must have B + 1 >= 1 entries")
     n_all = int(cu[-1]) if num_units is None else int(num_units)
-    lo = np.clip(cu[:-1], 0, max(n_all, 0))
-    hi = np.clip(cu[1:], lo, max(n_all, 0))
-    n = hi - lo
-    tb = (n + PLAN_TILE - 1) // PLAN_TILE
-    pair = n >= 2
-    return (
-        int((tb * (tb + 1) // 2)[pair].sum()),
-        int(tb[n > 0].sum()),
-        int((n * n)[pair].sum()),
-        int((n * tb)[pair].sum()),
-    )
+    _tiles, _rows, sizes = torch.ops.mta_ext._relational_loss_plan(cu, n_all)
+    a, b, c, d = (int(x) for x in sizes.tolist())  # host sync: CPU only (a CPU tensor)
+    return a, b, c, d
 
 
 def layout_host_info(
@@ -146,19 +163,17 @@ def layout_host_info(
             np.add.at(diff, a[:, 0], 1)
             np.add.at(diff, a[:, 1], -1)
             covered = int((np.cumsum(diff)[:-1] > 0).sum())
-    counts = cu[1:] - cu[:-1]
     return LayoutHostInfo(
         plan_sizes=relational_plan_sizes(cu, int(cu[-1])),
         teacher_incidences=incid[0],
         student_incidences=incid[1],
-        max_units=int(counts.max()) if counts.size else 0,
         teacher_max_end=ends[0],
         student_max_end=ends[1],
         teacher_covered_rows=covered,
     )
 
 
-def get_host_info(alignment: Any, granularity: str) -> LayoutHostInfo | None:
+def get_host_info(alignment: AlignmentLike, granularity: str) -> LayoutHostInfo | None:
     """The :class:`LayoutHostInfo` a layout carries (``layout.host`` or ``layout["host"]``), or
     ``None`` (the ops then compute what they need: one host sync each on CUDA)."""
     lay = get_layouts(alignment).get(granularity)
@@ -172,7 +187,7 @@ def _field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def get_layouts(alignment: Any) -> Mapping[str, Any]:
+def get_layouts(alignment: AlignmentLike) -> Mapping[str, Any]:
     """The per-granularity layouts of an ``Alignment`` or of a plain ``{gran: layout}`` dict."""
     units = _field(alignment, "units")
     if units is not None:
@@ -185,7 +200,7 @@ def get_layouts(alignment: Any) -> Mapping[str, Any]:
     )
 
 
-def get_layout(alignment: Any, granularity: str) -> LayoutTensors:
+def get_layout(alignment: AlignmentLike, granularity: str) -> LayoutTensors:
     """The ``LayoutTensors`` of one granularity, with a clear error when it is missing."""
     layouts = get_layouts(alignment)
     if granularity not in layouts:
@@ -202,7 +217,7 @@ def get_layout(alignment: Any, granularity: str) -> LayoutTensors:
     return LayoutTensors(*vals)
 
 
-def _side_mask(alignment: Any, side: str) -> torch.Tensor | None:
+def _side_mask(alignment: AlignmentLike, side: str) -> torch.Tensor | None:
     enc = _field(alignment, side)
     if enc is None:
         return None
@@ -213,7 +228,7 @@ def _side_mask(alignment: Any, side: str) -> torch.Tensor | None:
 
 
 def get_masks(
-    alignment: Any,
+    alignment: AlignmentLike,
     teacher_attention_mask: torch.Tensor | None,
     student_attention_mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -230,7 +245,7 @@ def get_masks(
     return t, s
 
 
-def shares_tokenizer(alignment: Any) -> bool:
+def shares_tokenizer(alignment: AlignmentLike) -> bool:
     """Whether the alignment records that teacher and student share one tokenizer.
 
     True only when ``alignment.shared_tokenizer is True`` (an ``Alignment`` built by an

@@ -1,23 +1,18 @@
 """Why the aligner drops a candidate unit: the status codes of ``mta_ext._align.align``.
 
-One table shared by the production aligner (``Alignment.explain``) and its pure-Python twin
-(``mta_ext.reference.alignment``); the C++ engine's ``enum Status`` in ``csrc/align/align.h``
-uses the same numbers. Checks run in this order; the first failing one names the reason
-(docs/DESIGN.md §3).
+The C++ engine owns the codes and their names (``enum Status`` and ``status_reason`` in
+``csrc/align/align.h``); this module reads them from the extension, for the production aligner
+(``Alignment.explain``), the CLI and the aligner's pure-Python twin
+(``mta_ext.reference.alignment``). Checks run in code order; the first failing one names the
+reason (docs/DESIGN.md §3).
 """
 
 from __future__ import annotations
 
+from . import _align
+
 __all__ = ["KEPT", "REASONS"]
 
-KEPT = 0
-REASONS: dict[int, str] = {
-    1: "truncated (teacher)",
-    2: "truncated (student)",
-    3: "straddles a teacher token",
-    4: "straddles a student token",
-    5: "no teacher token",
-    6: "no student token",
-    7: "special token inside (teacher)",
-    8: "special token inside (student)",
-}
+KEPT: int = int(_align.KEPT)
+# {code: reason} for every drop code (>= 1).
+REASONS: dict[int, str] = {int(k): str(v) for k, v in _align.REASONS.items()}

@@ -77,10 +77,10 @@ class UnitLayout:
 
     def to(self, device: torch.device | str) -> UnitLayout:
         return UnitLayout(
-            *(
-                t.to(device)
-                for t in (self.cu_units, self.spans, self.teacher_ranges, self.student_ranges)
-            ),
+            self.cu_units.to(device),
+            self.spans.to(device),
+            self.teacher_ranges.to(device),
+            self.student_ranges.to(device),
             host=self.host,
         )
 
@@ -432,10 +432,10 @@ def _merge(
     units, cands = {}, {}
     for (g, cu, sp), r in zip(packed, res, strict=True):
         units[g] = UnitLayout(
-            *(
-                torch.from_numpy(r[k])
-                for k in ("cu_units", "spans", "teacher_ranges", "student_ranges")
-            )
+            torch.from_numpy(r["cu_units"]),
+            torch.from_numpy(r["spans"]),
+            torch.from_numpy(r["teacher_ranges"]),
+            torch.from_numpy(r["student_ranges"]),
         )
         cands[g] = {
             "cu": cu,

@@ -890,9 +890,9 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
     _require_packages("explain", args, ())
     import mta_ext
 
+    from ._reasons import REASONS
     from .data import load_texts
     from .models import load_tokenizer
-    from .reference.alignment import REASONS
 
     if args.data is not None:
         texts = load_texts(args.data)[: args.max_examples]

@@ -21,6 +21,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ._layout import (
+    AlignmentLike,
     LayoutHostInfo,
     LayoutTensors,
     get_host_info,
@@ -47,7 +48,7 @@ WEIGHTINGS = ("salience", "uniform", "entropy")
 HID_LEVELS = ("auto", "unit", "token")
 
 
-def resolve_hid(hid: str, alignment: Any) -> str:
+def resolve_hid(hid: str, alignment: AlignmentLike) -> str:
     """The Hid level ``hid`` means for ``alignment``: ``"auto"`` is ``"token"`` when the
     alignment records that both sides share one tokenizer (``alignment.shared_tokenizer``),
     else ``"unit"``; ``"unit"`` / ``"token"`` are returned unchanged, except that ``"token"``
@@ -415,7 +416,7 @@ def _check_host_info(hosts: Mapping[str, LayoutHostInfo | None], s_hs, t_hs, pai
 def structural_loss(
     student_hidden_states: Sequence[torch.Tensor],
     teacher_hidden_states: Sequence[torch.Tensor],
-    alignment: Any,
+    alignment: AlignmentLike,
     schedule: LayerSchedule | Sequence[tuple[int, int, str]],
     *,
     projectors: Sequence[nn.Module] | None = None,
@@ -722,7 +723,7 @@ class MTALoss(nn.Module):
         self,
         student_out: Any,
         teacher_out: Any,
-        alignment: Any,
+        alignment: AlignmentLike,
         *,
         teacher_attention_mask: torch.Tensor | None = None,
         student_attention_mask: torch.Tensor | None = None,

@@ -365,7 +365,7 @@ def tiny_tokenizer(kind: str = "bpe", *, texts: list[str] | None = None, vocab_s
     if kind == "bpe":
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        tok = Tokenizer(models.BPE())
+        tok: Any = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(

@@ -1,20 +1,97 @@
-"""Helpers shared by the op tests (test_segment_pool.py, test_token_salience.py,
-test_relational_loss.py): input generators for fresh random cases, output checks, the
-reference gradient bound, and the debug-mode switch. The tolerances live in ONE table,
-``conftest.TOLERANCES``; the devices in ``conftest.DEVICES``.
+"""Helpers shared by the tests (imported normally: pytest puts python_tests/ on sys.path).
+
+The devices every op test runs on (:data:`DEVICES`), the ONE tolerance table
+(:data:`TOLERANCES`), input builders for fresh random cases, output checks, the reference
+gradient bound and the debug-mode switch. ``conftest.py`` keeps the fixtures only; the per-op
+sample inputs live in ``op_registry.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
 import torch
-from conftest import TOLERANCES
 
 import mta_ext
-from mta_ext import reference
+from mta_ext import _simt, reference
+
+# The ONE tolerance table of the op tests, per kind of comparison and dtype:
+# * "vs_fp64": an op's output for low-precision inputs vs the float64 reference on the same
+#   (rounded) inputs, fixed seeds. Outputs of bf16 have 8 mantissa bits (rel. step 2**-8 ~
+#   3.9e-3); accumulation is fp32, so the error is dominated by the input/output rounding.
+# * "kernel": a kernel (any device) vs the float64 reference on fresh random inputs (ragged,
+#   empty, overlapping, misaligned), forward and backward; summation orders differ per device.
+TOLERANCES = {
+    "vs_fp64": {
+        torch.float16: dict(atol=2e-3, rtol=2e-3),
+        torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+        torch.float32: dict(atol=1e-5, rtol=1e-5),
+        torch.float64: dict(atol=1e-12, rtol=1e-12),
+    },
+    "kernel": {
+        torch.float64: dict(rtol=1e-10, atol=1e-12),
+        torch.float32: dict(rtol=2e-5, atol=2e-6),
+        torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+        torch.float16: dict(rtol=2e-3, atol=1e-3),
+    },
+}
+LOW_PRECISION_TOL = TOLERANCES["vs_fp64"]
+
+CUDA = torch.cuda.is_available()
+# The SIMT backend (a test build's CUDA kernels executed on the CPU): the device "simt", whose
+# tensors live on the CPU while the test runs inside mta_ext._simt.enabled() (see _simt_device).
+SIMT = _simt.available()
+# Every op test runs on each available device: CPU always, the CUDA kernels on the SIMT backend
+# when built, CUDA when present. GPU_DEVICES: where the CUDA kernels run.
+DEVICES = ["cpu"] + (["simt"] if SIMT else []) + (["cuda"] if CUDA else [])
+GPU_DEVICES = [d for d in DEVICES if d != "cpu"]
+
+
+def tdev(device: str) -> str:
+    """The torch device of a test device: "simt" tensors are CPU tensors."""
+    return "cpu" if device == "simt" else device
+
+
+def simt_seed(nodeid: str) -> int:
+    """The SIMT device's shuffle seed for a test: fixed per test id (MTA_SIMT_SEED overrides)."""
+    env = os.environ.get("MTA_SIMT_SEED")
+    if env is not None:
+        return int(env)
+    h = 0
+    for ch in nodeid.encode():
+        h = (h * 131 + ch) % (2**31 - 1)
+    return h
+
+
+@contextlib.contextmanager
+def cpu_kernels() -> Iterator[None]:
+    """Inside a "simt" test: run the ops' CPU kernels in the block (a CPU-kernel baseline to
+    compare the CUDA kernels with). Elsewhere: nothing changes."""
+    with _simt.suspended():
+        yield
+
+
+def random_ranges(
+    num_rows: int,
+    num_units: int,
+    *,
+    generator: torch.Generator,
+    max_len: int = 6,
+    allow_empty: bool = True,
+) -> torch.Tensor:
+    """``[num_units, 2]`` int64 ranges inside ``[0, num_rows]``: overlapping, some empty."""
+    if num_units == 0:
+        return torch.zeros(0, 2, dtype=torch.long)
+    starts = torch.randint(0, num_rows + 1, (num_units,), generator=generator)
+    lens = torch.randint(0 if allow_empty else 1, max_len + 1, (num_units,), generator=generator)
+    ends = torch.minimum(starts + lens, torch.tensor(num_rows))
+    if not allow_empty:
+        starts = torch.minimum(starts, ends - 1).clamp_min(0)
+    return torch.stack([starts, ends], 1)
+
 
 ops = torch.ops.mta_ext
 FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -613,7 +613,28 @@ def test_api_errors():
         aligner([b"bytes"])
 
 
+def test_engine_and_twin_reject_spans_that_are_not_pairs():
+    # [M, 3] spans: the engine rejects them; the twin used to reshape them into pairs.
+    off = np.array([[[0, 2], [3, 5]]], dtype=np.int64)
+    mask = np.ones((1, 2), dtype=np.int64)
+    units = [("word", np.array([0, 3]), np.array([[0, 2, 3], [3, 5, 5]]))]
+    for fn in (_align.align, align_reference):
+        with pytest.raises(ValueError, match=r"spans must have shape \[M, 2\]"):
+            fn(["ab cd"], off, mask, off, mask, units)
+
+
 def test_reasons_cover_all_codes():
-    assert sorted(REASONS) == list(range(1, 9))
+    # The engine's own table (csrc/align/align.h, through the extension), as users read it.
+    assert REASONS == {int(k): v for k, v in _align.REASONS.items()} and _align.KEPT == 0
+    assert REASONS == {
+        1: "truncated (teacher)",
+        2: "truncated (student)",
+        3: "straddles a teacher token",
+        4: "straddles a student token",
+        5: "no teacher token",
+        6: "no student token",
+        7: "special token inside (teacher)",
+        8: "special token inside (student)",
+    }
     assert reference_of  # shared helper imported for check_alignment users
     assert cl100k() is cl100k()  # tokenizers are cached per session

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
+from op_registry import OPS
 
 import mta_ext
 
@@ -26,18 +32,12 @@ def test_openmp_really_parallelises():
 
 
 def test_ops_are_registered_with_the_dispatcher():
-    assert hasattr(torch.ops.mta_ext, "segment_pool")
-    assert hasattr(torch.ops.mta_ext, "segment_pool_backward")
+    for name in ALL_OPS:
+        assert hasattr(torch.ops.mta_ext, name), name
 
 
-ALL_OPS = [
-    "segment_pool",
-    "segment_pool_backward",
-    "token_salience",
-    "relational_loss",
-    "relational_loss_and_grad",
-    "relational_loss_backward",
-]
+# Every public schema of every op of the registry.
+ALL_OPS = [schema for op in OPS for schema in op.schemas]
 
 
 def test_cuda_build_registers_every_op():
@@ -49,6 +49,8 @@ def test_cuda_build_registers_every_op():
         if n.startswith("mta_ext::") and not n.startswith("mta_ext::_")
     }
     assert set(ALL_OPS) <= registered, sorted(set(ALL_OPS) - registered)
+    # ... and the registry knows every registered public op (a new op is added there).
+    assert registered <= set(ALL_OPS), sorted(registered - set(ALL_OPS))
     for name in sorted(registered):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mta_ext::{name}", "CPU"), name
     if not mta_ext.build_info()["cuda"]:
@@ -59,3 +61,20 @@ def test_cuda_build_registers_every_op():
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"mta_ext::{n}", "CUDA")
     ]
     assert not missing, f"ops without a CUDA kernel: {missing}"
+
+
+def test_import_does_not_load_the_oracle(tmp_path):
+    """``import mta_ext`` leaves the pure-PyTorch oracle (``mta_ext.reference``) unimported; the
+    attribute imports it on first use."""
+    code = (
+        "import sys, mta_ext; assert 'mta_ext.reference' not in sys.modules, 'eager'; "
+        "mta_ext.reference.segment_pool; assert 'mta_ext.reference' in sys.modules"
+    )
+    pkg_parent = str(Path(mta_ext.__file__).resolve().parents[1])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")])
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr

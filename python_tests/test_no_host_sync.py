@@ -355,7 +355,7 @@ def test_tile_plan_matches_an_independent_reference(seed):
     rt, rr, rs = _plan_reference(cu.tolist(), N)
     assert sizes.tolist() == rs
     assert tiles.tolist() == rt and rows.tolist() == rr
-    assert list(relational_plan_sizes(cu)) == rs  # the Python mirror UnitLayout uses
+    assert list(relational_plan_sizes(cu)) == rs  # the host sizes a UnitLayout keeps
 
 
 def test_tile_plan_clamps_an_unvalidated_layout():

@@ -2,7 +2,7 @@
 collectives, wmma, the checks for what a GPU leaves undefined), the thread order of the shuffled
 mode, and what it proves about the real kernels (every kernel gives the same bits in every thread
 order; the device-built tile plan equals the host plan; the launches per op). The op tests run on
-the "simt" device of conftest.DEVICES; the memory checks are in test_simt_memory.py."""
+the "simt" device of op_helpers.DEVICES; the memory checks are in test_simt_memory.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import collections
 
 import pytest
 import torch
-from conftest import SIMT
+from op_helpers import SIMT
 
 import mta_ext
 from mta_ext import _simt

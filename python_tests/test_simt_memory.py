@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SIMT
+from op_helpers import SIMT
 
 from mta_ext import _simt
 from mta_ext._layout import relational_plan_sizes

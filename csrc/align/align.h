@@ -14,7 +14,8 @@
 namespace mta_align {
 
 // Why a candidate unit was dropped (0 = kept). Checks run in this order; the first failing
-// check names the reason. Mirrored by mta_ext/_reasons.py (shared by the aligner and its twin).
+// check names the reason. The names (status_reason) reach Python as mta_ext._align.REASONS,
+// read by mta_ext/_reasons.py (shared by the aligner's explain() and its twin).
 enum Status : int8_t {
   kKept = 0,
   kTeacherTruncated = 1,  // unit reaches outside the chars the teacher's tokens cover, or
@@ -27,6 +28,23 @@ enum Status : int8_t {
   kTeacherSpecial = 7,    // the teacher token range holds a special (empty-offset) token
   kStudentSpecial = 8,
 };
+inline constexpr int kNumStatus = 9;  // codes 0 .. kNumStatus - 1
+
+// The reason a status code names, for people (explain(), the CLI); "kept" for kKept.
+inline const char* status_reason(Status s) {
+  switch (s) {
+    case kKept: return "kept";
+    case kTeacherTruncated: return "truncated (teacher)";
+    case kStudentTruncated: return "truncated (student)";
+    case kTeacherStraddle: return "straddles a teacher token";
+    case kStudentStraddle: return "straddles a student token";
+    case kTeacherNoToken: return "no teacher token";
+    case kStudentNoToken: return "no student token";
+    case kTeacherSpecial: return "special token inside (teacher)";
+    case kStudentSpecial: return "special token inside (student)";
+  }
+  return "unknown";
+}
 
 // One side of a padded batch. Arrays are C-contiguous.
 struct SideView {

@@ -227,6 +227,13 @@ Raises ValueError naming the argument and the example index on bad input.)doc");
   m.def("is_space", [](uint32_t cp) { return mta_align::is_space(cp); }, py::arg("codepoint"),
         "Python's str.isspace() for one code point, as the engine sees it.");
   m.def("has_openmp", &mta_align::has_openmp);
+  // The drop reasons of the status codes align() returns: {code: reason} for codes >= 1.
+  py::dict reasons;
+  for (int code = 1; code < mta_align::kNumStatus; ++code) {
+    reasons[py::int_(code)] = mta_align::status_reason(static_cast<mta_align::Status>(code));
+  }
+  m.attr("REASONS") = reasons;
+  m.attr("KEPT") = static_cast<int>(mta_align::kKept);
   py::class_<PieceTable>(m, "PieceTable",
                          "Per-id decoded bytes of one tokenizer (built by mta_ext.offsets).")
       .def(py::init<const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&,

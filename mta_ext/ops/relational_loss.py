@@ -7,69 +7,29 @@ from collections.abc import Sequence
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
+from .segment_pool import _check_devices
 
 __all__ = ["relational_loss"]
 
 _ops = torch.ops.mta_ext
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _OP = "relational_loss"
 
 
-def _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes=None) -> None:
-    # Metadata checks (they also run on fake tensors under torch.compile). The kernels repeat
-    # them and check the values where value checks run (CPU tensors, or the debug mode):
-    # cu_units[0] == 0, non-decreasing, cu_units[-1] == N, finite non-negative weights, and
-    # plan_sizes against cu_units.
-    if plan_sizes is not None and (len(plan_sizes) != 4 or any(int(x) < 0 for x in plan_sizes)):
-        raise ValueError(
-            f"{_OP}: plan_sizes must be 4 ints >= 0 [num_tiles, num_row_tiles, gram_size, "
-            f"radial_size], got {list(plan_sizes)}"
-        )
-    for name, t in (
-        ("u_student", u_student),
-        ("u_teacher", u_teacher),
-        ("unit_weights", unit_weights),
-    ):
-        if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS:
-            raise TypeError(
-                f"{_OP}: {name} must be a float32/float64/float16/bfloat16 tensor, got "
-                f"{getattr(t, 'dtype', type(t))}"
-            )
-    if not isinstance(cu_units, torch.Tensor) or cu_units.dtype not in (torch.int64, torch.int32):
-        raise TypeError(
-            f"{_OP}: cu_units must be an int64 or int32 tensor, got "
-            f"{getattr(cu_units, 'dtype', type(cu_units))}"
-        )
-    for name, t, rank, shape in (
-        ("u_student", u_student, 2, "[N, Ds]"),
-        ("u_teacher", u_teacher, 2, "[N, Dt]"),
-        ("unit_weights", unit_weights, 1, "[N]"),
-        ("cu_units", cu_units, 1, "[B + 1]"),
-    ):
-        if t.dim() != rank:
-            raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    n = u_student.shape[0]
-    if u_teacher.shape[0] != n:
-        raise ValueError(
-            f"{_OP}: u_teacher has {u_teacher.shape[0]} units but u_student has {n} "
-            "(they must hold the same units)"
-        )
-    if unit_weights.shape[0] != n:
-        raise ValueError(
-            f"{_OP}: unit_weights has {unit_weights.shape[0]} entries but there are {n} units"
-        )
-    if cu_units.shape[0] < 1:
-        raise ValueError(f"{_OP}: cu_units must have B + 1 >= 1 entries")
-    for name, t in (
-        ("u_teacher", u_teacher),
-        ("unit_weights", unit_weights),
-        ("cu_units", cu_units),
-    ):
-        if t.device != u_student.device:
-            raise ValueError(
-                f"{_OP}: {name} is on {t.device} but u_student is on {u_student.device}; "
-                "move them to the same device"
-            )
+def _fake_rules(u_student, u_teacher, unit_weights, cu_units) -> None:
+    # The fake kernels' few shape rules. The argument checks and their messages live in C++
+    # (check_relational_loss_args, csrc/ops/relational_loss.cpp) and run on every real call;
+    # the device rule is repeated here so that a call mixing a meta tensor with real ones (it
+    # dispatches to the fake kernel) fails the same way.
+    _check_devices(
+        _OP,
+        "u_student",
+        u_student,
+        u_teacher=u_teacher,
+        unit_weights=unit_weights,
+        cu_units=cu_units,
+    )
+    torch._check(u_student.dim() == 2, lambda: f"{_OP}: u_student must have shape [N, Ds]")
+    torch._check(u_teacher.dim() == 2, lambda: f"{_OP}: u_teacher must have shape [N, Dt]")
 
 
 def _acc_dtype(*ts: torch.Tensor) -> torch.dtype:
@@ -113,10 +73,10 @@ def relational_loss(
         tensors, and CUDA in the debug mode, :func:`mta_ext.set_debug`).
     """
     ps = None if plan_sizes is None else [int(x) for x in plan_sizes]
-    _check(u_student, u_teacher, unit_weights, cu_units, ps)
     grad_on = torch.is_grad_enabled()
-    need_s = grad_on and u_student.requires_grad
-    need_t = grad_on and u_teacher.requires_grad
+    # getattr: a non-tensor argument reaches the op, whose schema rejects it (TypeError).
+    need_s = grad_on and getattr(u_student, "requires_grad", False)
+    need_t = grad_on and getattr(u_teacher, "requires_grad", False)
     if need_s or need_t:
         # Fused: the forward also computes the gradients (the N_b x N_b Gram difference is at
         # hand), the backward only scales them by the upstream gradient.
@@ -128,7 +88,7 @@ def relational_loss(
 
 @torch.library.register_fake("mta_ext::relational_loss")
 def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units, plan_sizes=None):
-    _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes)
+    _fake_rules(u_student, u_teacher, unit_weights, cu_units)
     return u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights))
 
 
@@ -136,7 +96,7 @@ def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units, plan_siz
 def _relational_loss_and_grad_fake(
     u_student, u_teacher, unit_weights, cu_units, need_student, need_teacher, plan_sizes=None
 ):
-    _check(u_student, u_teacher, unit_weights, cu_units, plan_sizes)
+    _fake_rules(u_student, u_teacher, unit_weights, cu_units)
     n = u_student.shape[0]
     acc = _acc_dtype(u_student, u_teacher, unit_weights)
     # The precomputed gradients (upstream gradient 1) are kept in the accumulation dtype.

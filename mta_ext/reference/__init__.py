@@ -6,9 +6,9 @@ Written for clarity straight from docs/DESIGN.md, not for speed.
 from .alignment import align_reference
 from .logit_kd import boundary_pairs_reference, shared_vocab_kl_reference, uld_reference
 from .losses import structural_loss, structural_loss_original
-from .relational import relational_loss, unit_weights
-from .salience import entropy_weights, token_salience, uniform_weights
+from .relational_loss import relational_loss, unit_weights
 from .segment_pool import segment_pool
+from .token_salience import entropy_weights, token_salience, uniform_weights
 
 __all__ = [
     "align_reference",

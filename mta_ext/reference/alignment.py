@@ -134,10 +134,14 @@ def align_reference(
         for b in range(B)
     ]
 
-    out = []
+    out: list[dict[str, np.ndarray]] = []
     for name, cu, spans in units:
         cu = np.asarray(cu, dtype=np.int64)
-        spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        spans = np.asarray(spans, dtype=np.int64)
+        if spans.size == 0:
+            spans = spans.reshape(0, 2)
+        if spans.ndim != 2 or spans.shape[1] != 2:  # as the engine: no reshaping of [M, 3]
+            raise ValueError(f"units['{name}']: spans must have shape [M, 2]")
         if cu.shape != (B + 1,) or cu[0] != 0 or cu[-1] != len(spans) or np.any(np.diff(cu) < 0):
             raise ValueError(f"units['{name}']: bad cu")
         status = np.zeros(len(spans), dtype=np.int8)

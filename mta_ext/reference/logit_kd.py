@@ -65,8 +65,8 @@ def uld_reference(
         pt = torch.softmax(t2[tr].double() / temperature, -1).sort(descending=True).values
         dist = s2.new_zeros((), dtype=torch.float64)
         for r in range(top_k):
-            a = ps[r] if r < ps.numel() else 0.0
-            c = pt[r] if r < pt.numel() else 0.0
+            a = ps[r] if r < ps.numel() else ps.new_zeros(())
+            c = pt[r] if r < pt.numel() else pt.new_zeros(())
             dist = dist + abs(a - c)
         terms.append(dist)
     return torch.stack(terms).mean()
@@ -88,5 +88,8 @@ def shared_vocab_kl_reference(
         zs = torch.stack([s2[sr, i] for i in student_ids]).double() / temperature
         zt = torch.stack([t2[tr, i] for i in teacher_ids]).double() / temperature
         ps, pt = torch.softmax(zs, 0), torch.softmax(zt, 0)
-        terms.append(sum(pt[m] * (torch.log(pt[m]) - torch.log(ps[m])) for m in range(len(pt))))
+        kl = pt.new_zeros(())
+        for m in range(len(pt)):
+            kl = kl + pt[m] * (torch.log(pt[m]) - torch.log(ps[m]))
+        terms.append(kl)
     return torch.stack(terms).mean()

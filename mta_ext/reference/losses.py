@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._layout import get_layout, get_masks, shares_tokenizer
-from .relational import relational_loss, unit_weights
-from .salience import entropy_weights, token_salience, uniform_weights
+from .._layout import AlignmentLike, get_layout, get_masks, shares_tokenizer
+from .relational_loss import relational_loss, unit_weights
 from .segment_pool import segment_pool
+from .token_salience import entropy_weights, token_salience, uniform_weights
 
 __all__ = ["structural_loss", "structural_loss_original"]
 
@@ -45,7 +45,7 @@ def _pool_weights(kind: str, h: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     raise ValueError(f"weighting: unknown {kind!r}")
 
 
-def _hid_level(hid: str, alignment: Any) -> str:
+def _hid_level(hid: str, alignment: AlignmentLike) -> str:
     if hid == "auto":
         return "token" if shares_tokenizer(alignment) else "unit"
     if hid not in ("unit", "token"):
@@ -61,7 +61,7 @@ def _hid_unit(p: torch.Tensor, ut: torch.Tensor, W: torch.Tensor) -> torch.Tenso
 def structural_loss(
     student_hidden_states: Sequence[torch.Tensor],
     teacher_hidden_states: Sequence[torch.Tensor],
-    alignment: Any,
+    alignment: AlignmentLike,
     schedule: Any,
     *,
     projectors: Sequence[torch.nn.Module] | None = None,
@@ -250,7 +250,7 @@ def _orig_pair_loss(
 def structural_loss_original(
     student_hidden_states: Sequence[torch.Tensor],
     teacher_hidden_states: Sequence[torch.Tensor],
-    alignment: Any,
+    alignment: AlignmentLike,
     schedule: Any,
     *,
     projectors: Sequence[torch.nn.Module] | None = None,
