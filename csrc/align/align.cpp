@@ -47,17 +47,17 @@ namespace {
 
 // Per-side working arrays of one example; reused across examples by one thread.
 struct SidePrep {
-  std::vector<int32_t> nb_tok;     // token index of the k-th non-blank token
-  std::vector<int64_t> nb_end;     // its end offset
-  std::vector<int64_t> nb_start;   // its start after skipping leading whitespace
-  std::vector<int32_t> start_k;    // [L+1]: first k with nb_start[k] >= c
-  std::vector<int32_t> special;    // [n+1]: prefix count of empty-offset tokens from lo on
-  int64_t lo = 0;                  // first real (unpadded) token
-  int64_t raw_first = 0;           // first / last char covered by a non-empty token
+  std::vector<int32_t> nb_tok;    // token index of the k-th non-blank token
+  std::vector<int64_t> nb_end;    // its end offset
+  std::vector<int64_t> nb_start;  // its start after skipping leading whitespace
+  std::vector<int32_t> start_k;   // [L+1]: first k with nb_start[k] >= c
+  std::vector<int32_t> special;   // [n+1]: prefix count of empty-offset tokens from lo on
+  int64_t lo = 0;                 // first real (unpadded) token
+  int64_t raw_first = 0;          // first / last char covered by a non-empty token
   int64_t raw_last = 0;
-  int64_t win_lo = 0;              // chars no truncated token overlaps: [win_lo, win_hi)
+  int64_t win_lo = 0;  // chars no truncated token overlaps: [win_lo, win_hi)
   int64_t win_hi = 0;
-  bool any = false;                // at least one non-empty token
+  bool any = false;  // at least one non-empty token
 };
 
 struct Scratch {
@@ -115,8 +115,8 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
       hi = t + 1;
       ++ones;
     } else if (m[t] != 0) {
-      return where(sv, b) + ": attention_mask holds " + std::to_string(m[t]) +
-             " at position " + std::to_string(t) + "; expected 0 or 1";
+      return where(sv, b) + ": attention_mask holds " + std::to_string(m[t]) + " at position " +
+             std::to_string(t) + "; expected 0 or 1";
     }
   }
   if (lo < 0) lo = hi = 0;
@@ -133,8 +133,7 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
     p.win_hi = sv.window[2 * b + 1];
     if (p.win_lo < 0 || p.win_hi < p.win_lo || p.win_hi > L) {
       return where(sv, b) + ": window (" + std::to_string(p.win_lo) + ", " +
-             std::to_string(p.win_hi) + ") needs 0 <= lo <= hi <= len(text) = " +
-             std::to_string(L);
+             std::to_string(p.win_hi) + ") needs 0 <= lo <= hi <= len(text) = " + std::to_string(L);
     }
   }
 
@@ -150,8 +149,8 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
     const int64_t a = off[2 * t], e = off[2 * t + 1];
     if (a < 0 || e < a || e > L) {
       return where(sv, b) + ": offsets of token " + std::to_string(t) + " are (" +
-             std::to_string(a) + ", " + std::to_string(e) +
-             "), outside the text of length " + std::to_string(L) + " or start > end";
+             std::to_string(a) + ", " + std::to_string(e) + "), outside the text of length " +
+             std::to_string(L) + " or start > end";
     }
     if (a == e) {  // special tokens (0,0) and other empty tokens belong to no unit
       p.special[t - lo + 1] += 1;
@@ -159,8 +158,8 @@ std::string prepare_side(const SideView& sv, int64_t b, const std::vector<uint8_
     }
     if (p.any && (a < prev_a || e < prev_e)) {
       return where(sv, b) + ": offsets not monotone at token " + std::to_string(t) + ": (" +
-             std::to_string(a) + ", " + std::to_string(e) + ") after (" +
-             std::to_string(prev_a) + ", " + std::to_string(prev_e) + ")";
+             std::to_string(a) + ", " + std::to_string(e) + ") after (" + std::to_string(prev_a) +
+             ", " + std::to_string(prev_e) + ")";
     }
     if (!p.any) p.raw_first = a;
     p.any = true;
@@ -205,8 +204,8 @@ inline int classify(const SidePrep& p, int64_t a, int64_t b, int64_t* r0, int64_
 }  // namespace
 
 std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, const SideView& teacher,
-                                     const SideView& student,
-                                     const std::vector<UnitsView>& units, int num_threads) {
+                                     const SideView& student, const std::vector<UnitsView>& units,
+                                     int num_threads) {
   const int64_t B = static_cast<int64_t>(texts.size());
   if (teacher.batch != B || student.batch != B) {
     throw std::invalid_argument("batch size mismatch: " + std::to_string(B) + " texts, " +
@@ -215,8 +214,10 @@ std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, cons
   }
   for (const auto& u : units) {
     if (u.cu[0] != 0 || u.cu[B] != u.count) {
-      throw std::invalid_argument("units['" + u.name + "']: cu must start at 0 and end at the "
-                                  "number of spans (" + std::to_string(u.count) + ")");
+      throw std::invalid_argument("units['" + u.name +
+                                  "']: cu must start at 0 and end at the "
+                                  "number of spans (" +
+                                  std::to_string(u.count) + ")");
     }
     for (int64_t b = 0; b < B; ++b) {
       if (u.cu[b + 1] < u.cu[b]) {

@@ -21,11 +21,11 @@ enum Status : int8_t {
   kTeacherTruncated = 1,  // unit reaches outside the chars the teacher's tokens cover, or
                           // outside the side's window (a truncated token overlaps it)
   kStudentTruncated = 2,
-  kTeacherStraddle = 3,   // a teacher token crosses the unit's border
+  kTeacherStraddle = 3,  // a teacher token crosses the unit's border
   kStudentStraddle = 4,
-  kTeacherNoToken = 5,    // no teacher token lies inside the unit
+  kTeacherNoToken = 5,  // no teacher token lies inside the unit
   kStudentNoToken = 6,
-  kTeacherSpecial = 7,    // the teacher token range holds a special (empty-offset) token
+  kTeacherSpecial = 7,  // the teacher token range holds a special (empty-offset) token
   kStudentSpecial = 8,
 };
 inline constexpr int kNumStatus = 9;  // codes 0 .. kNumStatus - 1
@@ -33,15 +33,24 @@ inline constexpr int kNumStatus = 9;  // codes 0 .. kNumStatus - 1
 // The reason a status code names, for people (explain(), the CLI); "kept" for kKept.
 inline const char* status_reason(Status s) {
   switch (s) {
-    case kKept: return "kept";
-    case kTeacherTruncated: return "truncated (teacher)";
-    case kStudentTruncated: return "truncated (student)";
-    case kTeacherStraddle: return "straddles a teacher token";
-    case kStudentStraddle: return "straddles a student token";
-    case kTeacherNoToken: return "no teacher token";
-    case kStudentNoToken: return "no student token";
-    case kTeacherSpecial: return "special token inside (teacher)";
-    case kStudentSpecial: return "special token inside (student)";
+    case kKept:
+      return "kept";
+    case kTeacherTruncated:
+      return "truncated (teacher)";
+    case kStudentTruncated:
+      return "truncated (student)";
+    case kTeacherStraddle:
+      return "straddles a teacher token";
+    case kStudentStraddle:
+      return "straddles a student token";
+    case kTeacherNoToken:
+      return "no teacher token";
+    case kStudentNoToken:
+      return "no student token";
+    case kTeacherSpecial:
+      return "special token inside (teacher)";
+    case kStudentSpecial:
+      return "special token inside (student)";
   }
   return "unknown";
 }
@@ -51,8 +60,8 @@ struct SideView {
   const int64_t* offsets;  // [B, T, 2] char offsets (a, b) per token
   const int64_t* mask;     // [B, T] 1 = real token, 0 = pad; one contiguous block per row
   int64_t batch;
-  int64_t length;          // T, the padded length
-  const char* name;        // "teacher" / "student", for error messages
+  int64_t length;    // T, the padded length
+  const char* name;  // "teacher" / "student", for error messages
   // [B, 2] or nullptr: per example the chars [lo, hi) that no truncated token overlaps. A unit
   // reaching outside is dropped as truncated even when the kept tokens cover its chars (the
   // byte-level pieces of one character split by the cut). nullptr: [0, len(text)).
@@ -80,8 +89,8 @@ struct UnitsResult {
 // several examples are bad, the lowest index is reported (deterministic under threads).
 // num_threads <= 0 uses the OpenMP default.
 std::vector<UnitsResult> align_batch(const std::vector<std::string>& texts, const SideView& teacher,
-                                     const SideView& student,
-                                     const std::vector<UnitsView>& units, int num_threads);
+                                     const SideView& student, const std::vector<UnitsView>& units,
+                                     int num_threads);
 
 // Threads align_batch uses for `work` = B * (T_teacher + T_student) + UTF-8 bytes of the texts
 // when `requested` are asked for (<= 0: the OpenMP default): small batches run on one thread.

@@ -32,8 +32,7 @@ mta_align::SideView side_view(const I64Array& offsets, const I64Array& mask, con
     throw py::value_error(n + "_offsets must have shape [B, T, 2], got ndim " +
                           std::to_string(offsets.ndim()));
   }
-  if (mask.ndim() != 2 || mask.shape(0) != offsets.shape(0) ||
-      mask.shape(1) != offsets.shape(1)) {
+  if (mask.ndim() != 2 || mask.shape(0) != offsets.shape(0) || mask.shape(1) != offsets.shape(1)) {
     throw py::value_error(n + "_mask must have shape [B, T] = [" +
                           std::to_string(offsets.shape(0)) + ", " +
                           std::to_string(offsets.shape(1)) + "] like " + n + "_offsets");
@@ -129,7 +128,6 @@ py::list align(const std::vector<std::string>& texts, const I64Array& teacher_of
   return out;
 }
 
-
 // The piece table of one tokenizer (copied once), decoding batches of id sequences.
 class PieceTable {
  public:
@@ -141,10 +139,9 @@ class PieceTable {
              const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& rest_sep) {
     const auto V = flags.size();
     if (rest_off.size() != V + 1 || first_off.size() != V + 1 || rest_sep.size() != V) {
-      throw py::value_error("PieceTable: rest_off / first_off need V+1 = " +
-                            std::to_string(V + 1) + " entries and rest_sep V, got " +
-                            std::to_string(rest_off.size()) + ", " +
-                            std::to_string(first_off.size()) + ", " +
+      throw py::value_error("PieceTable: rest_off / first_off need V+1 = " + std::to_string(V + 1) +
+                            " entries and rest_sep V, got " + std::to_string(rest_off.size()) +
+                            ", " + std::to_string(first_off.size()) + ", " +
                             std::to_string(rest_sep.size()));
     }
     rest_bytes_.assign(rest_bytes.data(), rest_bytes.data() + rest_bytes.size());
@@ -154,8 +151,8 @@ class PieceTable {
     flags_.assign(flags.data(), flags.data() + V);
     rest_sep_.assign(rest_sep.data(), rest_sep.data() + V);
     for (py::ssize_t v = 0; v < V; ++v) {
-      if (rest_off_[v] < 0 || rest_off_[v + 1] < rest_off_[v] ||
-          first_off_[v] < 0 || first_off_[v + 1] < first_off_[v] ||
+      if (rest_off_[v] < 0 || rest_off_[v + 1] < rest_off_[v] || first_off_[v] < 0 ||
+          first_off_[v + 1] < first_off_[v] ||
           rest_off_[v + 1] > static_cast<int64_t>(rest_bytes_.size()) ||
           first_off_[v + 1] > static_cast<int64_t>(first_bytes_.size()) ||
           rest_sep_[v] > rest_off_[v + 1] - rest_off_[v]) {
@@ -168,9 +165,12 @@ class PieceTable {
   }
 
   py::list decode(const std::vector<I64Array>& batch, bool skip_special) const {
-    const mta_align::PieceTableView view{rest_bytes_.data(), rest_off_.data(),
-                                         first_bytes_.data(), first_off_.data(),
-                                         flags_.data(),      rest_sep_.data(),
+    const mta_align::PieceTableView view{rest_bytes_.data(),
+                                         rest_off_.data(),
+                                         first_bytes_.data(),
+                                         first_off_.data(),
+                                         flags_.data(),
+                                         rest_sep_.data(),
                                          static_cast<int64_t>(flags_.size())};
     std::vector<mta_align::IdsDecoded> res(batch.size());
     std::vector<std::pair<const int64_t*, int64_t>> rows;
@@ -193,8 +193,7 @@ class PieceTable {
     py::list out;
     for (auto& r : res) {
       const auto n = static_cast<py::ssize_t>(r.offsets.size() / 2);
-      out.append(py::make_tuple(py::str(r.text), to_numpy(std::move(r.offsets), {n, 2}),
-                                r.broken));
+      out.append(py::make_tuple(py::str(r.text), to_numpy(std::move(r.offsets), {n, 2}), r.broken));
     }
     return out;
   }
@@ -224,8 +223,9 @@ Returns one dict per granularity: cu_units [B+1], spans [N, 2], teacher_ranges [
 student_ranges [N, 2] (rows of the flattened [B*T] axis of each side), kept_index [N] (index
 into the input spans), status int8 [M] (0 kept, else the drop reason code).
 Raises ValueError naming the argument and the example index on bad input.)doc");
-  m.def("is_space", [](uint32_t cp) { return mta_align::is_space(cp); }, py::arg("codepoint"),
-        "Python's str.isspace() for one code point, as the engine sees it.");
+  m.def(
+      "is_space", [](uint32_t cp) { return mta_align::is_space(cp); }, py::arg("codepoint"),
+      "Python's str.isspace() for one code point, as the engine sees it.");
   m.def("has_openmp", &mta_align::has_openmp);
   // The drop reasons of the status codes align() returns: {code: reason} for codes >= 1.
   py::dict reasons;
@@ -242,8 +242,8 @@ Raises ValueError naming the argument and the example index on bad input.)doc");
                     const I64Array&,
                     const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&,
                     const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>&>(),
-           py::arg("rest_bytes"), py::arg("rest_off"), py::arg("first_bytes"),
-           py::arg("first_off"), py::arg("flags"), py::arg("rest_sep"))
+           py::arg("rest_bytes"), py::arg("rest_off"), py::arg("first_bytes"), py::arg("first_off"),
+           py::arg("flags"), py::arg("rest_sep"))
       .def("decode", &PieceTable::decode, py::arg("ids"), py::arg("skip_special") = false,
            R"doc(Decode id sequences: ids is a list of int64 [n_b] arrays. Returns per sequence
 (text: str, offsets: int64 [n_b, 2] code-point offsets into text, broken: int, the tokens that

@@ -2,8 +2,8 @@
 // ops/relational_loss.cpp.
 //
 // loss = sum_b sum_{i!=j in b} W_i W_j (cS_ij - cT_ij)^2 / max(sum_b sum_{i!=j in b} W_i W_j, 1e-5)
-// with c the cosine Gram matrix of each example's units (docs/DESIGN.md §2.4). Each example block is
-// handled on its own: rows normalised (one pass), the Gram difference cS - cT by two GEMMs into
+// with c the cosine Gram matrix of each example's units (docs/DESIGN.md §2.4). Each example block
+// is handled on its own: rows normalised (one pass), the Gram difference cS - cT by two GEMMs into
 // one N_b x N_b buffer, the weighted squared difference reduced in one pass. Memory is
 // O(N_b (N_b + Ds + Dt)) per example in flight, never N x N, and no autograd graph: for the
 // gradient the same buffer becomes M = 4 g / Z * W Wᵀ o (cS - cT) (zero diagonal), then
@@ -15,13 +15,13 @@
 // bit-identical across runs and thread counts.
 #include "cpu/relational_loss_cpu.h"
 
-#include "common/sequential_blas.h"
 #include "common/debug.h"
+#include "common/sequential_blas.h"
 #include "ops/relational_loss.h"
 
 #include "common/accumulate.h"
-#include "common/no_autocast.h"
 #include "common/checks.h"
+#include "common/no_autocast.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -113,8 +113,9 @@ MTA_CPU_CLONES void normalize_into(const acc_t* x, int64_t n, int64_t D, acc_t* 
 // Gradient w.r.t. x of a normalised row n = x / max(|x|, eps), given g_n (times `sign`): where
 // |x| > eps, (g_n - n (n . g_n)) / |x|; where the norm was clamped, g_n / eps. Written as scalar_t.
 template <typename acc_t, typename scalar_t>
-MTA_CPU_CLONES void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* nrm, int64_t n,
-                             int64_t D, double sign, double k, scalar_t* out) {
+MTA_CPU_CLONES void normalize_backward_into(const acc_t* gn, const acc_t* nrows, const acc_t* nrm,
+                                            int64_t n, int64_t D, double sign, double k,
+                                            scalar_t* out) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t* g = gn + i * D;
     const acc_t* v = nrows + i * D;
@@ -162,8 +163,8 @@ MTA_CPU_CLONES void scale_to_m(acc_t* dp, const acc_t* wb, int64_t n, acc_t scal
 // turns D into M = scale * W Wᵀ o D (zero diagonal) and writes scale-weighted gradients
 // (scale = 4 g / Z) of the rows into gs / gt (which may be undefined when not requested).
 template <typename acc_t>
-void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, int64_t a,
-                   int64_t e, at::ScalarType acc, acc_t* num, double scale, const at::Tensor& gs,
+void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, int64_t a, int64_t e,
+                   at::ScalarType acc, acc_t* num, double scale, const at::Tensor& gs,
                    const at::Tensor& gt) {
   const SequentialBlas one_blas_thread;  // results independent of the thread count
   const int64_t n = e - a, Ds = us.size(1), Dt = ut.size(1);
@@ -189,17 +190,17 @@ void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, i
   if (gs.defined()) {
     const auto gn = at::mm(d, ns);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "rl_grad_s", [&] {
-      normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(), ns.const_data_ptr<acc_t>(),
-                                               nrm_s, n, Ds, 1.0, scale,
+      normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(),
+                                               ns.const_data_ptr<acc_t>(), nrm_s, n, Ds, 1.0, scale,
                                                gs.mutable_data_ptr<scalar_t>() + a * Ds);
     });
   }
   if (gt.defined()) {
     const auto gn = at::mm(d, nt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "rl_grad_t", [&] {
-      normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(), nt.const_data_ptr<acc_t>(),
-                                               nrm_t, n, Dt, -1.0, scale,
-                                               gt.mutable_data_ptr<scalar_t>() + a * Dt);
+      normalize_backward_into<acc_t, scalar_t>(gn.const_data_ptr<acc_t>(),
+                                               nt.const_data_ptr<acc_t>(), nrm_t, n, Dt, -1.0,
+                                               scale, gt.mutable_data_ptr<scalar_t>() + a * Dt);
     });
   }
 }
@@ -266,8 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
     using acc_t = scalar_t;
     const acc_t* wp = w.const_data_ptr<acc_t>();
     // Z' and the clamp in double: eps / c^2 may exceed the type when the weights are tiny.
-    const double z =
-        std::max(static_cast<double>(total_pair_weight<acc_t>(wp, cu)), eps_eff);
+    const double z = std::max(static_cast<double>(total_pair_weight<acc_t>(wp, cu)), eps_eff);
     // d loss / d cS_ij = 2 W_i W_j (cS - cT)_ij / Z, and c = n nᵀ uses n twice: 4 M n / Z.
     const double scale = 4.0 * grad_scale / z;
     std::vector<acc_t> num(B, acc_t(0));
@@ -335,8 +335,7 @@ std::tuple<at::Tensor, at::Tensor> relational_loss_backward_cpu(
   req.grad_scale = grad.detach().to(at::kDouble).item<double>();  // a CPU tensor: no sync
   req.need_student = need_student;
   req.need_teacher = need_teacher;
-  auto [loss, gs, gt] =
-      run(kBwd, u_student, u_teacher, unit_weights, cu_units, plan_sizes, req);
+  auto [loss, gs, gt] = run(kBwd, u_student, u_teacher, unit_weights, cu_units, plan_sizes, req);
   // Not-requested gradients are returned as zeros of the input's shape (schema: two tensors).
   if (!need_student) gs = at::zeros_like(u_student, at::MemoryFormat::Contiguous);
   if (!need_teacher) gt = at::zeros_like(u_teacher, at::MemoryFormat::Contiguous);

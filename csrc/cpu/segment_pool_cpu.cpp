@@ -9,8 +9,8 @@
 #include "ops/segment_pool.h"
 
 #include "common/accumulate.h"
-#include "common/no_autocast.h"
 #include "common/checks.h"
+#include "common/no_autocast.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -42,33 +42,34 @@ at::Tensor segment_pool_cpu(const at::Tensor& hidden, const at::Tensor& ranges,
   auto out = at::empty({N, D}, hidden.options());
   if (N == 0 || D == 0) return out;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
-    const int64_t* r = a.ranges.const_data_ptr<int64_t>();
-    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-    at::parallel_for(0, N, grain, [&](int64_t k0, int64_t k1) {
-      std::vector<acc_t> acc(D);
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t s = r[2 * k], e = r[2 * k + 1];
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        acc_t wmax = 1;  // weights divided by the unit's largest (see unit_inv_denominator)
-        if (w) {
-          wmax = 0;
-          for (int64_t t = s; t < e; ++t) wmax = std::max(wmax, w[t]);
-        }
-        acc_t wsum = 0;
-        for (int64_t t = s; t < e; ++t) {
-          const acc_t wt = w ? normalised_weight(w[t], wmax) : acc_t(1);
-          wsum += wt;
-          axpy_row(acc.data(), h + t * D, wt, D);
-        }
-        store_scaled_row(o + k * D, acc.data(), unit_inv_denominator(wsum, wmax), D);
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cpu", [&] {
+        using acc_t = acc_type<scalar_t>;
+        const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
+        const int64_t* r = a.ranges.const_data_ptr<int64_t>();
+        const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+        scalar_t* o = out.mutable_data_ptr<scalar_t>();
+        const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+        at::parallel_for(0, N, grain, [&](int64_t k0, int64_t k1) {
+          std::vector<acc_t> acc(D);
+          for (int64_t k = k0; k < k1; ++k) {
+            const int64_t s = r[2 * k], e = r[2 * k + 1];
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            acc_t wmax = 1;  // weights divided by the unit's largest (see unit_inv_denominator)
+            if (w) {
+              wmax = 0;
+              for (int64_t t = s; t < e; ++t) wmax = std::max(wmax, w[t]);
+            }
+            acc_t wsum = 0;
+            for (int64_t t = s; t < e; ++t) {
+              const acc_t wt = w ? normalised_weight(w[t], wmax) : acc_t(1);
+              wsum += wt;
+              axpy_row(acc.data(), h + t * D, wt, D);
+            }
+            store_scaled_row(o + k * D, acc.data(), unit_inv_denominator(wsum, wmax), D);
+          }
+        });
+      });
   return out;
 }
 
@@ -102,47 +103,48 @@ at::Tensor segment_pool_backward_cpu(const at::Tensor& grad_out, const at::Tenso
       for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) units[cursor[t]++] = k;
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
-    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
-    scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
-    // Per unit, exactly as the forward computes them: wmax and the normalised denominator.
-    std::vector<acc_t> inv(N), wmaxs(N, acc_t(1));
-    at::parallel_for(0, N, 1024, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        acc_t wmax = 1;
-        if (w) {
-          wmax = 0;
-          for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) wmax = std::max(wmax, w[t]);
-        }
-        acc_t wsum = 0;
-        for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t)
-          wsum += w ? normalised_weight(w[t], wmax) : acc_t(1);
-        inv[k] = unit_inv_denominator(wsum, wmax);
-        wmaxs[k] = wmax;
-      }
-    });
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-    at::parallel_for(0, M, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<acc_t> acc(D);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
-        if (j0 == j1) {
-          zero_row(gh + t * D, D);
-          continue;
-        }
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        // grad_hidden[t] = sum_k (w_t / wmax_k) inv_k grad_out[k]: each factor is <= 1.
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t k = units[j];
-          const acc_t f = w ? normalised_weight(w[t], wmaxs[k]) * inv[k] : inv[k];
-          axpy_row(acc.data(), g + k * D, f, D);
-        }
-        store_scaled_row(gh + t * D, acc.data(), acc_t(1), D);
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cpu", [&] {
+        using acc_t = acc_type<scalar_t>;
+        const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
+        const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+        scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
+        // Per unit, exactly as the forward computes them: wmax and the normalised denominator.
+        std::vector<acc_t> inv(N), wmaxs(N, acc_t(1));
+        at::parallel_for(0, N, 1024, [&](int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k) {
+            acc_t wmax = 1;
+            if (w) {
+              wmax = 0;
+              for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t) wmax = std::max(wmax, w[t]);
+            }
+            acc_t wsum = 0;
+            for (int64_t t = r[2 * k]; t < r[2 * k + 1]; ++t)
+              wsum += w ? normalised_weight(w[t], wmax) : acc_t(1);
+            inv[k] = unit_inv_denominator(wsum, wmax);
+            wmaxs[k] = wmax;
+          }
+        });
+        const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+        at::parallel_for(0, M, grain, [&](int64_t t0, int64_t t1) {
+          std::vector<acc_t> acc(D);
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t j0 = row_ptr[t], j1 = row_ptr[t + 1];
+            if (j0 == j1) {
+              zero_row(gh + t * D, D);
+              continue;
+            }
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            // grad_hidden[t] = sum_k (w_t / wmax_k) inv_k grad_out[k]: each factor is <= 1.
+            for (int64_t j = j0; j < j1; ++j) {
+              const int64_t k = units[j];
+              const acc_t f = w ? normalised_weight(w[t], wmaxs[k]) * inv[k] : inv[k];
+              axpy_row(acc.data(), g + k * D, f, D);
+            }
+            store_scaled_row(gh + t * D, acc.data(), acc_t(1), D);
+          }
+        });
+      });
   return grad_hidden;
 }
 

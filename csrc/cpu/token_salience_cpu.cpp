@@ -1,8 +1,8 @@
 // token_salience: the CPU kernel; schema and checks in ops/token_salience.cpp.
 //
 // w_t = (1/T_valid) sum_s softmax_t(S)[s,t], S = Ĥ Ĥᵀ / sqrt(D) with padding keys and the diagonal
-// masked (docs/DESIGN.md §2.1). Padding is dropped first (valid rows compacted); the rows are normalised
-// in one fused gather pass per example. Then, per example with n valid tokens:
+// masked (docs/DESIGN.md §2.1). Padding is dropped first (valid rows compacted); the rows are
+// normalised in one fused gather pass per example. Then, per example with n valid tokens:
 //  * n <= kSymmetricMaxKeys (2048), the common case: one work item per example (examples run in
 //    parallel) builds S (at most 16 MB) from its upper block triangle only (S is symmetric: about
 //    half the matmul FLOPs), exponentiates it in place and reduces it with one [1,n]x[n,n]
@@ -17,9 +17,9 @@
 
 #include "ops/token_salience.h"
 
-#include "common/sequential_blas.h"
-#include "common/no_autocast.h"
 #include "common/checks.h"
+#include "common/no_autocast.h"
+#include "common/sequential_blas.h"
 
 #include "common/accumulate.h"
 
@@ -38,14 +38,13 @@ namespace mta_ext {
 namespace {
 
 constexpr const char* kOp = "token_salience";
-constexpr int64_t kRowTile = 64;          // queries per tile
+constexpr int64_t kRowTile = 64;              // queries per tile
 constexpr int64_t kMaxGroupsPerExample = 16;  // work items per example (fixed: determinism)
 constexpr int64_t kWholeRowMaxKeys = 8192;    // above this, stream over key blocks
 constexpr int64_t kAutoKeyBlock = 1024;
-constexpr int64_t kSymmetricMaxKeys = 2048;   // up to this, build S once from its upper half
-constexpr double kSerialWork = 1 << 22;  // multiply-adds below which one thread does it all
-constexpr int64_t kSymmetricBlock = 64;  // upper triangle ~ (1 + 64/n)/2 of the FLOPs
-
+constexpr int64_t kSymmetricMaxKeys = 2048;  // up to this, build S once from its upper half
+constexpr double kSerialWork = 1 << 22;      // multiply-adds below which one thread does it all
+constexpr int64_t kSymmetricBlock = 64;      // upper triangle ~ (1 + 64/n)/2 of the FLOPs
 
 // y = x / (std(x) + eps) * D^-1/4 for one row: Bessel-corrected std (0 when D == 1, where it is
 // undefined), mean and variance accumulated in acc_t with vectorised reductions on the row scaled
@@ -69,8 +68,7 @@ MTA_CPU_CLONES void normalize_row(const scalar_t* x, acc_t* y, int64_t D) {
     const acc_t c = static_cast<acc_t>(x[d]) * s - mean;
     ss += c * c;
   }
-  const double sd =
-      D > 1 ? std::ldexp(std::sqrt(static_cast<double>(ss) / (D - 1)), e) : 0.0;
+  const double sd = D > 1 ? std::ldexp(std::sqrt(static_cast<double>(ss) / (D - 1)), e) : 0.0;
   const acc_t scale = static_cast<acc_t>(std::pow(double(D), -0.25) / (sd + kSalienceStdEps));
   for (int64_t d = 0; d < D; ++d) y[d] = static_cast<acc_t>(x[d]) * scale;
 }
@@ -110,16 +108,18 @@ void example_symmetric(const at::Tensor& hn, const at::Tensor& col) {
   col.add_(received(s, inv_l));
 }
 
-void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, const at::Tensor& col) {
+void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb,
+                   const at::Tensor& col) {
   const int64_t n = hn.size(0);
   const auto q = hn.slice(0, r0, r1);
   const double lowest = std::numeric_limits<double>::lowest();
   // Running max starts at the lowest finite value (not -inf) so that a block whose only key is
   // the masked diagonal gives exp(-inf) = 0 instead of exp(-inf - -inf) = NaN.
-  auto m = at::full({r1 - r0}, at::Scalar(hn.scalar_type() == at::kDouble
-                                                  ? lowest
-                                                  : double(std::numeric_limits<float>::lowest())),
-                    hn.options());
+  auto m = at::full(
+      {r1 - r0},
+      at::Scalar(hn.scalar_type() == at::kDouble ? lowest
+                                                 : double(std::numeric_limits<float>::lowest())),
+      hn.options());
   auto l = at::zeros({r1 - r0}, hn.options());
   const double ninf = -std::numeric_limits<double>::infinity();
   for (int64_t k0 = 0; k0 < n; k0 += kb) {  // pass 1: row max and normaliser
@@ -144,18 +144,20 @@ void rows_streamed(const at::Tensor& hn, int64_t r0, int64_t r1, int64_t kb, con
 // normalised: x / (std(x) + eps) * D^-1/4 (the 1/sqrt(D) of S folded into both operands).
 void normalize_rows(const at::Tensor& hc, const int64_t* rows, int64_t n, int64_t D,
                     const at::Tensor& dst, bool parallel) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "token_salience_norm", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const scalar_t* hp = hc.const_data_ptr<scalar_t>();
-    acc_t* op = dst.mutable_data_ptr<acc_t>();
-    const auto body = [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) normalize_row<scalar_t, acc_t>(hp + rows[r] * D, op + r * D, D);
-    };
-    if (parallel)
-      at::parallel_for(0, n, std::max<int64_t>(1, 65536 / D), body);  // >= 64k elements a chunk
-    else
-      body(0, n);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, hc.scalar_type(), "token_salience_norm", [&] {
+        using acc_t = acc_type<scalar_t>;
+        const scalar_t* hp = hc.const_data_ptr<scalar_t>();
+        acc_t* op = dst.mutable_data_ptr<acc_t>();
+        const auto body = [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r)
+            normalize_row<scalar_t, acc_t>(hp + rows[r] * D, op + r * D, D);
+        };
+        if (parallel)
+          at::parallel_for(0, n, std::max<int64_t>(1, 65536 / D), body);  // >= 64k elements a chunk
+        else
+          body(0, n);
+      });
 }
 
 }  // namespace

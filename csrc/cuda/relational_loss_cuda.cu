@@ -29,9 +29,9 @@
 // writer and fixed summation orders, so results are bit-identical across runs.
 #include "cuda/relational_loss_cuda.h"
 
-#include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/no_autocast.h"
 #include "cuda/relational_loss_rows.cuh"
 #include "cuda/relational_loss_tiles.cuh"
 #include "ops/relational_loss.h"
@@ -105,9 +105,8 @@ __global__ void plan_fill_kernel(const int64_t* __restrict__ cu, int64_t B, int6
   off.e = offsets[2 * B + b];
   off.rad = offsets[3 * B + b];
   if (!plan::write_example(a, n, off, cap, tiles, rows)) *bad = 1;
-  if (b == B - 1 &&
-      (off.tiles + counts[b] != cap.tiles || off.rows + counts[B + b] != cap.rows ||
-       off.e + counts[2 * B + b] != cap.e || off.rad + counts[3 * B + b] != cap.rad))
+  if (b == B - 1 && (off.tiles + counts[b] != cap.tiles || off.rows + counts[B + b] != cap.rows ||
+                     off.e + counts[2 * B + b] != cap.e || off.rad + counts[3 * B + b] != cap.rad))
     *bad = 1;
 }
 
@@ -178,8 +177,8 @@ void prepare_rows(const at::Tensor& u, at::Tensor& scaled, at::Tensor& sc, at::T
   if constexpr (std::is_same_v<scalar_t, c10::Half>) {
     scaled = u;
     cuda::launch(row_prep_kernel<scalar_t, acc_t, RowScale::kMeasureOnly>, blocks, 256, stream,
-                 u.const_data_ptr<scalar_t>(), N, D, nullptr, nullptr,
-                 r.mutable_data_ptr<acc_t>(), nrm.mutable_data_ptr<acc_t>());
+                 u.const_data_ptr<scalar_t>(), N, D, nullptr, nullptr, r.mutable_data_ptr<acc_t>(),
+                 nrm.mutable_data_ptr<acc_t>());
   } else {
     scaled = at::empty_like(u);
     sc = at::empty({N}, ao);
@@ -286,9 +285,9 @@ RowSide<scalar_t, acc_t> row_side(const at::Tensor& u, const at::Tensor& r, cons
 // `if constexpr` really discards the tensor-core kernel for every type but bf16.
 template <typename scalar_t, typename acc_t>
 void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
-                      const at::Tensor& radS, const at::Tensor& radT,
-                      const at::Tensor& grad_scale, bool need_student, bool need_teacher,
-                      at::Tensor& gs, at::Tensor& gt, int64_t dchunks, cudaStream_t stream) {
+                      const at::Tensor& radS, const at::Tensor& radT, const at::Tensor& grad_scale,
+                      bool need_student, bool need_teacher, at::Tensor& gs, at::Tensor& gt,
+                      int64_t dchunks, cudaStream_t stream) {
   const dim3 grid(unsigned(pl.nrows), unsigned(dchunks), 2);
   RowParams<scalar_t, acc_t> P;
   P.student = row_side<scalar_t, acc_t>(pr.us, pr.rs, pr.nrms, pr.scs, radS, gs, need_student);
@@ -317,9 +316,9 @@ void launch_grad_rows(const Prepared& pr, const Plan& pl, const at::Tensor& E,
 // out = the loss (grad_scale_out == nullptr) or grad_scale_out = k = 4 g / Z (g = grad[0], or 1
 // when grad is nullptr); NaN when the plan's metadata was wrong.
 template <typename acc_t>
-void launch_finalize(const Prepared& pr, const at::Tensor& cu, const Plan& pl,
-                     const acc_t* partial, int64_t ntiles, const acc_t* grad, acc_t* out,
-                     cudaStream_t stream, double* grad_scale_out = nullptr) {
+void launch_finalize(const Prepared& pr, const at::Tensor& cu, const Plan& pl, const acc_t* partial,
+                     int64_t ntiles, const acc_t* grad, acc_t* out, cudaStream_t stream,
+                     double* grad_scale_out = nullptr) {
   cuda::launch(finalize_kernel<acc_t>, 1, kThreads, stream, partial, ntiles,
                pr.w.const_data_ptr<acc_t>(), cu.const_data_ptr<int64_t>(), cu.numel() - 1,
                pr.w.size(0), pr.eps.const_data_ptr<double>(), pl.bad.const_data_ptr<int>(), grad,
@@ -391,35 +390,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
   const int64_t Ds = pr.us.size(1), Dt = pr.ut.size(1);
   const int64_t dchunks = ceil_div<int64_t>(std::max(Ds, Dt), kTile);
   TORCH_CHECK(dchunks <= 65535, kBwd, ": hidden width too large for one CUDA launch");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.ct, "relational_loss_grad_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    launch_finalize<acc_t>(pr, cu, pl, nullptr, 0, g.defined() ? g.const_data_ptr<acc_t>() : nullptr,
-                           nullptr, stream, grad_scale.mutable_data_ptr<double>());
-    TileOutputs<acc_t> to;
-    to.E = E.mutable_data_ptr<acc_t>();
-    to.radS = radS.mutable_data_ptr<acc_t>();
-    to.radT = radT.mutable_data_ptr<acc_t>();
-    if (req.want_loss) {
-      to.partial = partial.mutable_data_ptr<acc_t>();
-      launch_tiles<scalar_t, acc_t, kLossAndGrad>(pr, pl, to, stream);
-      launch_finalize<acc_t>(pr, cu, pl, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
-                             loss.mutable_data_ptr<acc_t>(), stream);
-    } else {
-      launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, to, stream);
-    }
-    if (pl.nrows > 0 && dchunks > 0)
-      launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, grad_scale, req.need_student,
-                                        req.need_teacher, gs, gt, dchunks, stream);
-    // Wrong host metadata: units the plan left out have unwritten rows; make every row NaN.
-    const int64_t n_elems = gs.numel() + gt.numel();
-    if (n_elems > 0) {
-      cuda::launch(nan_if_bad_kernel<acc_t>, cuda::grid_1d(std::min<int64_t>(n_elems, 1 << 16), 256,
-                                                           kBwd, "gradient elements"),
-                   256, stream, pl.bad.const_data_ptr<int>(), gs.mutable_data_ptr<acc_t>(),
-                   gs.numel(), gt.mutable_data_ptr<acc_t>(), gt.numel());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, pr.ct, "relational_loss_grad_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        launch_finalize<acc_t>(pr, cu, pl, nullptr, 0,
+                               g.defined() ? g.const_data_ptr<acc_t>() : nullptr, nullptr, stream,
+                               grad_scale.mutable_data_ptr<double>());
+        TileOutputs<acc_t> to;
+        to.E = E.mutable_data_ptr<acc_t>();
+        to.radS = radS.mutable_data_ptr<acc_t>();
+        to.radT = radT.mutable_data_ptr<acc_t>();
+        if (req.want_loss) {
+          to.partial = partial.mutable_data_ptr<acc_t>();
+          launch_tiles<scalar_t, acc_t, kLossAndGrad>(pr, pl, to, stream);
+          launch_finalize<acc_t>(pr, cu, pl, partial.const_data_ptr<acc_t>(), pl.ntiles, nullptr,
+                                 loss.mutable_data_ptr<acc_t>(), stream);
+        } else {
+          launch_tiles<scalar_t, acc_t, kGrad>(pr, pl, to, stream);
+        }
+        if (pl.nrows > 0 && dchunks > 0)
+          launch_grad_rows<scalar_t, acc_t>(pr, pl, E, radS, radT, grad_scale, req.need_student,
+                                            req.need_teacher, gs, gt, dchunks, stream);
+        // Wrong host metadata: units the plan left out have unwritten rows; make every row NaN.
+        const int64_t n_elems = gs.numel() + gt.numel();
+        if (n_elems > 0) {
+          cuda::launch(
+              nan_if_bad_kernel<acc_t>,
+              cuda::grid_1d(std::min<int64_t>(n_elems, 1 << 16), 256, kBwd, "gradient elements"),
+              256, stream, pl.bad.const_data_ptr<int>(), gs.mutable_data_ptr<acc_t>(), gs.numel(),
+              gt.mutable_data_ptr<acc_t>(), gt.numel());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
   if (req.grads_in_acc) return {loss, gs, gt};
   return {loss, gs.to(u_student.scalar_type()), gt.to(u_teacher.scalar_type())};
 }
@@ -429,8 +431,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_and_grad_impl(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_plan_with_sizes_cuda(
     const at::Tensor& cu_units, int64_t num_units, at::IntArrayRef plan_sizes) {
   const char* op = "_relational_loss_plan_with_sizes";
-  TORCH_CHECK_VALUE(cu_units.dim() == 1 && cu_units.size(0) >= 1, op,
-                    ": cu_units must be [B + 1]");
+  TORCH_CHECK_VALUE(cu_units.dim() == 1 && cu_units.size(0) >= 1, op, ": cu_units must be [B + 1]");
   const c10::cuda::CUDAGuard guard(cu_units.device());
   const auto cu = cu_units.to(at::kLong).contiguous();
   const auto pl = make_plan(cu, num_units, plan::sizes_from_list(op, plan_sizes),

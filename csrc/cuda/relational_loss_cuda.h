@@ -10,8 +10,8 @@
 namespace mta_ext {
 
 at::Tensor relational_loss_cuda(const at::Tensor& u_student, const at::Tensor& u_teacher,
-                               const at::Tensor& unit_weights, const at::Tensor& cu_units,
-                               at::OptionalIntArrayRef plan_sizes);
+                                const at::Tensor& unit_weights, const at::Tensor& cu_units,
+                                at::OptionalIntArrayRef plan_sizes);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_and_grad_cuda(
     const at::Tensor& u_student, const at::Tensor& u_teacher, const at::Tensor& unit_weights,

@@ -89,7 +89,7 @@ __device__ __forceinline__ void eu_product_tc(float (&acc)[4][4], const float* _
   uint16_t* Ahi = reinterpret_cast<uint16_t*>(smem);
   uint16_t* Alo = Ahi + kTile * kOpLd;
   uint16_t* Bs = Alo + kTile * kOpLd;
-  auto* out = reinterpret_cast<float(*)[kGsLd]>(Bs + 32 * kBLd);
+  auto* out = reinterpret_cast<float (*)[kGsLd]>(Bs + 32 * kBLd);
   const int tid = threadIdx.x, warp = tid / 32;
   const int fr = warp % 4, fc = (warp / 4) * 2;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> c0, c1;
@@ -144,12 +144,12 @@ template <typename scalar_t, typename acc_t>
 struct RowSide {
   const scalar_t* u;  // [N, D] units in the compute dtype (rows scaled by powers of two)
   int64_t D;
-  const acc_t* r;     // [N] 1 / clamped norm
-  const acc_t* nrm;   // [N] clamped norm
-  const acc_t* sc;    // [N] row scales 2^-e (nullptr: 1, fp16)
-  const acc_t* rad;   // radial partials from tile_kernel
-  acc_t* g;           // [N, D] gradient in the accumulation dtype (rounded once by the caller:
-                      // the fused and the separate backward share the bits)
+  const acc_t* r;    // [N] 1 / clamped norm
+  const acc_t* nrm;  // [N] clamped norm
+  const acc_t* sc;   // [N] row scales 2^-e (nullptr: 1, fp16)
+  const acc_t* rad;  // radial partials from tile_kernel
+  acc_t* g;          // [N, D] gradient in the accumulation dtype (rounded once by the caller:
+                     // the fused and the separate backward share the bits)
   bool needed;
 };
 
@@ -169,8 +169,7 @@ enum class GradMma : bool { kCudaCores = false, kTensorCores = true };  // tenso
 // G_i = sgn sum_j E_ij r_j u_j, rad_i = sgn sum_j E_ij c_ij, sgn = +1 student / -1 teacher,
 // scaled by k = 4 g / Z.
 template <typename scalar_t, typename acc_t, GradMma kMma, RowLoad kLoad>
-__global__ void __launch_bounds__(kThreads)
-    grad_rows_kernel(const RowParams<scalar_t, acc_t> P) {
+__global__ void __launch_bounds__(kThreads) grad_rows_kernel(const RowParams<scalar_t, acc_t> P) {
   constexpr bool kTc = kMma == GradMma::kTensorCores;
   constexpr size_t kBytes = kTc ? kTcSmem : sizeof(simt::Stage<acc_t>);
   static_assert(kBytes <= 48 * 1024, "static shared memory limit");
@@ -195,8 +194,8 @@ __global__ void __launch_bounds__(kThreads)
   simt::zero(acc);
   if (n >= 2) {  // uniform per block; n == 1: no pair, zero gradient
     if constexpr (kTc) {
-      eu_product_tc<kLoad>(acc, E, moff, li0, nA, n, r, a,
-                           reinterpret_cast<const uint16_t*>(u), D, d0, smem);
+      eu_product_tc<kLoad>(acc, E, moff, li0, nA, n, r, a, reinterpret_cast<const uint16_t*>(u), D,
+                           d0, smem);
     } else {
       auto loadE = [&](int rr, int64_t k) -> acc_t {
         return (rr < nA && k < n) ? E[moff + (li0 + rr) * n + k] : acc_t(0);
@@ -228,8 +227,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t d = d0 + tx + 16 * j;
       if (d >= D) continue;
       const acc_t G = sgn * acc[i][j];
-      const acc_t gv =
-          clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
+      const acc_t gv = clamped ? ri * G : ri * (G - static_cast<acc_t>(u[gi * D + d]) * ri * rd);
       S.g[gi * D + d] = static_cast<acc_t>(double(gv) * ksc);
     }
   }

@@ -29,7 +29,8 @@ static_assert(plan::kTile == kTile, "the plan's tiles are the kernels' tiles");
 using plan::kA, plan::kN, plan::kTi, plan::kTj, plan::kMoff, plan::kRoff, plan::kTb;
 
 template <typename T>
-struct is_half16 : std::bool_constant<std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>> {};
+struct is_half16
+    : std::bool_constant<std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>> {};
 
 template <typename T>
 struct MmaType;
@@ -250,13 +251,13 @@ struct TileParams {
   const scalar_t* us;  // [N, Ds] student units (rows scaled by powers of two: row_prep_kernel)
   const scalar_t* ut;  // [N, Dt] teacher units
   int64_t Ds, Dt;
-  const acc_t* w;      // [N] unit weights / their maximum
-  const acc_t* rs;     // [N] 1 / max(|u_s|, eps) per unit
-  const acc_t* rt;     // [N] 1 / max(|u_t|, eps)
+  const acc_t* w;       // [N] unit weights / their maximum
+  const acc_t* rs;      // [N] 1 / max(|u_s|, eps) per unit
+  const acc_t* rt;      // [N] 1 / max(|u_t|, eps)
   const int64_t* plan;  // [ntiles, kPlanCols] tile plan
-  acc_t* partial;      // [ntiles] loss partials (kLoss, kLossAndGrad)
-  acc_t* E;            // [gram_size] W_i W_j (cS - cT) blocks (kGrad, kLossAndGrad)
-  acc_t* radS;         // [radial_size] radial partials, student and teacher
+  acc_t* partial;       // [ntiles] loss partials (kLoss, kLossAndGrad)
+  acc_t* E;             // [gram_size] W_i W_j (cS - cT) blocks (kGrad, kLossAndGrad)
+  acc_t* radS;          // [radial_size] radial partials, student and teacher
   acc_t* radT;
 };
 
@@ -265,8 +266,7 @@ struct TileParams {
 // entries of the tile (and its mirror) and the radial partials sum_j E_ij c_ij of its rows (slot
 // tj) and, off the diagonal, of its columns (slot ti).
 template <typename scalar_t, typename acc_t, GramMma kMma, TileMode kMode, RowLoad kLoad>
-__global__ void __launch_bounds__(kThreads)
-    tile_kernel(const TileParams<scalar_t, acc_t> P) {
+__global__ void __launch_bounds__(kThreads) tile_kernel(const TileParams<scalar_t, acc_t> P) {
   using Smem = TileSmem<scalar_t, acc_t, kMma>;
   __shared__ __align__(128) unsigned char smem[Smem::kBytes];
   __shared__ acc_t wred[kThreads / 32];
@@ -280,8 +280,8 @@ __global__ void __launch_bounds__(kThreads)
   // Raw Gram entries of this thread's 4x4 elements (rows ty + 16 i, columns tx + 16 j).
   acc_t gS[4][4], gT[4][4];
   if constexpr (kMma == GramMma::kTensorCores) {
-    auto* gsS = reinterpret_cast<float(*)[kGsLd]>(smem);
-    auto* gsT = reinterpret_cast<float(*)[kGsLd]>(smem + kTile * kGsLd * sizeof(float));
+    auto* gsS = reinterpret_cast<float (*)[kGsLd]>(smem);
+    auto* gsT = reinterpret_cast<float (*)[kGsLd]>(smem + kTile * kGsLd * sizeof(float));
     auto* ops = reinterpret_cast<uint16_t*>(smem + Smem::kGram);
     gram_wmma<scalar_t, kLoad>(gsS, P.us, P.Ds, rowA, nA, rowB, nB, ops);
     gram_wmma<scalar_t, kLoad>(gsT, P.ut, P.Dt, rowA, nA, rowB, nB, ops);

@@ -25,9 +25,9 @@
 #include "ops/segment_pool.h"
 
 #include "common/accumulate.h"
-#include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/no_autocast.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -63,8 +63,8 @@ __device__ __forceinline__ UnitDen<acc_t> unit_denominator(const acc_t* __restri
 }
 
 // Unit k's token range [s, e), clamped into 0 <= s <= e <= M. Valid ranges are unchanged.
-__device__ __forceinline__ void unit_range(const int64_t* __restrict__ ranges, int64_t k,
-                                           int64_t M, int64_t& s, int64_t& e) {
+__device__ __forceinline__ void unit_range(const int64_t* __restrict__ ranges, int64_t k, int64_t M,
+                                           int64_t& s, int64_t& e) {
   s = ranges[2 * k];
   e = ranges[2 * k + 1];
   s = s < 0 ? 0 : (s > M ? M : s);
@@ -107,8 +107,8 @@ __device__ __forceinline__ void store_vec(scalar_t* __restrict__ dst, const acc_
 template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kBlock)
     pool_fwd_kernel(const scalar_t* __restrict__ h, const int64_t* __restrict__ ranges,
-                    const acc_t* __restrict__ w, scalar_t* __restrict__ out, int64_t N,
-                    int64_t M, int64_t D) {
+                    const acc_t* __restrict__ w, scalar_t* __restrict__ out, int64_t N, int64_t M,
+                    int64_t D) {
   using VT = Vec<scalar_t, V>;
   const int64_t k = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (k >= N) return;
@@ -271,30 +271,31 @@ at::Tensor segment_pool_cuda(const at::Tensor& hidden, const at::Tensor& ranges,
   if (N == 0 || D == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cuda", [&] {
-    using acc_t = acc_type<scalar_t>;
-    constexpr int V = vec_width<scalar_t>();
-    const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
-    const int64_t* r = a.ranges.const_data_ptr<int64_t>();
-    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    if (cuda::rows_16b_aligned<scalar_t>(h, D) && cuda::rows_16b_aligned<scalar_t>(o, D)) {
-      const auto L = row_launch(N, D / V);
-      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, h, r, w, o, N, M,
-                   D);
-    } else {
-      const auto L = row_launch(N, D);
-      cuda::launch(pool_fwd_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, h, r, w, o, N, M,
-                   D);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, hidden.scalar_type(), "segment_pool_cuda", [&] {
+        using acc_t = acc_type<scalar_t>;
+        constexpr int V = vec_width<scalar_t>();
+        const scalar_t* h = a.hidden.const_data_ptr<scalar_t>();
+        const int64_t* r = a.ranges.const_data_ptr<int64_t>();
+        const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+        scalar_t* o = out.mutable_data_ptr<scalar_t>();
+        if (cuda::rows_16b_aligned<scalar_t>(h, D) && cuda::rows_16b_aligned<scalar_t>(o, D)) {
+          const auto L = row_launch(N, D / V);
+          cuda::launch(pool_fwd_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, h, r, w, o, N,
+                       M, D);
+        } else {
+          const auto L = row_launch(N, D);
+          cuda::launch(pool_fwd_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, h, r, w, o, N,
+                       M, D);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return out;
 }
 
 at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& ranges,
-                                      const std::optional<at::Tensor>& weights,
-                                      int64_t num_rows, std::optional<int64_t> num_incidences) {
+                                      const std::optional<at::Tensor>& weights, int64_t num_rows,
+                                      std::optional<int64_t> num_incidences) {
   const NoAutocast no_autocast;
   check_float(kBwd, "grad_out", grad_out);
   check_dim(kBwd, "grad_out", grad_out, 2, "[N, D]");
@@ -319,9 +320,9 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   auto diff = at::zeros({M + 1}, idx_opts);
   AT_DISPATCH_FLOATING_TYPES(acc_dt, "segment_pool_unit_prep", [&] {
     const scalar_t* w = a.weights ? a.weights->const_data_ptr<scalar_t>() : nullptr;
-    cuda::launch(unit_prep_kernel<scalar_t>, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, 
-        r, w, N, M, inv.mutable_data_ptr<scalar_t>(), wmax.mutable_data_ptr<scalar_t>(),
-        diff.mutable_data_ptr<int>());
+    cuda::launch(unit_prep_kernel<scalar_t>, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, r,
+                 w, N, M, inv.mutable_data_ptr<scalar_t>(), wmax.mutable_data_ptr<scalar_t>(),
+                 diff.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // 2. coverage per token and the CSR row pointer (integer scans: exact, order-free).
@@ -332,35 +333,38 @@ at::Tensor segment_pool_backward_cuda(const at::Tensor& grad_out, const at::Tens
   auto units = at::empty({std::max<int64_t>(P, 1)}, idx_opts);
   if (P > 0) {
     auto cursor = at::zeros({M}, idx_opts);
-    cuda::launch(csr_fill_kernel, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, 
-        r, N, M, row_ptr.const_data_ptr<int64_t>(), P, cursor.mutable_data_ptr<int>(),
-        units.mutable_data_ptr<int>());
+    cuda::launch(csr_fill_kernel, cuda::grid_1d(N, 256, kBwd, "units"), 256, stream, r, N, M,
+                 row_ptr.const_data_ptr<int64_t>(), P, cursor.mutable_data_ptr<int>(),
+                 units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::launch(csr_sort_kernel, cuda::grid_1d(M, 256, kBwd, "rows"), 256, stream, 
-        row_ptr.const_data_ptr<int64_t>(), M, P, units.mutable_data_ptr<int>());
+    cuda::launch(csr_sort_kernel, cuda::grid_1d(M, 256, kBwd, "rows"), 256, stream,
+                 row_ptr.const_data_ptr<int64_t>(), M, P, units.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // 4. gather.
   auto grad_hidden = cuda::new_output({M, D}, grad_out.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cuda", [&] {
-    using acc_t = acc_type<scalar_t>;
-    constexpr int V = vec_width<scalar_t>();
-    const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
-    const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
-    scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
-    const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
-    const int* un = units.const_data_ptr<int>();
-    const acc_t* iv = inv.const_data_ptr<acc_t>();
-    const acc_t* wm = wmax.const_data_ptr<acc_t>();
-    if (cuda::rows_16b_aligned<scalar_t>(g, D) && cuda::rows_16b_aligned<scalar_t>(gh, D)) {
-      const auto L = row_launch(M, D / V);
-      cuda::launch(pool_bwd_gather_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, g, rp, P, un, iv, wm, w, gh, M, D);
-    } else {
-      const auto L = row_launch(M, D);
-      cuda::launch(pool_bwd_gather_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, g, rp, P, un, iv, wm, w, gh, M, D);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "segment_pool_backward_cuda", [&] {
+        using acc_t = acc_type<scalar_t>;
+        constexpr int V = vec_width<scalar_t>();
+        const scalar_t* g = a.hidden.const_data_ptr<scalar_t>();
+        const acc_t* w = a.weights ? a.weights->const_data_ptr<acc_t>() : nullptr;
+        scalar_t* gh = grad_hidden.mutable_data_ptr<scalar_t>();
+        const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
+        const int* un = units.const_data_ptr<int>();
+        const acc_t* iv = inv.const_data_ptr<acc_t>();
+        const acc_t* wm = wmax.const_data_ptr<acc_t>();
+        if (cuda::rows_16b_aligned<scalar_t>(g, D) && cuda::rows_16b_aligned<scalar_t>(gh, D)) {
+          const auto L = row_launch(M, D / V);
+          cuda::launch(pool_bwd_gather_kernel<scalar_t, acc_t, V>, L.grid, L.block, stream, g, rp,
+                       P, un, iv, wm, w, gh, M, D);
+        } else {
+          const auto L = row_launch(M, D);
+          cuda::launch(pool_bwd_gather_kernel<scalar_t, acc_t, 1>, L.grid, L.block, stream, g, rp,
+                       P, un, iv, wm, w, gh, M, D);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return grad_hidden;
 }
 

@@ -18,9 +18,9 @@
 
 #include "ops/token_salience.h"
 
-#include "common/no_autocast.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/no_autocast.h"
 #include "common/simt_tile.cuh"
 
 #include <ATen/ATen.h>
@@ -249,24 +249,25 @@ at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& atten
   TORCH_CHECK(B * tiles <= std::numeric_limits<int32_t>::max(), kOp, ": too many tiles");
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "token_salience_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* hp = h.const_data_ptr<scalar_t>();
-    const bool* mp = mask.const_data_ptr<bool>();
-    const acc_t d_pow = static_cast<acc_t>(std::pow(double(D), -0.25));
-    cuda::launch(scale_kernel<scalar_t, acc_t>, cuda::grid_1d(B * T, 8, kOp, "tokens"), 256, stream, 
-        hp, mp, B * T, D, d_pow, scale.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::launch(row_stats_kernel<scalar_t, acc_t>, unsigned(B * tiles), simt::kThreads, stream, 
-        hp, mp, scale.const_data_ptr<acc_t>(), T, D, tiles, m.mutable_data_ptr<acc_t>(),
-        inv_l.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::launch(column_kernel<scalar_t, acc_t>, unsigned(B * tiles), simt::kThreads, stream, 
-        hp, mp, scale.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
-        inv_l.const_data_ptr<acc_t>(), n_valid.const_data_ptr<int64_t>(), T, D, tiles,
-        out.mutable_data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, hidden.scalar_type(), "token_salience_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* hp = h.const_data_ptr<scalar_t>();
+        const bool* mp = mask.const_data_ptr<bool>();
+        const acc_t d_pow = static_cast<acc_t>(std::pow(double(D), -0.25));
+        cuda::launch(scale_kernel<scalar_t, acc_t>, cuda::grid_1d(B * T, 8, kOp, "tokens"), 256,
+                     stream, hp, mp, B * T, D, d_pow, scale.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(row_stats_kernel<scalar_t, acc_t>, unsigned(B * tiles), simt::kThreads, stream,
+                     hp, mp, scale.const_data_ptr<acc_t>(), T, D, tiles,
+                     m.mutable_data_ptr<acc_t>(), inv_l.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(column_kernel<scalar_t, acc_t>, unsigned(B * tiles), simt::kThreads, stream,
+                     hp, mp, scale.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                     inv_l.const_data_ptr<acc_t>(), n_valid.const_data_ptr<int64_t>(), T, D, tiles,
+                     out.mutable_data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return out;
 }
 

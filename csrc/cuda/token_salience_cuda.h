@@ -7,6 +7,6 @@
 namespace mta_ext {
 
 at::Tensor token_salience_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask,
-                              int64_t key_block);
+                               int64_t key_block);
 
 }  // namespace mta_ext

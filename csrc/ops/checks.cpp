@@ -15,10 +15,10 @@ void check_ranges_values(const char* op, const char* name, const at::Tensor& ran
   auto starts = ranges.select(1, 0);
   auto ends = ranges.select(1, 1);
   auto bad = starts.lt(0).logical_or_(starts.gt(ends)).logical_or_(ends.gt(num_rows));
-  if (!bad.any().item<bool>()) return;  // host sync: debug mode
+  if (!bad.any().item<bool>()) return;                              // host sync: debug mode
   const int64_t k = bad.nonzero().select(1, 0)[0].item<int64_t>();  // host sync: debug mode
-  const int64_t s = starts[k].item<int64_t>();  // host sync: debug mode
-  const int64_t e = ends[k].item<int64_t>();  // host sync: debug mode
+  const int64_t s = starts[k].item<int64_t>();                      // host sync: debug mode
+  const int64_t e = ends[k].item<int64_t>();                        // host sync: debug mode
   TORCH_CHECK_VALUE(false, op, ": ", name, "[", k, "] = (", s, ", ", e,
                     ") is invalid: need 0 <= start <= end <= ", rows_name, " = ", num_rows);
 }
@@ -29,7 +29,8 @@ void check_nonnegative(const char* op, const char* name, const at::Tensor& w) {
   // !(w >= 0) also catches NaN.
   auto bad = w.ge(0).logical_not_().logical_or_(w.isinf());
   if (!bad.any().item<bool>()) return;  // host sync: debug mode
-  const int64_t i = bad.reshape(-1).nonzero().select(1, 0)[0].item<int64_t>();  // host sync: debug mode
+  const int64_t i =
+      bad.reshape(-1).nonzero().select(1, 0)[0].item<int64_t>();  // host sync: debug mode
   TORCH_CHECK_VALUE(false, op, ": ", name, " must be finite and >= 0, but ", name, "[", i,
                     "] = ", w.reshape(-1)[i].item<double>());  // host sync: debug mode
 }

@@ -51,9 +51,7 @@ bool host_readable(const at::Tensor& t) {
 bool value_checks_enabled(const at::Tensor& t) { return host_readable(t) || debug_enabled(); }
 
 void note_value_check() { g_value_checks.fetch_add(1, std::memory_order_relaxed); }
-void note_host_metadata_fallback() {
-  g_metadata_fallbacks.fetch_add(1, std::memory_order_relaxed);
-}
+void note_host_metadata_fallback() { g_metadata_fallbacks.fetch_add(1, std::memory_order_relaxed); }
 
 TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
   // Host-side utilities (no tensors): the debug mode and, for the tests, the counters and a

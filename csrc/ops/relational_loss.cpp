@@ -49,9 +49,8 @@ at::Tensor check_relational_loss_args(const char* op, const at::Tensor& u_studen
   const int64_t* cp = c.const_data_ptr<int64_t>();
   TORCH_CHECK_VALUE(cp[0] == 0, op, ": cu_units[0] must be 0, got ", cp[0]);
   for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK_VALUE(cp[b + 1] >= cp[b], op, ": cu_units must be non-decreasing, but example ",
-                      b, " has cu_units[", b, "] = ", cp[b], " > cu_units[", b + 1,
-                      "] = ", cp[b + 1]);
+    TORCH_CHECK_VALUE(cp[b + 1] >= cp[b], op, ": cu_units must be non-decreasing, but example ", b,
+                      " has cu_units[", b, "] = ", cp[b], " > cu_units[", b + 1, "] = ", cp[b + 1]);
   TORCH_CHECK_VALUE(cp[B] == N, op, ": cu_units[-1] = ", cp[B],
                     " must equal the number of units N = ", N);
   check_nonnegative(op, "unit_weights", unit_weights);  // one more value check
@@ -67,10 +66,9 @@ plan::Sizes resolve_plan_sizes(const char* op, const at::Tensor& cu, int64_t N,
     if (value_checks_enabled(cu)) {
       const auto c = cu.cpu();  // host sync: debug mode
       const plan::Sizes t = plan::plan_sizes(c.const_data_ptr<int64_t>(), B, N);
-      TORCH_CHECK_VALUE(t.tiles == s.tiles && t.rows == s.rows && t.e == s.e && t.rad == s.rad,
-                        op, ": plan_sizes = ", v, " do not match cu_units (expected [", t.tiles,
-                        ", ", t.rows, ", ", t.e, ", ", t.rad,
-                        "]); pass the layout's own plan_sizes");
+      TORCH_CHECK_VALUE(t.tiles == s.tiles && t.rows == s.rows && t.e == s.e && t.rad == s.rad, op,
+                        ": plan_sizes = ", v, " do not match cu_units (expected [", t.tiles, ", ",
+                        t.rows, ", ", t.e, ", ", t.rad, "]); pass the layout's own plan_sizes");
     }
     return s;
   }
@@ -101,8 +99,10 @@ TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
   m.impl("relational_loss", MTA_CPU_KERNEL(relational_loss_cpu, relational_loss_cuda));
-  m.impl("relational_loss_and_grad", MTA_CPU_KERNEL(relational_loss_and_grad_cpu, relational_loss_and_grad_cuda));
-  m.impl("relational_loss_backward", MTA_CPU_KERNEL(relational_loss_backward_cpu, relational_loss_backward_cuda));
+  m.impl("relational_loss_and_grad",
+         MTA_CPU_KERNEL(relational_loss_and_grad_cpu, relational_loss_and_grad_cuda));
+  m.impl("relational_loss_backward",
+         MTA_CPU_KERNEL(relational_loss_backward_cpu, relational_loss_backward_cuda));
 }
 
 #ifdef MTA_WITH_CUDA

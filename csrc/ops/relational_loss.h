@@ -1,5 +1,5 @@
-// Relational (DSA) loss over ragged unit batches (docs/DESIGN.md §2.4). Shared between the CPU (.cpp)
-// and CUDA (.cu) implementations: argument checks and the exact constants of the maths.
+// Relational (DSA) loss over ragged unit batches (docs/DESIGN.md §2.4). Shared between the CPU
+// (.cpp) and CUDA (.cu) implementations: argument checks and the exact constants of the maths.
 #pragma once
 
 #include "ops/relational_loss_plan.h"
@@ -10,7 +10,7 @@
 
 namespace mta_ext {
 
-constexpr double kCosEps = 1e-12;     // cos(x,y) = x.y / (max(|x|,eps) max(|y|,eps)), F.normalize
+constexpr double kCosEps = 1e-12;       // cos(x,y) = x.y / (max(|x|,eps) max(|y|,eps)), F.normalize
 constexpr double kWeightSumEps = 1e-5;  // loss = num / max(sum_{i!=j} W_i W_j, eps)
 
 // Metadata checks (any device): u_student [N,Ds], u_teacher [N,Dt] float; unit_weights [N] float;

@@ -58,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_plan_op(const at:
   auto opts = at::TensorOptions().dtype(at::kLong);
   auto tiles = at::empty({s.tiles, kCols}, opts);
   auto rows = at::empty({s.rows, kCols}, opts);
-  fill_plan(c, B, num_units, s, tiles.mutable_data_ptr<int64_t>(), rows.mutable_data_ptr<int64_t>());
+  fill_plan(c, B, num_units, s, tiles.mutable_data_ptr<int64_t>(),
+            rows.mutable_data_ptr<int64_t>());
   return {tiles, rows, at::tensor({s.tiles, s.rows, s.e, s.rad}, opts)};
 }
 
@@ -84,8 +85,7 @@ Sizes sizes_from_list(const char* op, at::IntArrayRef v) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_plan_with_sizes_cpu(
     const at::Tensor& cu_units, int64_t num_units, at::IntArrayRef plan_sizes) {
   const char* op = "_relational_loss_plan_with_sizes";
-  TORCH_CHECK_VALUE(cu_units.dim() == 1 && cu_units.size(0) >= 1, op,
-                    ": cu_units must be [B + 1]");
+  TORCH_CHECK_VALUE(cu_units.dim() == 1 && cu_units.size(0) >= 1, op, ": cu_units must be [B + 1]");
   const Sizes cap = sizes_from_list(op, plan_sizes);
   const auto cu = cu_units.to(at::kLong).contiguous();
   const int64_t B = cu.size(0) - 1;
@@ -108,8 +108,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relational_loss_plan_with_sizes_c
     off.e += s.e;
     off.rad += s.rad;
   }
-  bad = bad || off.tiles != cap.tiles || off.rows != cap.rows || off.e != cap.e ||
-        off.rad != cap.rad;
+  bad =
+      bad || off.tiles != cap.tiles || off.rows != cap.rows || off.e != cap.e || off.rad != cap.rad;
   return {tiles, rows, at::full({1}, int(bad), at::TensorOptions().dtype(at::kInt))};
 }
 

@@ -36,8 +36,9 @@ SegmentPoolArgs prepare_segment_pool(const char* op, const at::Tensor& hidden_or
     const auto& w = *weights;
     check_float(op, "weights", w);
     check_dim(op, "weights", w, 1, "[M]");
-    TORCH_CHECK_VALUE(w.size(0) == num_rows, op, ": weights must have one entry per row of hidden (",
-                      num_rows, "), got ", w.size(0));
+    TORCH_CHECK_VALUE(w.size(0) == num_rows, op,
+                      ": weights must have one entry per row of hidden (", num_rows, "), got ",
+                      w.size(0));
     check_same_device(op, "weights", w, "hidden", hidden_or_grad);
     if (value_checks_enabled(w)) check_nonnegative(op, "weights", w);
     const auto acc = hidden_or_grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -82,7 +83,8 @@ TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
   m.impl("segment_pool", MTA_CPU_KERNEL(segment_pool_cpu, segment_pool_cuda));
-  m.impl("segment_pool_backward", MTA_CPU_KERNEL(segment_pool_backward_cpu, segment_pool_backward_cuda));
+  m.impl("segment_pool_backward",
+         MTA_CPU_KERNEL(segment_pool_backward_cpu, segment_pool_backward_cuda));
 }
 
 #ifdef MTA_WITH_CUDA

@@ -23,10 +23,10 @@ at::Tensor check_token_salience_args(const char* op, const at::Tensor& hidden,
   const auto mt = attention_mask.scalar_type();
   TORCH_CHECK_TYPE(mt == at::kBool || at::isIntegralType(mt, /*includeBool=*/false), op,
                    ": attention_mask must be a bool or integer tensor, got ", mt);
-  TORCH_CHECK_VALUE(attention_mask.size(0) == hidden.size(0) &&
-                        attention_mask.size(1) == hidden.size(1),
-                    op, ": attention_mask must have shape [B, T] = ",
-                    hidden.sizes().slice(0, 2), " like hidden, got ", attention_mask.sizes());
+  TORCH_CHECK_VALUE(
+      attention_mask.size(0) == hidden.size(0) && attention_mask.size(1) == hidden.size(1), op,
+      ": attention_mask must have shape [B, T] = ", hidden.sizes().slice(0, 2),
+      " like hidden, got ", attention_mask.sizes());
   check_same_device(op, "attention_mask", attention_mask, "hidden", hidden);
   TORCH_CHECK_VALUE(key_block >= 0, op, ": key_block must be >= 0 (0 = automatic), got ",
                     key_block);
@@ -37,7 +37,9 @@ TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
   m.def("token_salience(Tensor hidden, Tensor attention_mask, int key_block=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(mta_ext, CPU, m) { m.impl("token_salience", MTA_CPU_KERNEL(token_salience_cpu, token_salience_cuda)); }
+TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
+  m.impl("token_salience", MTA_CPU_KERNEL(token_salience_cpu, token_salience_cuda));
+}
 
 #ifdef MTA_WITH_CUDA
 TORCH_LIBRARY_IMPL(mta_ext, CUDA, m) { m.impl("token_salience", &token_salience_cuda); }

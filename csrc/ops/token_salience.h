@@ -1,6 +1,6 @@
-// Token salience (docs/DESIGN.md §2.1): the attention each valid token receives under parameter-free
-// self-attention over the normalised hidden states. Shared between the CPU (.cpp) and CUDA (.cu)
-// implementations: argument checks and the exact constants of the maths.
+// Token salience (docs/DESIGN.md §2.1): the attention each valid token receives under
+// parameter-free self-attention over the normalised hidden states. Shared between the CPU (.cpp)
+// and CUDA (.cu) implementations: argument checks and the exact constants of the maths.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -132,11 +132,11 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 }
 [[noreturn]] inline void __trap() { mta_ext::simt_rt::trap("__trap() called by a kernel"); }
 
-#define MTA_SIMT_SHFL(name, kind)                                                             \
-  template <typename T>                                                                       \
-  inline T name(unsigned mask, T v, int arg, int width = 32) {                                \
-    using namespace mta_ext::simt_rt;                                                         \
-    return from_bits<T>(warp_collective(Coll::kind, mask, to_bits(v), arg, width));           \
+#define MTA_SIMT_SHFL(name, kind)                                                   \
+  template <typename T>                                                             \
+  inline T name(unsigned mask, T v, int arg, int width = 32) {                      \
+    using namespace mta_ext::simt_rt;                                               \
+    return from_bits<T>(warp_collective(Coll::kind, mask, to_bits(v), arg, width)); \
   }
 MTA_SIMT_SHFL(__shfl_sync, kShflIdx)
 MTA_SIMT_SHFL(__shfl_xor_sync, kShflXor)
@@ -178,8 +178,8 @@ inline float __half2float(__half v) {
 }
 
 // Device-side max/min of CUDA's math library (same-type arguments, as the kernels use them).
-#define MTA_SIMT_MINMAX(T)                            \
-  inline T max(T a, T b) { return a < b ? b : a; }    \
+#define MTA_SIMT_MINMAX(T)                         \
+  inline T max(T a, T b) { return a < b ? b : a; } \
   inline T min(T a, T b) { return b < a ? b : a; }
 MTA_SIMT_MINMAX(int)
 MTA_SIMT_MINMAX(unsigned)

@@ -12,8 +12,8 @@ Stack::Stack(size_t bytes) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
   guard_ = page;
   size_ = (bytes + page - 1) / page * page;
-  void* p = mmap(nullptr, guard_ + size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                 -1, 0);
+  void* p =
+      mmap(nullptr, guard_ + size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   TORCH_CHECK(p != MAP_FAILED, "simt: cannot allocate a fiber stack of ", size_, " bytes");
   base_ = static_cast<char*>(p);
   TORCH_CHECK(mprotect(base_, guard_, PROT_NONE) == 0, "simt: cannot protect a stack guard page");
@@ -84,12 +84,12 @@ void Context::start(Stack& stack, void (*entry)(void*), void* arg) {
   asm volatile("stmxcsr %0" : "=m"(csr));
   asm volatile("fnstcw %0" : "=m"(fcw));
   f[0] = uint64_t(csr) | (uint64_t(fcw) << 32);
-  f[1] = 0;                                       // r15
-  f[2] = 0;                                       // r14
-  f[3] = reinterpret_cast<uint64_t>(arg);         // r13
-  f[4] = reinterpret_cast<uint64_t>(entry);       // r12
-  f[5] = 0;                                       // rbx
-  f[6] = 0;                                       // rbp
+  f[1] = 0;                                  // r15
+  f[2] = 0;                                  // r14
+  f[3] = reinterpret_cast<uint64_t>(arg);    // r13
+  f[4] = reinterpret_cast<uint64_t>(entry);  // r12
+  f[5] = 0;                                  // rbx
+  f[6] = 0;                                  // rbp
   f[7] = reinterpret_cast<uint64_t>(&mta_simt_trampoline);
   sp = f;
 }
@@ -105,8 +105,8 @@ void Context::start(Stack& stack, void (*entry)(void*), void* arg) {
   uc.uc_link = nullptr;
   // makecontext passes ints; split the two pointers into 32-bit halves.
   const auto e = reinterpret_cast<uintptr_t>(entry), a = reinterpret_cast<uintptr_t>(arg);
-  makecontext(&uc, reinterpret_cast<void (*)()>(+[](unsigned e0, unsigned e1, unsigned a0,
-                                                    unsigned a1) {
+  makecontext(&uc,
+              reinterpret_cast<void (*)()>(+[](unsigned e0, unsigned e1, unsigned a0, unsigned a1) {
                 reinterpret_cast<void (*)(void*)>((uintptr_t(e1) << 32) | e0)(
                     reinterpret_cast<void*>((uintptr_t(a1) << 32) | a0));
               }),

@@ -57,14 +57,22 @@ enum class State : uint8_t { kRunnable, kBarrier, kWarp, kExited, kTrapped };
 
 const char* coll_name(Coll c) {
   switch (c) {
-    case Coll::kSyncWarp: return "__syncwarp";
-    case Coll::kShflIdx: return "__shfl_sync";
-    case Coll::kShflXor: return "__shfl_xor_sync";
-    case Coll::kShflDown: return "__shfl_down_sync";
-    case Coll::kShflUp: return "__shfl_up_sync";
-    case Coll::kBallot: return "__ballot_sync";
-    case Coll::kAny: return "__any_sync";
-    case Coll::kAll: return "__all_sync";
+    case Coll::kSyncWarp:
+      return "__syncwarp";
+    case Coll::kShflIdx:
+      return "__shfl_sync";
+    case Coll::kShflXor:
+      return "__shfl_xor_sync";
+    case Coll::kShflDown:
+      return "__shfl_down_sync";
+    case Coll::kShflUp:
+      return "__shfl_up_sync";
+    case Coll::kBallot:
+      return "__ballot_sync";
+    case Coll::kAny:
+      return "__any_sync";
+    case Coll::kAll:
+      return "__all_sync";
   }
   return "?";
 }
@@ -191,12 +199,22 @@ void complete(Runner& r, int w, unsigned group) {
     const int seg = l & ~(wd - 1);
     int src = l;
     switch (kind) {
-      case Coll::kSyncWarp: break;
-      case Coll::kShflIdx: src = seg + (f.arg & (wd - 1)); break;
-      case Coll::kShflXor: src = l ^ f.arg; break;
-      case Coll::kShflDown: src = l + f.arg; break;
-      case Coll::kShflUp: src = l - f.arg; break;
-      default: break;
+      case Coll::kSyncWarp:
+        break;
+      case Coll::kShflIdx:
+        src = seg + (f.arg & (wd - 1));
+        break;
+      case Coll::kShflXor:
+        src = l ^ f.arg;
+        break;
+      case Coll::kShflDown:
+        src = l + f.arg;
+        break;
+      case Coll::kShflUp:
+        src = l - f.arg;
+        break;
+      default:
+        break;
     }
     // A source outside the lane's segment of `width` lanes yields the lane's own value.
     if (src < seg || src >= seg + wd) src = l;
@@ -208,8 +226,8 @@ void complete(Runner& r, int w, unsigned group) {
       f.result = uint64_t(all);
     } else if (kind != Coll::kSyncWarp) {
       TORCH_CHECK(group >> src & 1u, "simt: ", coll_name(kind), " in ", where(), ": lane ", l,
-                  " of warp ", w, " reads lane ", src, ", which is not in the mask 0x",
-                  std::hex, f.mask);
+                  " of warp ", w, " reads lane ", src, ", which is not in the mask 0x", std::hex,
+                  f.mask);
       f.result = r.fibers[base + src]->value;
     }
     f.state = State::kRunnable;

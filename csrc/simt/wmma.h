@@ -72,8 +72,8 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* p, u
   using F = fragment<Use, M, N, K, T, Layout>;
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c) {
-      const P& x = std::is_same_v<Layout, row_major> ? p[size_t(r) * ldm + c]
-                                                     : p[size_t(c) * ldm + r];
+      const P& x =
+          std::is_same_v<Layout, row_major> ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];
       f.v[r][c] = detail::to_float(x);
     }
 }
