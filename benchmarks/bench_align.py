@@ -22,7 +22,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# For `python benchmarks/bench_align.py`: the repository root LAST, so that it never shadows an
+# installed mta_ext (benchmarks/__init__.py drops an unbuilt checkout from sys.path, and worker
+# processes spawned later, e.g. SpanPool's, import with this sys.path).
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "python_tests"))
 
 from tokenizers_util import mistral, qwen  # noqa: E402
