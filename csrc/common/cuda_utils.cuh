@@ -59,7 +59,9 @@ inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
   simt_rt::LaunchCtx<Params...> ctx{kernel, {std::forward<Args>(args)...}};
   simt_rt::launch(grid, block, &simt_rt::LaunchCtx<Params...>::run, &ctx);
 #else
-  kernel<<<grid, block, 0, stream> > >(std::forward<Args>(args)...);
+  // clang-format off (it reads the launch brackets as template closers: "> > >")
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 #endif
 }
 
