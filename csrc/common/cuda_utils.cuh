@@ -59,7 +59,8 @@ inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
   simt_rt::LaunchCtx<Params...> ctx{kernel, {std::forward<Args>(args)...}};
   simt_rt::launch(grid, block, &simt_rt::LaunchCtx<Params...>::run, &ctx);
 #else
-  // clang-format off (it reads the launch brackets as template closers: "> > >")
+  // clang-format reads the launch brackets as template closers ("> > >"), which nvcc rejects.
+  // clang-format off
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
   // clang-format on
 #endif
