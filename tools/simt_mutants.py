@@ -163,7 +163,9 @@ def _copy_tree(work: Path) -> Path:
     if src.exists():
         shutil.rmtree(src)
     ignore = shutil.ignore_patterns("build", ".git", ".ci-work", "__pycache__", "*.so", ".venv*")
-    shutil.copytree(ROOT, src, ignore=ignore)
+    # shutil.copy, not copy2: fresh modification times, so the kept build directory recompiles
+    # whatever the previous run left mutated (copied mtimes are older than its objects).
+    shutil.copytree(ROOT, src, ignore=ignore, copy_function=shutil.copy)
     return src
 
 
