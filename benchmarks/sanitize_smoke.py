@@ -62,7 +62,7 @@ def _device_semantics(dev: torch.device) -> contextlib.AbstractContextManager:
 def _simt_active() -> bool:
     from mta_ext import _simt
 
-    return _simt.available() and _simt._settings is not None
+    return _simt.available() and _simt.active()
 
 
 def _incid(r: torch.Tensor) -> int:

@@ -20,11 +20,10 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the compiled ops)
 
-__all__ = ["available", "enabled", "reset_stats", "stats", "suspended"]
+__all__ = ["active", "available", "enabled", "reset_stats", "stats", "suspended"]
 
 _lock = threading.Lock()
-_depth = 0
-_settings: tuple[int, int] | None = None  # (shuffle_seed, sm) while enabled
+_settings: tuple[int, int] | None = None  # (shuffle_seed, sm) while enabled, else None
 
 
 def available() -> bool:
@@ -51,20 +50,24 @@ def enabled(*, shuffle_seed: int | None = None, sm: int = 90) -> Iterator[None]:
             "mta_ext._simt: this build has no SIMT backend; rebuild with MTA_WITH_SIMT=ON "
             "(tools/dev_build.sh does by default on a CPU-only torch)"
         )
-    global _depth, _settings
+    global _settings
+    settings = (-1 if shuffle_seed is None else int(shuffle_seed), int(sm))
     with _lock:
-        if _depth:
+        if _settings is not None:
             raise RuntimeError("mta_ext._simt.enabled() is already active")
-        _depth = 1
-    _settings = (-1 if shuffle_seed is None else int(shuffle_seed), int(sm))
-    torch.ops.mta_ext._simt_configure(True, *_settings)
+        _settings = settings
     try:
+        torch.ops.mta_ext._simt_configure(True, *settings)  # validates sm
         yield
     finally:
         torch.ops.mta_ext._simt_configure(False, -1, 90)
         with _lock:
-            _depth = 0
             _settings = None
+
+
+def active() -> bool:
+    """Whether :func:`enabled` is active (the ops run their CUDA kernels on CPU tensors)."""
+    return _settings is not None
 
 
 @contextlib.contextmanager

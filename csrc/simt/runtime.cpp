@@ -83,7 +83,6 @@ struct Fiber {
   Context ctx;
   std::unique_ptr<Stack> stack;
   uint3 tid;
-  int linear = 0;
   State state = State::kExited;
   // The pending warp collective.
   Coll kind = Coll::kSyncWarp;
@@ -311,7 +310,6 @@ void run_block(Runner& r, const uint3& bid, const dim3& block, int64_t shuffle_s
   while (int(r.fibers.size()) < r.n) {
     auto f = std::make_unique<Fiber>();
     f->stack = std::make_unique<Stack>(kStackBytes);
-    f->linear = int(r.fibers.size());
     r.fibers.push_back(std::move(f));
   }
   for (int i = 0; i < r.n; ++i) {
