@@ -52,8 +52,14 @@ constexpr int64_t kSymmetricBlock = 64;      // upper triangle ~ (1 + 64/n)/2 of
 // |x| ~ 1.8e19 in fp32 nor underflow), combined in double. Non-finite elements propagate (NaN).
 template <typename scalar_t, typename acc_t>
 MTA_CPU_CLONES void normalize_row(const scalar_t* x, acc_t* y, int64_t D) {
+  // A vectorised max (an OpenMP reduction; a std::max loop stays scalar without -ffast-math).
+  // max is exact, so the order does not matter; a NaN element makes the row NaN either way.
   acc_t amax = 0;
-  for (int64_t d = 0; d < D; ++d) amax = std::max(amax, std::abs(static_cast<acc_t>(x[d])));
+#pragma omp simd reduction(max : amax)
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t a = std::abs(static_cast<acc_t>(x[d]));
+    amax = a > amax ? a : amax;
+  }
   int e = 0;
   if (amax > acc_t(0) && std::isfinite(amax)) std::frexp(amax, &e);
   e = std::max(e, std::numeric_limits<acc_t>::min_exponent + 25);  // 2^-e stays finite
