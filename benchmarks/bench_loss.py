@@ -61,7 +61,6 @@ from benchmarks.common import (
 )
 from mta_ext import reference
 from mta_ext.alignment import UnitLayout
-from mta_ext.losses import _COVERED_ONLY_MAX
 
 IMPLS = ("mta_ext", "reference")
 PAPER_IMPLS = ("mta_ext", "original")
@@ -286,7 +285,7 @@ def _floors(inp: dict) -> dict[str, tuple[Any, float, float]]:
     ``ours``: per used layer the salience Gram ``Ĥ Ĥᵀ`` (symmetric: the floor counts
     ``B·T²·D`` FLOPs, half of the GEMM the closure runs), per pair the projector's forward and
     its two backward GEMMs on the rows it projects (every row, or only those inside some unit
-    when they are few enough: ``mta_ext.losses._COVERED_ONLY_MAX``). The per-example DSA
+    when the host metadata counts them and they are not all of them). The per-example DSA
     Grams (a few percent) are left out, which only lowers the floor.
     ``original``: the GEMMs the authors' computation runs: a full ``[B, T, T]`` salience matmul
     per used layer, the projector's three GEMMs on the gathered (token, unit) incidences
@@ -304,11 +303,11 @@ def _floors(inp: dict) -> dict[str, tuple[Any, float, float]]:
         (p, projs[i].weight.detach(), projs[i].bias.detach()) for i, p in enumerate(inp["schedule"])
     ]
     # the rows structural_loss projects: those inside some unit, or all of them when the
-    # units cover more than losses._COVERED_ONLY_MAX of the axis
+    # units cover every row of the axis
     rows_ours = []
     for p, _, _ in pairs:
         c = hosts[p.granularity].teacher_covered_rows
-        rows_ours.append(c if 0 <= c <= _COVERED_ONLY_MAX * B * T else B * T)
+        rows_ours.append(c if 0 <= c < B * T else B * T)
     rows_orig = [hosts[p.granularity].teacher_incidences for p, _, _ in pairs]
     n_units = [int(inp["alignment"].units[p.granularity].cu_units[-1]) for p, _, _ in pairs]
     u_s = [torch.randn(n, Ds, device=x.device) for n in n_units]

@@ -15,7 +15,7 @@ from ._info import build_info
 from .alignment import Aligner, Alignment, UnitLayout, align_encoded, explain
 from .losses import MTALoss, structural_loss
 from .offsets import offsets_for_ids
-from .ops import relational_loss, segment_pool, token_salience
+from .ops import relational_loss, row_cosine, segment_pool, token_salience
 from .phrases import annotate_spans
 from .schedule import LayerPair, LayerSchedule
 
@@ -49,6 +49,7 @@ __all__ = [
     "offsets_for_ids",
     "reference",
     "relational_loss",
+    "row_cosine",
     "segment_pool",
     "set_debug",
     "structural_loss",

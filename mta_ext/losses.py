@@ -30,6 +30,7 @@ from ._layout import (
     shares_tokenizer,
 )
 from .ops.relational_loss import relational_loss
+from .ops.row_cosine import row_cosine
 from .ops.segment_pool import segment_pool
 from .ops.token_salience import token_salience
 from .schedule import LayerSchedule
@@ -141,52 +142,13 @@ def _pool_weights(kind: str, hidden: torch.Tensor, mask: torch.Tensor) -> torch.
     return token_salience(hidden, mask)
 
 
-class _RowCosine(torch.autograd.Function):
-    """``cos_t = p_t·h_t / (max(‖p_t‖, ε) max(‖h_t‖, ε))`` per row, as ``F.cosine_similarity``.
-
-    Fused: forward reads each ``[n, D]`` input once per reduction (a batched dot and two norms)
-    and keeps no normalised copies; backward builds ``∂cos/∂p = a h - β p`` with one output
-    buffer (``a = g / (max‖p‖ max‖h‖)``, ``β = g cos / (max‖p‖ ‖p‖)`` where ``‖p‖ > ε``, else
-    0, as the clamp makes the norm constant there: the true derivative of the clamped forward,
-    where torch's autograd of ``F.cosine_similarity`` differentiates the norm as if unclamped).
-    ``F.cosine_similarity`` also allocates both normalised inputs and several full-size
-    temporaries in its backward.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, p: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
-        n_p = torch.linalg.vector_norm(p, dim=-1)
-        n_h = torch.linalg.vector_norm(h, dim=-1)
-        dot = torch.linalg.vecdot(p, h)
-        cos = dot / (n_p.clamp_min(eps) * n_h.clamp_min(eps))
-        ctx.save_for_backward(p, h, n_p, n_h, cos)
-        ctx.eps = eps
-        return cos
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor):
-        p, h, n_p, n_h, cos = ctx.saved_tensors
-        eps = ctx.eps
-        cp, ch = n_p.clamp_min(eps), n_h.clamp_min(eps)
-        a = (g / (cp * ch)).unsqueeze(1)
-        gp = gh = None
-        if ctx.needs_input_grad[0]:
-            beta = torch.where(n_p > eps, g * cos / (cp * n_p), 0.0).unsqueeze(1)
-            gp = torch.mul(h, a).addcmul_(p, beta, value=-1.0)
-        if ctx.needs_input_grad[1]:
-            beta = torch.where(n_h > eps, g * cos / (ch * n_h), 0.0).unsqueeze(1)
-            gh = torch.mul(p, a).addcmul_(h, beta, value=-1.0)
-        return gp, gh, None
-
-
-# The token-level Hid projects only the rows inside some unit when they are at most this share
-# of the axis (padded batches, sparse units). Measured on the 2-core CPU, D 768 -> 1600 (a
-# loaded machine): at 83-93 % coverage the row gathers and the input-gradient scatter cost
-# about what the GEMM rows save (the paper-shape benchmark with its word pair at 83 % was ~5 %
-# slower than projecting every row, in two runs); at 70 % the gathered token Hid was 12 %
-# faster.
-_COVERED_ONLY_MAX = 0.75
+# The token-level Hid projects only the rows inside some unit whenever the host metadata says
+# how many there are and they are not all of them. Measured on the 2-core CPU at the paper's
+# shape (83 % and 90 % of the rows covered; one thread, process CPU time, a loaded machine):
+# 908-922 ms projecting every row vs 843-886 ms projecting the covered ones. Since the fused
+# cosine reads the teacher rows in place (`row_cosine(..., rows)`), only the student rows are
+# gathered, and their gradient scattered back: that is what used to cost about what the GEMM
+# rows saved above 75 % coverage.
 
 
 class _GatherRows(torch.autograd.Function):
@@ -242,21 +204,19 @@ def _token_hid(
 
     ``covered``: ``(rows, ranges)`` from :func:`_covered_rows`: only those rows are projected
     (each once, however many units hold it) and ``ranges`` index the compressed axis; without
-    it (no host metadata, or units covering more than ``_COVERED_ONLY_MAX`` of the rows) every
-    row is projected. The cosine is fused (:class:`_RowCosine`) and
+    it (no host metadata, or units covering every row) every row is projected. The cosine is
+    the fused op :func:`mta_ext.row_cosine` (the teacher rows read in place at ``rows``), and
     the per-unit pooling of ``1 - cos`` runs on an ``[M, 1]`` column.
     """
+    rows = None
     if covered is not None:
         rows, ranges = covered
-        x, h, token_weights = (
-            _GatherRows.apply(x, rows),
-            h.index_select(0, rows),
-            token_weights[rows],
-        )
+        x, token_weights = _GatherRows.apply(x, rows), token_weights[rows]
     pdt = _projector_dtype(proj)
     p = proj(x if pdt is None else x.to(pdt))
-    cdt = _cos_dtype(p, h)
-    one_minus = 1.0 - _RowCosine.apply(p.to(cdt), h.to(cdt), 1e-5)
+    # one dtype for the fused cosine (h is read in place at `rows`: no gathered copy)
+    cdt = torch.promote_types(p.dtype, h.dtype)
+    one_minus = 1.0 - row_cosine(p.to(cdt), h.to(cdt), rows, eps=1e-5)
     per_unit = segment_pool(
         one_minus.unsqueeze(1), ranges, token_weights, num_incidences=num_incidences
     )
@@ -556,7 +516,7 @@ def structural_loss(
             else:
                 cov = None
                 n_cov = info.teacher_covered_rows if info is not None else -1
-                if 0 <= n_cov <= _COVERED_ONLY_MAX * B * Tt:
+                if 0 <= n_cov < B * Tt:
                     if p.granularity not in covered:
                         covered[p.granularity] = _covered_rows(lay.teacher_ranges, B * Tt, n_cov)
                     cov = covered[p.granularity]

@@ -165,6 +165,58 @@ def _autocast_relational_loss(device: str, dt_s: torch.dtype, dt_t: torch.dtype)
     return run
 
 
+# ============================================================================ row_cosine
+# (n rows of p, M rows of h, D, rows: None | "perm" (distinct) | "repeat" (with repeats))
+ROW_COSINE_SAMPLES = [
+    (5, 5, 3, None),
+    (0, 4, 3, "perm"),
+    (6, 9, 4, "perm"),
+    (7, 4, 5, "repeat"),
+    (1, 1, 1, None),
+    (4, 4, 0, None),
+]
+
+
+def row_cosine_sample_inputs(device: str, dtype: torch.dtype) -> list[Sample]:
+    """``(p [n, D], h [M, D], rows [n] | None, eps)`` on ``device``; ``p`` and ``h`` require
+    grad. One row of ``p`` is zero and one tiny (norms below ``eps``: the clamped branch)."""
+    dev = tdev(device)
+    out = []
+    for n, m, d, kind in ROW_COSINE_SAMPLES:
+        p = torch.randn(n, d, dtype=torch.float64)
+        if n >= 2 and d:
+            p[0] = 0.0
+            p[1] *= 1e-7
+        h = torch.randn(m, d, dtype=torch.float64)
+        rows = None
+        if kind == "perm":
+            rows = torch.randperm(m)[:n]
+        elif kind == "repeat":
+            rows = torch.randint(0, m, (n,))
+        p = p.to(dtype).to(dev).requires_grad_()
+        h = h.to(dtype).to(dev).requires_grad_()
+        out.append(
+            Sample(
+                (p, h, None if rows is None else rows.to(dev), 1e-5),
+                f"n={n} M={m} D={d} rows={kind}",
+            )
+        )
+    return out
+
+
+def _autocast_row_cosine(device: str, dt: torch.dtype):
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(9, 16, generator=g).to(device, dt).requires_grad_()
+    h = torch.randn(12, 16, generator=g).to(device, dt)
+    rows = torch.tensor([0, 2, 3, 5, 6, 7, 8, 10, 11], device=device)
+
+    def run():
+        out = mta_ext.row_cosine(p, h, rows)
+        return (out, *torch.autograd.grad(out.sum(), [p]))
+
+    return run
+
+
 # ============================================================================ fuzz cases
 # Hostile random inputs against the float64 reference (test_fuzz_ops.py): every dtype,
 # magnitudes from 1e-30 to 1e30 (fp16: 1e-3 to 1e3), non-contiguous layouts, empty / one-unit /
@@ -389,6 +441,52 @@ def fuzz_relational_loss(rng: random.Random, dtype: torch.dtype) -> str:
     return "relational_loss"
 
 
+def fuzz_row_cosine(rng: random.Random, dtype: torch.dtype) -> str:
+    n, m, d = rng.choice([0, 1, rng.randint(2, 30)]), rng.randint(1, 30), rng.randint(0, 40)
+    scale = _magnitude(rng, dtype)
+    p = (torch.randn(n, d, dtype=torch.float64) * scale).to(dtype)
+    h = (torch.randn(m, d, dtype=torch.float64) * _magnitude(rng, dtype)).to(dtype)
+    if n and rng.random() < 0.3:
+        p[rng.randrange(n)] = 0.0  # a norm below eps: the clamped branch
+    rows = torch.randint(0, m, (n,)) if rng.random() < 0.6 else None
+    if rows is None:
+        h = (torch.randn(n, d, dtype=torch.float64) * _magnitude(rng, dtype)).to(dtype)
+    p, h = _layout(rng, p), _layout(rng, h)
+    x = p.detach().clone().requires_grad_(True)
+    g = torch.randn(n, dtype=torch.float64)
+
+    def run():
+        out = mta_ext.row_cosine(x, h, rows)
+        (gx,) = torch.autograd.grad(out, x, g.to(out.dtype)) if n else (torch.zeros_like(x),)
+        return [out.detach(), gx]
+
+    one, two = threads(run, 1), threads(run, 2)
+    assert bitwise_equal(one, two), "row_cosine: 1 vs 2 threads differ"
+    out, gx = one
+    pd, hd = p.double(), h.double()
+    hr = hd if rows is None else hd[rows]
+    np_, nh_ = pd.norm(dim=-1), hr.norm(dim=-1)
+    if not (torch.isfinite(np_).all() and torch.isfinite(nh_).all()):
+        return "row_cosine:outside"  # squared norms beyond float64 (stated contract)
+    truth = reference.row_cosine(pd, hd, rows)
+    # sums in float64 (relative error <= D roundings), then one rounding to the output type
+    tol = 4 * U_ACC[dtype] + (8 + 4 * d) * 2.0**-53
+    assert (out.double() - truth).abs().max().item() <= tol if n else True
+    if n and d:
+        pr = pd.clone().requires_grad_(True)
+        (tg,) = torch.autograd.grad(reference.row_cosine(pr, hd, rows), pr, g)
+        # |d cos / d p| <= 2 / max(|p|, eps): the error relative to that bound per row
+        bound = (2 * g.abs() / np_.clamp_min(1e-5))[:, None]
+        # float16 gradients below 2^-14 are subnormal: absolute steps of 2^-24
+        sub = 2.0**-24 if dtype == torch.float16 else 0.0
+        diff = ((gx.double() - tg).abs() - sub).clamp_min(0)
+        # rows whose gradient may exceed the type (a zero row in float16: ~1/eps) are skipped
+        fits = bound[:, 0] <= torch.finfo(dtype).max / 4
+        err = (diff / bound.clamp_min(1e-300))[fits].max().item() if fits.any() else 0.0
+        assert err <= 8 * U_IN[dtype] + (64 + 4 * d) * U_ACC[dtype], err
+    return "row_cosine"
+
+
 # ============================================================================ the registry
 OPS: list[OpInfo] = [
     OpInfo(
@@ -422,6 +520,16 @@ OPS: list[OpInfo] = [
             "fp32/fp32": lambda d: _autocast_relational_loss(d, torch.float32, torch.float32),
         },
         fuzz_case=fuzz_relational_loss,
+    ),
+    OpInfo(
+        name="row_cosine",
+        schemas=("row_cosine", "row_cosine_backward"),
+        sample_inputs=row_cosine_sample_inputs,
+        autocast_cases={
+            "fp32": lambda d: _autocast_row_cosine(d, torch.float32),
+            "bf16": lambda d: _autocast_row_cosine(d, torch.bfloat16),
+        },
+        fuzz_case=fuzz_row_cosine,
     ),
 ]
 OP = {op.name: op for op in OPS}

@@ -142,16 +142,12 @@ def test_token_level_hid_shared_tokenizer(models, shared_student):
 
 
 @pytest.mark.parametrize("weighting", ["salience", "entropy"])
-def test_token_hid_projects_only_covered_rows_with_host_metadata(
-    models, shared_student, weighting, monkeypatch
-):
+def test_token_hid_projects_only_covered_rows_with_host_metadata(models, shared_student, weighting):
     """Layouts with host metadata (``.host``, as an Aligner's): the token-level Hid projects
     only the rows inside some unit; same loss and gradients as projecting every row (a layout
     without ``.host``) and as the reference, on a padded batch with overlapping units."""
-    from mta_ext import losses
     from mta_ext._layout import layout_host_info
 
-    monkeypatch.setattr(losses, "_COVERED_ONLY_MAX", 1.0)  # whatever the coverage
     teacher, _ = models
     al = _batch(seed=12, same_tokenizer=True)
     t_out = _run(teacher, al.teacher)

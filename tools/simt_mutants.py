@@ -27,6 +27,7 @@ TS = "python_tests/test_token_salience.py"
 RL = "python_tests/test_relational_loss.py"
 BACKEND = "python_tests/test_simt_backend.py"
 MEMORY = "python_tests/test_simt_memory.py"
+RC = "python_tests/test_row_cosine.py"
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,22 @@ MUTANTS = [
         "    den += acc_t(2) * pw;",
         "    den += pw;",
         (RL,),
+    ),
+    Mutant(
+        "rowcos-half-warp-sum",
+        "row_cosine forward: the warp reduction stops at 16 lanes (each half sums alone)",
+        "csrc/cuda/row_cosine_cuda.cu",
+        "  for (int off = 16; off > 0; off >>= 1)",
+        "  for (int off = 8; off > 0; off >>= 1)",
+        (RC,),
+    ),
+    Mutant(
+        "rowcos-unchecked-row",
+        "row_cosine: a row index outside h is read instead of giving NaN",
+        "csrc/cuda/row_cosine_cuda.cu",
+        "  return (r >= 0 && r < M) ? r : -1;",
+        "  return r;",
+        (RC,),
     ),
 ]
 

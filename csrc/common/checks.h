@@ -41,6 +41,10 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 void check_ranges_values(const char* op, const char* name, const at::Tensor& ranges,
                          int64_t num_rows, const char* rows_name);
 
+// Every index of idx (1-D) must satisfy 0 <= idx[i] < num_rows; reports the first offending one.
+void check_index_values(const char* op, const char* name, const at::Tensor& idx, int64_t num_rows,
+                        const char* rows_name);
+
 // weights must be finite and >= 0.
 void check_nonnegative(const char* op, const char* name, const at::Tensor& w);
 

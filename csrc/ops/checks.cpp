@@ -23,6 +23,18 @@ void check_ranges_values(const char* op, const char* name, const at::Tensor& ran
                     ") is invalid: need 0 <= start <= end <= ", rows_name, " = ", num_rows);
 }
 
+void check_index_values(const char* op, const char* name, const at::Tensor& idx, int64_t num_rows,
+                        const char* rows_name) {
+  note_value_check();
+  if (idx.numel() == 0) return;
+  auto bad = idx.lt(0).logical_or_(idx.ge(num_rows));
+  if (!bad.any().item<bool>()) return;                              // host sync: debug mode
+  const int64_t i = bad.nonzero().select(1, 0)[0].item<int64_t>();  // host sync: debug mode
+  TORCH_CHECK_VALUE(false, op, ": ", name, "[", i,
+                    "] = ", idx[i].item<int64_t>(),  // host sync: debug mode
+                    " is out of range: need 0 <= ", name, "[i] < ", rows_name, " = ", num_rows);
+}
+
 void check_nonnegative(const char* op, const char* name, const at::Tensor& w) {
   note_value_check();
   if (w.numel() == 0) return;
