@@ -17,10 +17,11 @@ import time
 
 import torch
 
-# (module, extra args) in run order; modules that are missing (optional deps) are skipped.
+# Modules under benchmarks/ in run order; modules that are missing (optional deps) are skipped.
+# ``--skip`` takes a module's path (``ops.bench_ops``) or its last part (``bench_ops``).
 BENCHES = [
-    "bench_ops",
-    "bench_scaling",
+    "ops.bench_ops",
+    "ops.bench_scaling",
     "bench_loss",
     "bench_align",
     "bench_step",
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[])
     args = p.parse_args()
     for name in BENCHES:
-        if name in args.skip:
+        if name in args.skip or name.rsplit(".", 1)[-1] in args.skip:
             continue
         if name in QUICK_ONLY and not args.quick:
             print(f"[skip] {name}: full run on its own: python -m benchmarks.{name}")

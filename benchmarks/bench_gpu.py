@@ -9,7 +9,7 @@ One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA
 
 1. Ceilings, measured in the same run: the copy bandwidth (a 1 GiB device-to-device copy, bytes
    read + written) and the bf16 matmul rate (8192^3 ``torch.mm``).
-2. The ops table: exactly ``python -m benchmarks.bench_ops --device cuda`` (the cases of
+2. The ops table: exactly ``python -m benchmarks.ops.bench_ops --device cuda`` (the cases of
    benchmarks/ops, each op vs its reference, with the labelled raw-op fallback rows), so the CPU
    and GPU tables compare row for row.
 3. The GPU targets, each a ratio measured in this run:
@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 
 import mta_ext
-from benchmarks.bench_ops import run_ops
 from benchmarks.common import (
     Case,
     copy_bandwidth,
@@ -57,6 +56,7 @@ from benchmarks.common import (
     matmul_flops,
     run_cases,
 )
+from benchmarks.ops.bench_ops import run_ops
 from benchmarks.ops.segment_pool import make_units, num_incidences
 from mta_ext import reference
 from mta_ext._layout import relational_plan_sizes

@@ -1,6 +1,6 @@
 """Benchmark every mta_ext op against its pure-PyTorch reference, in one run.
 
-    python -m benchmarks.bench_ops [--quick] [--device cpu|cuda] [--repeats 20] [--only NAME]
+    python -m benchmarks.ops.bench_ops [--quick] [--device cpu|cuda] [--repeats 20] [--only NAME]
 
 Prints one line per case, then a Markdown table, and writes
 ``benchmarks/results/ops_<device>.json`` (machine, copy bandwidth, every row). The mta_ext calls
@@ -27,7 +27,7 @@ from benchmarks.common import (
     write_results,
 )
 
-# One module per op under benchmarks/ops/ (mirrors mta_ext/ops/).
+# One module per op in this folder (mirrors mta_ext/ops/).
 OP_MODULES = ["segment_pool", "token_salience", "relational_loss"]
 
 
