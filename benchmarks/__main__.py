@@ -22,12 +22,12 @@ import torch
 BENCHES = [
     "ops.bench_ops",
     "ops.bench_scaling",
-    "bench_loss",
-    "bench_align",
-    "bench_step",
-    "bench_onpolicy",
-    "bench_kd",
-    "bench_data",
+    "training.bench_loss",
+    "training.bench_align",
+    "training.bench_step",
+    "training.bench_onpolicy",
+    "training.bench_kd",
+    "training.bench_data",
     "quality",
 ]
 # Run only with --quick here (their full runs are long and started on their own).

@@ -23,8 +23,9 @@ One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA
      dense version does them; the kernel visits only the upper triangle of each Gram);
    * token_salience (T 512-4096, bf16): >= 3x the reference; fraction of the matmul rate
      (2 * 2 * B * T^2 * D: two passes over the T x T dot products).
-   structural_loss at the paper's shape is ``python -m benchmarks.bench_loss --device cuda``
-   (the same one-tokenizer comparison as on the CPU); gpu_check.sh runs it next to this.
+   structural_loss at the paper's shape is
+   ``python -m benchmarks.training.bench_loss --device cuda`` (the same one-tokenizer comparison
+   as on the CPU); gpu_check.sh runs it next to this.
 
 The timed path is the one users run: every mta_ext call passes its host metadata
 (``num_incidences`` / ``plan_sizes``, computed once per input set on the CPU before the tensors

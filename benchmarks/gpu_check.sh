@@ -16,8 +16,9 @@
 #      lacks (spaCy, ...) are reported as collection errors and the rest runs;
 #   4. benchmarks: python -m benchmarks.bench_gpu (ceilings, the CPU table's cases on the GPU,
 #      the targets; host-int path, one labelled raw-op fallback row per op, a host-sync proof
-#      per case), then structural_loss at the paper's shape (python -m benchmarks.bench_loss
-#      --device cuda --paper when that flag exists, else --only paper);
+#      per case), then structural_loss at the paper's shape
+#      (python -m benchmarks.training.bench_loss --device cuda --paper when that flag exists,
+#      else --only paper);
 #   5. the review checks (python -m benchmarks.gpu_review_checks);
 #   6. with the time left: compute-sanitizer racecheck and synccheck on the valid smoke input.
 #
@@ -274,14 +275,14 @@ case $r in
 esac
 
 step_begin bench_loss
-if "$PY" -m benchmarks.bench_loss --help 2>/dev/null | grep -qE -- "--paper([^-]|$)"; then
+if "$PY" -m benchmarks.training.bench_loss --help 2>/dev/null | grep -qE -- "--paper([^-]|$)"; then
   args=(--paper)
 else
   args=(--only paper)
 fi
 [ "$DRY" = 1 ] && args+=(--quick)
-log "python -m benchmarks.bench_loss --device $DEV ${args[*]}"
-timeout "$(cap 60)" "$PY" -m benchmarks.bench_loss --device "$DEV" "${args[@]}" \
+log "python -m benchmarks.training.bench_loss --device $DEV ${args[*]}"
+timeout "$(cap 60)" "$PY" -m benchmarks.training.bench_loss --device "$DEV" "${args[@]}" \
   >"$LOGS/bench_loss.log" 2>&1 && r=0 || r=$?
 f=$(ls -t "$LOGS"/results/*.json 2>/dev/null | head -n 1)
 [ -n "$f" ] && cp "$f" "$OUT/bench_loss.json"

@@ -18,7 +18,7 @@ from benchmarks.common import machine_info, run_cases, write_results
 from benchmarks.ops.bench_ops import OP_MODULES
 
 # Sweeps that are not single ops (the full structural_loss), as module paths.
-EXTRA_MODULES = ["benchmarks.bench_loss"]
+EXTRA_MODULES = ["benchmarks.training.bench_loss"]
 
 
 def main(argv: list[str] | None = None) -> dict:

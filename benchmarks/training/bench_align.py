@@ -7,7 +7,8 @@ Units: spaCy phrases + all words (parse time reported separately). Batches of --
 padded like a training step. Timed: only the merge on ready numpy arrays (tokenizing and spaCy
 are reported on their own lines), best of --repeats.
 
-    python -m benchmarks.bench_align [--batch 32] [--repeats 5] [--ref-limit 0] [--quick]
+    python -m benchmarks.training.bench_align [--batch 32] [--repeats 5] [--ref-limit 0]
+                                              [--quick]
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-# For `python benchmarks/bench_align.py`: the repository root LAST, so that it never shadows an
-# installed mta_ext (benchmarks/__init__.py drops an unbuilt checkout from sys.path, and worker
-# processes spawned later, e.g. SpanPool's, import with this sys.path).
+ROOT = Path(__file__).resolve().parents[2]
+# For `python benchmarks/training/bench_align.py`: the repository root LAST, so that it never
+# shadows an installed mta_ext (benchmarks/__init__.py drops an unbuilt checkout from sys.path,
+# and worker processes spawned later, e.g. SpanPool's, import with this sys.path).
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "python_tests"))

@@ -1,7 +1,8 @@
 """Training-step overhead of MTA: the headline number.
 
-    python -m benchmarks.bench_step [--quick] [--teacher demo-teacher] [--student demo-student]
-                                    [--batch-size 8] [--max-length 128] [--repeats 5]
+    python -m benchmarks.training.bench_step [--quick] [--teacher demo-teacher]
+                                             [--student demo-student] [--batch-size 8]
+                                             [--max-length 128] [--repeats 5]
 
 One distillation step = teacher forward (no grad) + student forward/backward + AdamW step. Modes:
 
@@ -10,7 +11,7 @@ One distillation step = teacher forward (no grad) + student forward/backward + A
 * ``reference``  CE + ``mta_ext.reference.structural_loss`` (the pure-PyTorch twin);
 * ``original``   CE + ``mta_ext.reference.structural_loss_original`` (the authors' loss). Not
   run by default: it needs one shared tokenizer, and the demo pair (like ``--quick``) has two;
-  ``benchmarks/bench_loss.py`` compares it at the paper's shape.
+  ``benchmarks/training/bench_loss.py`` compares it at the paper's shape.
 
 Hidden states are requested only in the MTA modes. The alignment is built once by the
 collator (data-pipeline work, reported separately). ``--quick`` uses tiny random models with two

@@ -1,7 +1,8 @@
 """What on-policy MTA costs per step, and where.
 
-    python -m benchmarks.bench_onpolicy [--quick] [--teacher demo-teacher] [--student demo-student]
-                                        [--batch-size 4] [--max-new-tokens 32] [--repeats 3]
+    python -m benchmarks.training.bench_onpolicy [--quick] [--teacher demo-teacher]
+                                                 [--student demo-student] [--batch-size 4]
+                                                 [--max-new-tokens 32] [--repeats 3]
 
 One on-policy step (``mta_ext.onpolicy.on_policy_step`` + backward + AdamW): the student samples
 ``max_new_tokens`` tokens per prompt (HF ``generate``, fixed length: ``min_new_tokens`` = max, so
