@@ -7,7 +7,7 @@ Prints one line per case, then a Markdown table, and writes
 pass their host metadata (``num_incidences`` / ``plan_sizes``, computed once per input set on the
 CPU), as ``structural_loss`` does; one labelled row per op times the raw-op fallback without it.
 The ``host_sync`` column: one call with host syncs forbidden (benchmarks/common.py).
-``benchmarks/bench_gpu.py`` runs the same cases on a GPU (``run_ops``) next to its ceilings and
+``benchmarks/gpu/bench_gpu.py`` runs the same cases on a GPU (``run_ops``) next to its ceilings and
 targets, so the CPU and GPU tables compare row for row.
 """
 

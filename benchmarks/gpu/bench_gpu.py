@@ -1,7 +1,7 @@
 """The GPU benchmark: the CPU benchmark's cases on the GPU, plus the GPU ceilings and targets.
 
-    python -m benchmarks.bench_gpu [--device cuda] [--quick] [--json PATH] [--no-compile]
-    python -m benchmarks.bench_gpu --dry-run      # tiny sizes on the CPU: checks the script
+    python -m benchmarks.gpu.bench_gpu [--device cuda] [--quick] [--json PATH] [--no-compile]
+    python -m benchmarks.gpu.bench_gpu --dry-run      # tiny sizes on the CPU: checks the script
 
 One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA events,
 ``run_cases``, ``copy_bandwidth``, ``matmul_flops``; benchmarks/ops: the cases and
