@@ -86,6 +86,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS_DIR, machine_info
+from benchmarks.plots import plot_study
 from benchmarks.study.cache import TeacherCache, build_teacher_cache, cache_key
 from benchmarks.study.rouge import _self_check as _rouge_self_check
 from benchmarks.study.rouge import rouge_l
@@ -774,121 +775,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """2 x 3 panels: held-out CE, its paired difference to ``ce``, ROUGE-L; training CE, its
-    paired difference to ``ce`` (running mean), held-out DSA. Dots are seeds, diamonds mean ± sd.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    summ, recs = result["summary"], result["runs"]
-    arms = list(summ)
-    colors = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(arms)}
-    by = {a: {r["seed"]: r for r in recs if r["arm"] == a} for a in arms}
-    getters: dict[str, Callable[[dict[str, Any]], Any]] = {
-        "heldout_ce": lambda r: r["heldout"]["ce"],
-        "rouge_l": lambda r: r.get("rouge_l"),
-        "heldout_dsa": lambda r: r.get("heldout_dsa"),
-    }
-
-    def values(a: str, key: str, paired: bool) -> list[float]:
-        out = []
-        for seed, r in sorted(by[a].items()):
-            v = getters[key](r)
-            if paired:
-                base = by.get("ce", {}).get(seed)
-                if base is None or v is None:
-                    continue
-                v = v - getters[key](base)
-            if v is not None:
-                out.append(float(v))
-        return out
-
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
-    panels = [
-        (axes[0, 0], "heldout_ce", False, "held-out student CE (lower is better)"),
-        (axes[0, 1], "heldout_ce", True, "held-out CE minus the ce arm's, same seed"),
-        (axes[0, 2], "rouge_l", False, "ROUGE-L F1, greedy continuations (higher is better)"),
-        (axes[1, 2], "heldout_dsa", False, "held-out DSA vs the teacher (lower = closer)"),
-    ]
-    for ax, key, paired, title in panels:
-        shown = [a for a in arms if not (paired and a == "ce")]
-        for i, a in enumerate(shown):
-            vals = values(a, key, paired)
-            if not vals:
-                continue
-            jit = [i - 0.1 + 0.1 * (j - (len(vals) - 1) / 2) for j in range(len(vals))]
-            ax.scatter(jit, vals, color=colors[a], alpha=0.65, s=30, zorder=3)
-            mean = statistics.fmean(vals)
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            ax.errorbar(
-                i + 0.25, mean, yerr=sd, fmt="D", color=colors[a], capsize=5, ms=7, zorder=4
-            )
-        if paired:
-            ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(shown)), shown)
-        ax.set_xlim(-0.6, len(shown) - 0.4)
-        ax.set_title(title, fontsize=11)
-        ax.grid(axis="y", alpha=0.3)
-
-    def mean_curve(a: str, key: str = "ce") -> list[float]:
-        hs = [r["history"] for r in by[a].values()]
-        n = min(len(h) for h in hs)
-        return [statistics.fmean(h[i][key] for h in hs) for i in range(n)]
-
-    def smooth(xs: list[float]) -> list[float]:
-        w = max(1, len(xs) // 15)
-        return [statistics.fmean(xs[max(0, i - w + 1) : i + 1]) for i in range(len(xs))]
-
-    ax = axes[1, 0]
-    for a in arms:
-        c = smooth(mean_curve(a))
-        ax.plot(range(1, len(c) + 1), c, color=colors[a], label=a, lw=1.6)
-    ax.set_yscale("log")
-    fmt = matplotlib.ticker.FormatStrFormatter("%.0f")
-    ax.yaxis.set_major_formatter(fmt)
-    ax.yaxis.set_minor_formatter(fmt)
-    ax.set_title("training CE (mean over seeds, running mean; log scale)", fontsize=11)
-    ax.set_xlabel("step")
-    ax.legend(fontsize=9)
-    ax.grid(alpha=0.3)
-    ax = axes[1, 1]
-    if by.get("ce"):
-        for a in arms:
-            if a == "ce":
-                continue
-            seeds = sorted(set(by[a]) & set(by["ce"]))
-            if not seeds:
-                continue
-            n = min(len(by[x][s]["history"]) for x in (a, "ce") for s in seeds)
-            d = [
-                statistics.fmean(
-                    by[a][s]["history"][i]["ce"] - by["ce"][s]["history"][i]["ce"] for s in seeds
-                )
-                for i in range(n)
-            ]
-            d = smooth(d)
-            ax.plot(range(1, n + 1), d, color=colors[a], label=a, lw=1.6)
-        ax.axhline(0.0, color="black", lw=0.8)
-        ax.legend(fontsize=9)
-    ax.set_title("training CE minus the ce arm's (same seed and batch)", fontsize=11)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    cfg = result["config"]
-    fig.suptitle(
-        f"Does MTA help? {result['models']['teacher']} -> {result['models']['student']}; "
-        f"{cfg['steps']} steps x batch {cfg['batch_size']}, seeds {cfg['seeds']} "
-        "(dots: seeds; diamonds: mean ± sd)",
-        fontsize=12,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # -------------------------------------------------------------------------------------- main
 def _settings(args: argparse.Namespace) -> None:
     preset = QUICK if args.quick else FULL
@@ -1153,7 +1039,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = f"quality_{args.device}{'_quick' if args.quick else ''}"
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown(result))
-    plot(result, out_dir / f"{stem}.png")
+    plot_study(result, out_dir / f"{stem}.png")
     _log("\n" + markdown(result))
     _log(f"wrote {out_dir / stem}.{{json,md,png}}; total {result['total_s']:.0f} s")
     if tmp is not None:
