@@ -4,8 +4,8 @@
 
 ``--quick`` is CI-sized (a few minutes, smoke only: no assertion on speed or outcome, results
 go to *_quick.* files and do not touch the README); it includes the distillation-quality study
-``benchmarks.quality``, whose full run (~1 h on 2 cores) runs only on its own
-(``python -m benchmarks.quality``). The full mode writes the JSON files that
+``benchmarks.study.quality``, whose full run (~1 h on 2 cores) runs only on its own
+(``python -m benchmarks.study.quality``). The full mode writes the JSON files that
 ``python -m benchmarks.report`` turns into the README's table and plots.
 """
 
@@ -17,20 +17,21 @@ import time
 
 import torch
 
-# (module, extra args) in run order; modules that are missing (optional deps) are skipped.
+# Modules under benchmarks/ in run order; modules that are missing (optional deps) are skipped.
+# ``--skip`` takes a module's path (``ops.bench_ops``) or its last part (``bench_ops``).
 BENCHES = [
-    "bench_ops",
-    "bench_scaling",
-    "bench_loss",
-    "bench_align",
-    "bench_step",
-    "bench_onpolicy",
-    "bench_kd",
-    "bench_data",
-    "quality",
+    "ops.bench_ops",
+    "ops.bench_scaling",
+    "training.bench_loss",
+    "training.bench_align",
+    "training.bench_step",
+    "training.bench_onpolicy",
+    "training.bench_kd",
+    "training.bench_data",
+    "study.quality",
 ]
 # Run only with --quick here (their full runs are long and started on their own).
-QUICK_ONLY = {"quality"}
+QUICK_ONLY = {"study.quality"}
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[])
     args = p.parse_args()
     for name in BENCHES:
-        if name in args.skip:
+        if name in args.skip or name.rsplit(".", 1)[-1] in args.skip:
             continue
         if name in QUICK_ONLY and not args.quick:
             print(f"[skip] {name}: full run on its own: python -m benchmarks.{name}")

@@ -362,6 +362,13 @@ def format_row(row: dict) -> str:
     return "  ".join(parts)
 
 
+def machine_line(payload: dict) -> str:
+    """One line naming where a results payload was measured (its ``machine`` record)."""
+    m = payload["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads"
+    return f"{where}; torch {m['torch']}; commit {m['git_commit']}; {m['date']}"
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     lines = []

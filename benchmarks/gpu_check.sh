@@ -8,17 +8,18 @@
 #   1. build in place (tools/dev_build.sh, MTA_WITH_CUDA=ON, sm_90, one job per core), build dir
 #      kept in build/gpu (git-ignored: a warm machine keeps it, so a rerun recompiles nothing);
 #      --skip-build reuses the in-place build when it already has the CUDA kernels;
-#   2. compute-sanitizer memcheck on the smoke input (benchmarks/sanitize_smoke.py: every op,
+#   2. compute-sanitizer memcheck on the smoke input (benchmarks/gpu/sanitize_smoke.py: every op,
 #      fp16/bf16/fp32/fp64, host-int and fallback calls, the D = 7 scalar path, and the
 #      wrong-metadata cases whose kernels must stay inside their buffers), fixed cap;
 #   3. the CUDA tests: pytest over python_tests, the cases on the cuda device and the host-sync
 #      proofs (-k "cuda or gpu_sync or no_host_sync"); modules that need packages the image
 #      lacks (spaCy, ...) are reported as collection errors and the rest runs;
-#   4. benchmarks: python -m benchmarks.bench_gpu (ceilings, the CPU table's cases on the GPU,
+#   4. benchmarks: python -m benchmarks.gpu.bench_gpu (ceilings, the CPU table's cases on the GPU,
 #      the targets; host-int path, one labelled raw-op fallback row per op, a host-sync proof
-#      per case), then structural_loss at the paper's shape (python -m benchmarks.bench_loss
-#      --device cuda --paper when that flag exists, else --only paper);
-#   5. the review checks (python -m benchmarks.gpu_review_checks);
+#      per case), then structural_loss at the paper's shape
+#      (python -m benchmarks.training.bench_loss --device cuda --paper when that flag exists,
+#      else --only paper);
+#   5. the review checks (python -m benchmarks.gpu.review_checks);
 #   6. with the time left: compute-sanitizer racecheck and synccheck on the valid smoke input.
 #
 # What comes back ($OUT, at most 7 files + one archive; the device returns at most 8):
@@ -222,11 +223,11 @@ log "ptxas: $(grep -c 'Used [0-9]* registers' "$OUT/ptxas.txt") kernels reported
 step_begin memcheck
 if [ "$DRY" = 1 ] || [ -z "$SANITIZER" ]; then
   echo "memcheck: not run ($([ "$DRY" = 1 ] && echo "dry run" || echo "no compute-sanitizer")): the smoke input alone" >>"$OUT/sanitizer.txt"
-  timeout "$(cap 60)" "$PY" -m benchmarks.sanitize_smoke --device "$DEV" >"$LOGS/memcheck.log" 2>&1 &&
+  timeout "$(cap 60)" "$PY" -m benchmarks.gpu.sanitize_smoke --device "$DEV" >"$LOGS/memcheck.log" 2>&1 &&
     r=0 || r=$?
 else
   timeout "$(cap 90)" "$SANITIZER" --tool memcheck --error-exitcode 9 --print-limit 20 \
-    "$PY" -m benchmarks.sanitize_smoke --device cuda >"$LOGS/memcheck.log" 2>&1 && r=0 || r=$?
+    "$PY" -m benchmarks.gpu.sanitize_smoke --device cuda >"$LOGS/memcheck.log" 2>&1 && r=0 || r=$?
 fi
 { echo "== memcheck (rc $r)"; grep -E "sanitize_smoke|ERROR SUMMARY|Invalid|=========  (of|at)" \
     "$LOGS/memcheck.log" | head -n 60; } >>"$OUT/sanitizer.txt"
@@ -264,7 +265,7 @@ step_begin bench_gpu
 args=(--json "$OUT/bench_gpu.json")
 [ "$DRY" = 1 ] && args+=(--dry-run)
 [ "$QUICK" = 1 ] && args+=(--quick)
-timeout "$(cap 120)" "$PY" -m benchmarks.bench_gpu "${args[@]}" >"$LOGS/bench_gpu.log" 2>&1 &&
+timeout "$(cap 120)" "$PY" -m benchmarks.gpu.bench_gpu "${args[@]}" >"$LOGS/bench_gpu.log" 2>&1 &&
   r=0 || r=$?
 grep -E "^\[bench_gpu\]" "$LOGS/bench_gpu.log" | tee -a "$SUMMARY"
 case $r in
@@ -274,14 +275,14 @@ case $r in
 esac
 
 step_begin bench_loss
-if "$PY" -m benchmarks.bench_loss --help 2>/dev/null | grep -qE -- "--paper([^-]|$)"; then
+if "$PY" -m benchmarks.training.bench_loss --help 2>/dev/null | grep -qE -- "--paper([^-]|$)"; then
   args=(--paper)
 else
   args=(--only paper)
 fi
 [ "$DRY" = 1 ] && args+=(--quick)
-log "python -m benchmarks.bench_loss --device $DEV ${args[*]}"
-timeout "$(cap 60)" "$PY" -m benchmarks.bench_loss --device "$DEV" "${args[@]}" \
+log "python -m benchmarks.training.bench_loss --device $DEV ${args[*]}"
+timeout "$(cap 60)" "$PY" -m benchmarks.training.bench_loss --device "$DEV" "${args[@]}" \
   >"$LOGS/bench_loss.log" 2>&1 && r=0 || r=$?
 f=$(ls -t "$LOGS"/results/*.json 2>/dev/null | head -n 1)
 [ -n "$f" ] && cp "$f" "$OUT/bench_loss.json"
@@ -296,7 +297,7 @@ esac
 step_begin review
 args=(--json "$OUT/review_checks.json")
 [ "$DRY" = 1 ] && args+=(--dry-run)
-timeout "$(cap 45)" "$PY" -m benchmarks.gpu_review_checks "${args[@]}" \
+timeout "$(cap 45)" "$PY" -m benchmarks.gpu.review_checks "${args[@]}" \
   >"$LOGS/review_checks.log" 2>&1 && r=0 || r=$?
 tee -a "$SUMMARY" <"$LOGS/review_checks.log" >/dev/null
 case $r in
@@ -314,7 +315,7 @@ for tool in racecheck synccheck; do
   fi
   if [ "$(left)" -lt 30 ]; then step_end "skipped (no time left)"; continue; fi
   timeout "$(cap 60)" "$SANITIZER" --tool "$tool" --error-exitcode 9 --print-limit 20 \
-    "$PY" -m benchmarks.sanitize_smoke --device cuda --no-wrong-metadata \
+    "$PY" -m benchmarks.gpu.sanitize_smoke --device cuda --no-wrong-metadata \
     >"$LOGS/$tool.log" 2>&1 && r=0 || r=$?
   { echo "== $tool (rc $r)"; grep -E "sanitize_smoke|ERROR SUMMARY|RACECHECK SUMMARY|Barrier|Race" \
       "$LOGS/$tool.log" | head -n 30; } >>"$OUT/sanitizer.txt"

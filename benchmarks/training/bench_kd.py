@@ -1,6 +1,6 @@
 """Cross-tokenizer logit KD (ULD at shared token boundaries), forward + backward.
 
-    python -m benchmarks.bench_kd [--quick] [--device cpu|cuda] [--repeats 5]
+    python -m benchmarks.training.bench_kd [--quick] [--device cpu|cuda] [--repeats 5]
 
 Impls:
 * ``mta_ext``: ``mta_ext.integrations.logit_kd.uld_distance`` (chunked, top-k, custom backward).

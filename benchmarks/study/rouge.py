@@ -1,4 +1,4 @@
-"""ROUGE-L (longest common subsequence F-measure) without a dependency, for benchmarks.quality.
+"""ROUGE-L (longest common subsequence F-measure) without a dependency, for the study.
 
 Tokens are lowercased runs of letters/digits (``\\w+``), as in the usual ROUGE tokenisation
 without stemming. ``rouge_l`` returns the F1 (``β = 1``) of one candidate against one
@@ -62,7 +62,7 @@ def rouge_l_corpus(candidates: Sequence[str], references: Sequence[str]) -> floa
 
 
 def _self_check() -> None:
-    """Known values (hand-computed); run by benchmarks.quality before it trusts the metric."""
+    """Known values (hand-computed); run by benchmarks.study.quality before it trusts the metric."""
     assert lcs_length("a b c d e".split(), "a c e".split()) == 3
     assert lcs_length([], ["a"]) == 0
     # cand 'the cat sat on the mat' (6), ref 'the cat is on the mat' (6): LCS 5 -> F1 5/6

@@ -1,6 +1,6 @@
 """Run every CUDA op once on small ragged inputs (forward and backward), for compute-sanitizer.
 
-    compute-sanitizer --tool memcheck python -m benchmarks.sanitize_smoke [--device cuda]
+    compute-sanitizer --tool memcheck python -m benchmarks.gpu.sanitize_smoke [--device cuda]
 
 Small on purpose: memcheck/racecheck slow kernels down by 10-100x. Covers, per dtype (fp16,
 bf16, fp32, fp64): each op with and without its host metadata (``num_incidences`` /

@@ -1,7 +1,7 @@
 """The GPU benchmark: the CPU benchmark's cases on the GPU, plus the GPU ceilings and targets.
 
-    python -m benchmarks.bench_gpu [--device cuda] [--quick] [--json PATH] [--no-compile]
-    python -m benchmarks.bench_gpu --dry-run      # tiny sizes on the CPU: checks the script
+    python -m benchmarks.gpu.bench_gpu [--device cuda] [--quick] [--json PATH] [--no-compile]
+    python -m benchmarks.gpu.bench_gpu --dry-run      # tiny sizes on the CPU: checks the script
 
 One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA events,
 ``run_cases``, ``copy_bandwidth``, ``matmul_flops``; benchmarks/ops: the cases and
@@ -9,7 +9,7 @@ One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA
 
 1. Ceilings, measured in the same run: the copy bandwidth (a 1 GiB device-to-device copy, bytes
    read + written) and the bf16 matmul rate (8192^3 ``torch.mm``).
-2. The ops table: exactly ``python -m benchmarks.bench_ops --device cuda`` (the cases of
+2. The ops table: exactly ``python -m benchmarks.ops.bench_ops --device cuda`` (the cases of
    benchmarks/ops, each op vs its reference, with the labelled raw-op fallback rows), so the CPU
    and GPU tables compare row for row.
 3. The GPU targets, each a ratio measured in this run:
@@ -23,8 +23,9 @@ One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA
      dense version does them; the kernel visits only the upper triangle of each Gram);
    * token_salience (T 512-4096, bf16): >= 3x the reference; fraction of the matmul rate
      (2 * 2 * B * T^2 * D: two passes over the T x T dot products).
-   structural_loss at the paper's shape is ``python -m benchmarks.bench_loss --device cuda``
-   (the same one-tokenizer comparison as on the CPU); gpu_check.sh runs it next to this.
+   structural_loss at the paper's shape is
+   ``python -m benchmarks.training.bench_loss --device cuda`` (the same one-tokenizer comparison
+   as on the CPU); gpu_check.sh runs it next to this.
 
 The timed path is the one users run: every mta_ext call passes its host metadata
 (``num_incidences`` / ``plan_sizes``, computed once per input set on the CPU before the tensors
@@ -48,7 +49,6 @@ import torch
 import torch.nn.functional as F
 
 import mta_ext
-from benchmarks.bench_ops import run_ops
 from benchmarks.common import (
     Case,
     copy_bandwidth,
@@ -57,6 +57,7 @@ from benchmarks.common import (
     matmul_flops,
     run_cases,
 )
+from benchmarks.ops.bench_ops import run_ops
 from benchmarks.ops.segment_pool import make_units, num_incidences
 from mta_ext import reference
 from mta_ext._layout import relational_plan_sizes

@@ -1,7 +1,8 @@
 """What on-policy MTA costs per step, and where.
 
-    python -m benchmarks.bench_onpolicy [--quick] [--teacher demo-teacher] [--student demo-student]
-                                        [--batch-size 4] [--max-new-tokens 32] [--repeats 3]
+    python -m benchmarks.training.bench_onpolicy [--quick] [--teacher demo-teacher]
+                                                 [--student demo-student] [--batch-size 4]
+                                                 [--max-new-tokens 32] [--repeats 3]
 
 One on-policy step (``mta_ext.onpolicy.on_policy_step`` + backward + AdamW): the student samples
 ``max_new_tokens`` tokens per prompt (HF ``generate``, fixed length: ``min_new_tokens`` = max, so
@@ -30,49 +31,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 import torch
 
 from benchmarks.common import machine_info, markdown_table, write_results
+from benchmarks.training.pair import add_pair_args, setup_pair
 
 PHASES = ("generate_s", "align_spans_s", "teacher_s", "student_s", "losses_s", "backward_s")
 
 
-def _models(args, tmp: str):
-    from mta_ext.models import build_tiny_model, load_model_and_tokenizer, tiny_tokenizer
-
-    if args.quick:
-        from mta_ext.data import load_texts
-
-        texts = load_texts()[:200]
-        t_dir = build_tiny_model(
-            f"{tmp}/t",
-            tiny_tokenizer("bpe", texts=texts, vocab_size=500),
-            num_layers=4,
-            hidden_size=64,
-            seed=1,
-        )
-        s_dir = build_tiny_model(
-            f"{tmp}/s",
-            tiny_tokenizer("bpe", texts=texts, vocab_size=300),
-            num_layers=3,
-            hidden_size=32,
-            seed=2,
-        )
-        args.teacher, args.student = str(t_dir), str(s_dir)
-    teacher, t_tok = load_model_and_tokenizer(args.teacher, log=lambda m: print(m, flush=True))
-    student, s_tok = load_model_and_tokenizer(args.student, log=lambda m: print(m, flush=True))
-    return teacher, t_tok, student, s_tok
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--teacher", default="demo-teacher")
-    p.add_argument("--student", default="demo-student")
+    add_pair_args(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
@@ -89,15 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     from mta_ext.onpolicy import on_policy_step, prompt_ids
     from mta_ext.phrases import SpanPool
 
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher, t_tok, student, s_tok = _models(args, tmp)
-    dev = torch.device(args.device)
-    teacher.to(dev).eval().requires_grad_(False)
-    student.to(dev).train()
-    tcfg, scfg = teacher.config, student.config
-    mta = mta_ext.MTALoss.from_configs(scfg, tcfg).to(dev)
-    opt = torch.optim.AdamW(list(student.parameters()) + list(mta.parameters()), lr=1e-6)
+    pair = setup_pair(args, lr=1e-6)
+    teacher, t_tok, student, s_tok = pair.teacher, pair.t_tok, pair.student, pair.s_tok
+    mta, opt = pair.mta, pair.opt
     words = [t.split() for t in chunk_texts(load_texts(), 400) if len(t.split()) > 12]
     prompts = ["Continue this text: " + " ".join(w[:12]) for w in words]
     eos = [t_tok.eos_token_id] if t_tok.eos_token_id is not None else []

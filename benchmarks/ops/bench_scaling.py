@@ -1,8 +1,8 @@
 """Scaling sweeps: how each op's cost grows (tokens, units per example, width).
 
-    python -m benchmarks.bench_scaling [--quick] [--device cpu|cuda] [--only OP]
+    python -m benchmarks.ops.bench_scaling [--quick] [--device cpu|cuda] [--only OP]
 
-Every op module under benchmarks/ops/ may expose ``sweeps(device, quick) -> {axis: [Case]}``;
+Every op module in benchmarks/ops/ may expose ``sweeps(device, quick) -> {axis: [Case]}``;
 each point times the extension and the reference in the same run. Writes
 ``benchmarks/results/scaling_<device>.json``.
 """
@@ -14,10 +14,11 @@ import importlib
 
 import torch
 
-from benchmarks.bench_ops import OP_MODULES
 from benchmarks.common import machine_info, run_cases, write_results
+from benchmarks.ops.bench_ops import OP_MODULES
 
-EXTRA_MODULES = ["bench_loss"]  # sweeps that are not single ops: the full structural_loss
+# Sweeps that are not single ops (the full structural_loss), as module paths.
+EXTRA_MODULES = ["benchmarks.training.bench_loss"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,11 +31,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     repeats = min(args.repeats, 3) if args.quick else args.repeats
     sweeps: dict[str, dict[str, list[dict]]] = {}
-    for name in OP_MODULES + EXTRA_MODULES:
+    for module in [f"benchmarks.ops.{n}" for n in OP_MODULES] + EXTRA_MODULES:
+        name = module.rsplit(".", 1)[-1]
         if args.only and name != args.only:
             continue
-        package = "benchmarks" if name in EXTRA_MODULES else "benchmarks.ops"
-        mod = importlib.import_module(f"{package}.{name}")
+        mod = importlib.import_module(module)
         if not hasattr(mod, "sweeps"):
             continue
         for axis, cases in mod.sweeps(args.device, args.quick).items():

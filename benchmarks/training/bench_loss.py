@@ -1,6 +1,6 @@
 """structural_loss forward+backward: mta_ext vs the reference, and vs the authors' loss.
 
-    python -m benchmarks.bench_loss [--quick] [--device cpu|cuda] [--repeats 20]
+    python -m benchmarks.training.bench_loss [--quick] [--device cpu|cuda] [--repeats 20]
                                     [--paper-repeats 7] [--only paper|cross] [--paper]
 
 Two settings:
@@ -26,8 +26,8 @@ Two settings:
   each formulation (its GEMMs alone, at the rate measured in the same run, see ``_floors``).
   The row records the relative difference of the two losses (the maths coincide without
   padding) and the load average around the timed rounds.
-  On a GPU: ``python -m benchmarks.bench_loss --device cuda --paper`` (CUDA-synchronised
-  wall times; no process CPU time).
+  On a GPU: ``python -m benchmarks.training.bench_loss --device cuda --paper``
+  (CUDA-synchronised wall times; no process CPU time).
 
 Peak memory: the extra peak RSS (VmHWM, reset via /proc/self/clear_refs) of one fwd+bwd above
 the resident level before it (benchmarks/common.py); inputs are not counted.

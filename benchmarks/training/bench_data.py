@@ -1,6 +1,6 @@
 """Span annotation throughput: spaCy per step vs cached with ``datasets`` (num_proc 1 and 2).
 
-    python -m benchmarks.bench_data [--quick] [--n 256] [--batch 8]
+    python -m benchmarks.training.bench_data [--quick] [--n 256] [--batch 8]
 
 Texts: the bundled IFBench responses cut into ~256-char passages. Rows:
 * ``annotate_spans``: spaCy phrases + words in one process (what the collator runs per batch
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python_tests"))
 
 from benchmarks.common import machine_info, markdown_table, write_results  # noqa: E402

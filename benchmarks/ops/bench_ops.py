@@ -1,13 +1,13 @@
 """Benchmark every mta_ext op against its pure-PyTorch reference, in one run.
 
-    python -m benchmarks.bench_ops [--quick] [--device cpu|cuda] [--repeats 20] [--only NAME]
+    python -m benchmarks.ops.bench_ops [--quick] [--device cpu|cuda] [--repeats 20] [--only NAME]
 
 Prints one line per case, then a Markdown table, and writes
 ``benchmarks/results/ops_<device>.json`` (machine, copy bandwidth, every row). The mta_ext calls
 pass their host metadata (``num_incidences`` / ``plan_sizes``, computed once per input set on the
 CPU), as ``structural_loss`` does; one labelled row per op times the raw-op fallback without it.
 The ``host_sync`` column: one call with host syncs forbidden (benchmarks/common.py).
-``benchmarks/bench_gpu.py`` runs the same cases on a GPU (``run_ops``) next to its ceilings and
+``benchmarks/gpu/bench_gpu.py`` runs the same cases on a GPU (``run_ops``) next to its ceilings and
 targets, so the CPU and GPU tables compare row for row.
 """
 
@@ -27,7 +27,7 @@ from benchmarks.common import (
     write_results,
 )
 
-# One module per op under benchmarks/ops/ (mirrors mta_ext/ops/).
+# One module per op in this folder (mirrors mta_ext/ops/).
 OP_MODULES = ["segment_pool", "token_salience", "relational_loss"]
 
 

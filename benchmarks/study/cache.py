@@ -1,4 +1,4 @@
-"""One teacher pass, cached on disk, for every arm and seed of benchmarks.quality.
+"""One teacher pass, cached on disk, for every arm and seed of benchmarks.study.quality.
 
 The teacher is frozen, so its hidden states at the scheduled layers depend only on the text and
 its tokenization. :func:`build_teacher_cache` runs it once over a list of passages (tokenized

@@ -1,6 +1,6 @@
 """Size of this library's deliberate deviations from the authors' loss (docs/DESIGN.md §6).
 
-    python -m benchmarks.deviations [--seed 0]
+    python -m benchmarks.study.deviations [--seed 0]
 
 On one shared tokenizer (random-init Llama teacher 4 layers x 128 wide, student 2 x 64, vocab
 512, B=8, T=64 with ragged right padding, ~40% of the tokens in word units of 1-3 tokens,
