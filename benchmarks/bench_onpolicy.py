@@ -41,7 +41,9 @@ PHASES = ("generate_s", "align_spans_s", "teacher_s", "student_s", "losses_s", "
 
 
 def _models(args, tmp: str):
-    from mta_ext.models import build_tiny_model, load_model_and_tokenizer, tiny_tokenizer
+    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+
+    from mta_ext.models import load_model_and_tokenizer
 
     if args.quick:
         from mta_ext.data import load_texts

@@ -30,7 +30,9 @@ from benchmarks.common import machine_info, markdown_table, write_results
 
 
 def _models(args, tmp: str):
-    from mta_ext.models import build_tiny_model, load_model_and_tokenizer, tiny_tokenizer
+    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+
+    from mta_ext.models import load_model_and_tokenizer
 
     if args.quick:
         from mta_ext.data import load_texts

@@ -94,11 +94,11 @@ def _check_saved(trainer, mta_loss, out):
 
 def test_gkd_trainer_with_mta(parts, tmp_path):
     from datasets import Dataset
+    from tiny_fixtures import tiny_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.experimental.gkd import GKDConfig
 
     from mta_ext.integrations.trl import MTAGKDTrainer
-    from mta_ext.models import tiny_tokenizer
 
     # one small byte-level BPE (trained in < 1 s) for both: the 151k-vocab JSD would dominate
     tok = tiny_tokenizer("bpe", texts=TEXTS * 3 + QUESTIONS * 3, vocab_size=400)

@@ -56,9 +56,8 @@ def _common(tmp_path, steps: int) -> dict:
 
 
 def _tiny_llama_pair():
+    from tiny_fixtures import tiny_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mta_ext.models import tiny_tokenizer
 
     tok = tiny_tokenizer("bpe", texts=TEXTS * 3 + QUESTIONS * 3, vocab_size=400)
     tok.chat_template = CHATML
