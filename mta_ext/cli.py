@@ -807,7 +807,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     kd = None
     if args.kd == "uld":
-        from .integrations.logit_kd import uld_kd
+        from .logit_kd import uld_kd
 
         kd = uld_kd()
     runs["ce+mta"] = _train(

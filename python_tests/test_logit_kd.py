@@ -10,7 +10,7 @@ import pytest
 import torch
 from _integ_models import TEXTS, require, require_mta_api, tiny_models
 
-from mta_ext.integrations.logit_kd import (
+from mta_ext.logit_kd import (
     _SortedTopProbs,
     boundary_pairs,
     shared_vocab,

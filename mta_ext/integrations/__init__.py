@@ -1,42 +1,39 @@
 """Plug MTA into training loops: collator, loss step, HF Trainer, checkpoints.
 
-``MTADistillationTrainer`` needs ``transformers`` and is imported lazily.
+This package only wires: the losses it calls live beside ``mta_ext.losses``
+(``mta_ext.logit_kd`` holds the logit-KD hooks). ``MTADistillationTrainer`` needs
+``transformers`` and is imported lazily.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .checkpoint import load_mta_loss, save_mta_loss, save_student
-from .collator import MTACollator, batch_to
-from .distill import distillation_loss, same_vocab_kl, teacher_forward, unit_coverage
-from .evaluate import heldout_ce
-from .logit_kd import (
+# Moved to mta_ext.logit_kd (the losses' home); re-exported here for existing imports.
+from ..logit_kd import (  # noqa: F401
     boundary_pairs,
+    same_vocab_kl,
     shared_vocab,
     sorted_top_probs,
     uld_distance,
     uld_distance_to_probs,
     uld_kd,
 )
+from .checkpoint import load_mta_loss, save_mta_loss, save_student
+from .collator import MTACollator, batch_to
+from .distill import distillation_loss, teacher_forward, unit_coverage
+from .evaluate import heldout_ce
 
 __all__ = [
     "MTACollator",
     "MTADistillationTrainer",
     "batch_to",
-    "boundary_pairs",
     "distillation_loss",
     "heldout_ce",
     "load_mta_loss",
-    "same_vocab_kl",
     "save_mta_loss",
     "save_student",
-    "shared_vocab",
-    "sorted_top_probs",
     "teacher_forward",
-    "uld_distance",
-    "uld_distance_to_probs",
-    "uld_kd",
     "unit_coverage",
 ]
 

@@ -1,10 +1,13 @@
-"""Cross-tokenizer logit distillation at shared token boundaries: ULD, plus an optional exact term.
+"""Logit distillation losses: ULD across tokenizers at shared token boundaries (plus an optional
+exact term), and the plain KL for one shared tokenizer. The maths and the gradients:
+docs/DESIGN.md §2.8; the plain-loop twins: ``mta_ext.reference.logit_kd``.
 
 Two tokenizations of one text agree on some token *boundaries*: char positions where a teacher
 token and a student token both end. At such a position both models predict "what comes after
 this char", so their next-token distributions are comparable, even though the vocabularies
 differ. :func:`boundary_pairs` finds these positions from the aligner's offsets;
-:func:`uld_kd` builds a ``logit_kd`` hook for :func:`mta_ext.integrations.distillation_loss`:
+:func:`uld_kd` builds a ``logit_kd`` hook (:data:`LogitKD`) for
+:func:`mta_ext.integrations.distillation_loss`:
 
 * ULD (Universal Logit Distillation, Boizard et al. 2024): the L1 distance between the two
   distributions' probabilities sorted in descending order, truncated to the top ``k`` ranks
@@ -22,20 +25,24 @@ non-empty char span (specials such as BOS have empty offsets); a usable token is
 when the next usable token starts at or after its end (so the first byte piece of a character
 split into several byte tokens, whose spans overlap, is not a boundary). A teacher boundary
 and a student boundary of the same example match when their end chars are equal.
+
+With one tokenizer on both sides (same ``T``, same vocabulary) :func:`same_vocab_kl` is the
+hook: the token-level forward KL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .distill import LogitKD
-
 __all__ = [
+    "LogitKD",
     "boundary_pairs",
+    "same_vocab_kl",
     "shared_vocab",
     "shared_vocab_kl",
     "sorted_top_probs",
@@ -43,6 +50,10 @@ __all__ = [
     "uld_distance_to_probs",
     "uld_kd",
 ]
+
+# A logit-KD hook: ``fn(student_out, teacher_out, batch) -> 0-dim tensor``, the KD term of
+# ``mta_ext.integrations.distillation_loss`` (the outputs carry ``.logits``).
+LogitKD = Callable[[Any, Any, Mapping[str, Any]], torch.Tensor]
 
 # Default chunk budget: elements of one [chunk, V] fp32 block (2**24 floats = 64 MiB).
 _CHUNK_ELEMS = 1 << 24
@@ -121,7 +132,7 @@ class _SortedTopProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits2d, rows, k, temperature, chunk):  # type: ignore[override]
+    def forward(ctx, logits2d, rows, k, temperature, chunk):
         N = rows.numel()
         cdt = _compute_dtype(logits2d)
         out = torch.empty(N, k, dtype=cdt, device=logits2d.device)
@@ -141,7 +152,7 @@ class _SortedTopProbs(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         logits2d, rows, idx, lse, out = ctx.saved_tensors
         tau, chunk = ctx.temperature, ctx.chunk
         grad = torch.zeros_like(logits2d)
@@ -486,5 +497,32 @@ def uld_kd(
                 chunk_size=chunk_size,
             )
         return loss
+
+    return kd
+
+
+# ----------------------------------------------------------------------------- one tokenizer
+
+
+def same_vocab_kl(temperature: float = 1.0) -> LogitKD:
+    """A ``logit_kd`` hook for teacher and student sharing one tokenizer (same ``T`` and vocab).
+
+    Forward KL ``KL(p_T || p_S)`` at temperature ``τ`` (times ``τ²``), averaged over the
+    student's non-pad tokens. Raises ValueError when the shapes differ (different tokenizers).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def kd(student_out: Any, teacher_out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+        s, t = student_out.logits, teacher_out.logits
+        if s.shape != t.shape:
+            raise ValueError(
+                f"same_vocab_kl: student logits {tuple(s.shape)} and teacher logits "
+                f"{tuple(t.shape)} differ; token-level logit KD needs a shared tokenizer"
+            )
+        mask = batch["attention_mask"].to(s.device).bool()
+        ls = F.log_softmax(s[mask].float() / temperature, -1)
+        lt = F.log_softmax(t[mask].float() / temperature, -1)
+        return F.kl_div(ls, lt, log_target=True, reduction="batchmean") * temperature**2
 
     return kd
