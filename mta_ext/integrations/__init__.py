@@ -7,18 +7,9 @@ This package only wires: the losses it calls live beside ``mta_ext.losses``
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-# Moved to mta_ext.logit_kd (the losses' home); re-exported here for existing imports.
-from ..logit_kd import (  # noqa: F401
-    boundary_pairs,
-    same_vocab_kl,
-    shared_vocab,
-    sorted_top_probs,
-    uld_distance,
-    uld_distance_to_probs,
-    uld_kd,
-)
 from .checkpoint import load_mta_loss, save_mta_loss, save_student
 from .collator import MTACollator, batch_to
 from .distill import distillation_loss, teacher_forward, unit_coverage
@@ -37,10 +28,31 @@ __all__ = [
     "unit_coverage",
 ]
 
+# Names that moved to mta_ext.logit_kd: still importable from here, with a DeprecationWarning.
+_MOVED_TO_LOGIT_KD = (
+    "boundary_pairs",
+    "same_vocab_kl",
+    "shared_vocab",
+    "sorted_top_probs",
+    "uld_distance",
+    "uld_distance_to_probs",
+    "uld_kd",
+)
+
 
 def __getattr__(name: str) -> Any:
     if name == "MTADistillationTrainer":
         from .trainer import MTADistillationTrainer
 
         return MTADistillationTrainer
+    if name in _MOVED_TO_LOGIT_KD:
+        from .. import logit_kd
+
+        warnings.warn(
+            f"mta_ext.integrations.{name} moved to mta_ext.logit_kd.{name}; import it from "
+            "there (this alias will be removed)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(logit_kd, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
