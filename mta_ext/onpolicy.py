@@ -337,7 +337,7 @@ def on_policy_step(
 
     KD (``kd="auto"``): the reverse KL on the sampled tokens when both models share one
     tokenizer, else ULD at the token boundaries both tokenizations share
-    (:func:`mta_ext.integrations.uld_kd`); ``"none"``: L_MTA alone. With ``span_pool`` (a
+    (:func:`mta_ext.logit_kd.uld_kd`); ``"none"``: L_MTA alone. With ``span_pool`` (a
     :class:`mta_ext.phrases.SpanPool`) the completions' spans parse in a worker while the
     teacher and the student run. Returns ``(loss, parts, batch)``; ``parts`` holds the loss
     terms and the seconds of each phase: ``generate_s``, ``align_spans_s`` (offsets of the
@@ -348,7 +348,7 @@ def on_policy_step(
     import time
 
     from .integrations.distill import teacher_forward
-    from .integrations.logit_kd import uld_kd
+    from .logit_kd import uld_kd
 
     if kd == "auto":
         kd = "reverse_kl" if aligner.shared_tokenizer else "uld"

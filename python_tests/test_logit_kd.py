@@ -10,7 +10,7 @@ import pytest
 import torch
 from _integ_models import TEXTS, require, require_mta_api, tiny_models
 
-from mta_ext.integrations.logit_kd import (
+from mta_ext.logit_kd import (
     _SortedTopProbs,
     boundary_pairs,
     shared_vocab,
@@ -222,6 +222,39 @@ def test_bad_arguments_are_clear():
 
     with pytest.raises(ValueError, match="teacher 'offsets'"):
         hook(Out(), Out(), {"alignment": {"teacher": {}, "student": {}}})
+
+
+_MOVED = (
+    "boundary_pairs",
+    "same_vocab_kl",
+    "shared_vocab",
+    "sorted_top_probs",
+    "uld_distance",
+    "uld_distance_to_probs",
+    "uld_kd",
+)
+
+
+def test_old_homes_still_import_with_a_deprecation_warning(monkeypatch):
+    """The losses moved from mta_ext.integrations(.logit_kd) to mta_ext.logit_kd: the old
+    module and the old package names give the same objects and say where they went."""
+    import importlib
+    import sys
+
+    import mta_ext.integrations as integrations
+    import mta_ext.logit_kd as home
+
+    monkeypatch.delitem(sys.modules, "mta_ext.integrations.logit_kd", raising=False)
+    with pytest.warns(
+        DeprecationWarning, match=r"integrations\.logit_kd moved to mta_ext\.logit_kd"
+    ):
+        old = importlib.import_module("mta_ext.integrations.logit_kd")
+    assert all(getattr(old, name) is getattr(home, name) for name in home.__all__)
+    for name in _MOVED:
+        with pytest.warns(DeprecationWarning, match=rf"moved to mta_ext\.logit_kd\.{name}\b"):
+            assert getattr(integrations, name) is getattr(home, name)
+    with pytest.raises(AttributeError):
+        integrations.no_such_name  # noqa: B018
 
 
 # ----------------------------------------------------------------------------- real tokenizers

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_fixtures import tiny_gpt2
 from torch import nn
 
 import mta_ext
@@ -217,9 +218,7 @@ def test_one_unit_per_example_gives_zero_dsa(models):
 def test_loss_decreases_when_training_student(models):
     teacher, _ = models
     torch.manual_seed(7)
-    student = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=131, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    )
+    student = tiny_gpt2(131)  # the ``models`` student, freshly initialised
     al = _batch(seed=7, word=(6, 4, 5), phrase=(4, 5, 3))
     loss_fn = MTALoss.from_configs(student.config, teacher.config, schedule=SCHED)
     t_out = _run(teacher, al.teacher)

@@ -102,7 +102,8 @@ def test_trainer_three_steps(parts, tmp_path):
 
 
 def test_distillation_loss_composition(parts):
-    from mta_ext.integrations import distillation_loss, same_vocab_kl
+    from mta_ext.integrations import distillation_loss
+    from mta_ext.logit_kd import same_vocab_kl
 
     teacher, student, _, collator = parts
     batch = collator([{"text": t} for t in TEXTS[:2]])
@@ -134,7 +135,7 @@ def test_distillation_loss_composition(parts):
 def test_same_vocab_kl_zero_for_identical_models():
     from types import SimpleNamespace
 
-    from mta_ext.integrations import same_vocab_kl
+    from mta_ext.logit_kd import same_vocab_kl
 
     logits = torch.randn(2, 5, 11)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])

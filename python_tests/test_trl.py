@@ -6,56 +6,29 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import pytest
 import torch
-from _integ_models import TEXTS, require, require_mta_api, tiny_models
+from _integ_models import require, tiny_models
+from trl_helpers import (
+    chat_dataset,
+    completion_dataset,
+    require_trl,
+    shared_tokenizer_pair,
+    trainer_args,
+)
 
 import mta_ext
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the experimental-API notice
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-QUESTIONS = [
-    "Tell me about Paris.",
-    "Describe a fox.",
-    "Write about the sea.",
-    "What can students learn?",
-    "Suggest a breakfast.",
-    "What did the committee do?",
-]
 
 
 @pytest.fixture(scope="module")
 def parts():
-    require_mta_api()
-    require("trl", "datasets", "spacy", "accelerate")
-    from mta_ext.integrations.trl import check_trl_version
-
-    check_trl_version()
+    require_trl()
     return tiny_models()
 
 
 def _args_kwargs(tmp_path):
-    return dict(
-        output_dir=str(tmp_path / "run"),
-        max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        seed=0,
-        lmbda=0.0,
-        max_length=64,
-    )
+    return trainer_args(tmp_path, 3, lmbda=0.0, max_length=64)
 
 
 def _snapshot(m: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,40 +66,13 @@ def _check_saved(trainer, mta_loss, out):
 
 
 def test_gkd_trainer_with_mta(parts, tmp_path):
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl.experimental.gkd import GKDConfig
 
     from mta_ext.integrations.trl import MTAGKDTrainer
-    from mta_ext.models import tiny_tokenizer
 
     # one small byte-level BPE (trained in < 1 s) for both: the 151k-vocab JSD would dominate
-    tok = tiny_tokenizer("bpe", texts=TEXTS * 3 + QUESTIONS * 3, vocab_size=400)
-    tok.chat_template = CHATML
-
-    def llama(layers: int, width: int, seed: int) -> LlamaForCausalLM:
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=len(tok),
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_hidden_layers=layers,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-        )
-
-    teacher, student = llama(4, 48, 1), llama(3, 32, 2)
-    ds = Dataset.from_list(
-        [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in zip(QUESTIONS, TEXTS, strict=True)
-        ]
-    )
+    tok, teacher, student = shared_tokenizer_pair()
+    ds = chat_dataset()
     torch.manual_seed(0)
     mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
     s_before, p_before = _snapshot(student), _snapshot(mta_loss)
@@ -166,19 +112,13 @@ def _check_accumulation_scaling(trainer):
 
 
 def test_gold_trainer_with_mta(parts, tmp_path):
-    from datasets import Dataset
     from trl.experimental.gold import GOLDConfig
 
     from mta_ext.integrations.trl import MTAGOLDTrainer
 
     teacher, t_tok, student0, s_tok = parts
     student = copy.deepcopy(student0)
-    ds = Dataset.from_list(
-        [
-            {"prompt": f"Question: {q}\nAnswer:", "completion": " " + a}
-            for q, a in zip(QUESTIONS, TEXTS, strict=True)
-        ]
-    )
+    ds = completion_dataset()
     torch.manual_seed(0)
     mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
     s_before, p_before = _snapshot(student), _snapshot(mta_loss)

@@ -6,91 +6,25 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import pytest
 import torch
-from _integ_models import TEXTS, require, require_mta_api, tiny_models
+from _integ_models import tiny_models
+from trl_helpers import (
+    QUESTIONS,
+    chat_dataset,
+    completion_dataset,
+    require_trl,
+    shared_tokenizer_pair,
+    trainer_args,
+)
 
 import mta_ext
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-QUESTIONS = [
-    "Tell me about Paris.",
-    "Describe a fox.",
-    "Write about the sea.",
-    "What can students learn?",
-    "Suggest a breakfast.",
-    "What did the committee do?",
-]
 
 
 @pytest.fixture(scope="module")
 def trl_ready():
-    require_mta_api()
-    require("trl", "datasets", "spacy", "accelerate")
-    from mta_ext.integrations.trl import check_trl_version
-
-    check_trl_version()
-
-
-def _common(tmp_path, steps: int) -> dict:
-    return dict(
-        output_dir=str(tmp_path / "run"),
-        max_steps=steps,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        seed=0,
-    )
-
-
-def _tiny_llama_pair():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mta_ext.models import tiny_tokenizer
-
-    tok = tiny_tokenizer("bpe", texts=TEXTS * 3 + QUESTIONS * 3, vocab_size=400)
-    tok.chat_template = CHATML
-
-    def llama(layers: int, width: int, seed: int) -> LlamaForCausalLM:
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=len(tok),
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_hidden_layers=layers,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-        )
-
-    return tok, llama(4, 48, 1), llama(3, 32, 2)
-
-
-def _chat_ds():
-    from datasets import Dataset
-
-    return Dataset.from_list(
-        [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in zip(QUESTIONS, TEXTS, strict=True)
-        ]
-    )
+    require_trl()
 
 
 def _logged(trainer, key: str) -> list[float]:
@@ -114,15 +48,17 @@ def test_gkd_on_policy(trl_ready, tmp_path, lmbda):
 
     from mta_ext.integrations.trl import MTAGKDTrainer
 
-    tok, teacher, student = _tiny_llama_pair()
+    tok, teacher, student = shared_tokenizer_pair()
     mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
     steps = 4
     trainer = MTAGKDTrainer(
         model=student,
         teacher_model=teacher,
-        args=GKDConfig(**_common(tmp_path, steps), lmbda=lmbda, max_new_tokens=12, max_length=64),
+        args=GKDConfig(
+            **trainer_args(tmp_path, steps), lmbda=lmbda, max_new_tokens=12, max_length=64
+        ),
         processing_class=tok,
-        train_dataset=_chat_ds(),
+        train_dataset=chat_dataset(),
         mta_loss=mta_loss,
         on_policy_phrases=None,  # words only on sampled text (no spaCy)
     )
@@ -135,15 +71,15 @@ def test_gkd_seq_kd(trl_ready, tmp_path):
 
     from mta_ext.integrations.trl import MTAGKDTrainer
 
-    tok, teacher, student = _tiny_llama_pair()
+    tok, teacher, student = shared_tokenizer_pair()
     trainer = MTAGKDTrainer(
         model=student,
         teacher_model=teacher,
         args=GKDConfig(
-            **_common(tmp_path, 2), lmbda=0.0, seq_kd=True, max_new_tokens=12, max_length=64
+            **trainer_args(tmp_path, 2), lmbda=0.0, seq_kd=True, max_new_tokens=12, max_length=64
         ),
         processing_class=tok,
-        train_dataset=_chat_ds(),
+        train_dataset=chat_dataset(),
         mta_loss=mta_ext.MTALoss.from_configs(student.config, teacher.config),
         on_policy_phrases=None,
     )
@@ -153,25 +89,19 @@ def test_gkd_seq_kd(trl_ready, tmp_path):
 
 @pytest.mark.parametrize("lmbda", [1.0, 0.5])
 def test_gold_on_policy(trl_ready, tmp_path, lmbda):
-    from datasets import Dataset
     from trl.experimental.gold import GOLDConfig
 
     from mta_ext.integrations.trl import MTAGOLDTrainer
 
     teacher, _, student0, s_tok = tiny_models()
     student = copy.deepcopy(student0)
-    ds = Dataset.from_list(
-        [
-            {"prompt": f"Question: {q}\nAnswer:", "completion": " " + a}
-            for q, a in zip(QUESTIONS, TEXTS, strict=True)
-        ]
-    )
+    ds = completion_dataset()
     steps = 4
     trainer = MTAGOLDTrainer(
         model=student,
         teacher_model=teacher,
         args=GOLDConfig(
-            **_common(tmp_path, steps),
+            **trainer_args(tmp_path, steps),
             lmbda=lmbda,
             max_length=64,
             max_completion_length=12,
@@ -202,7 +132,7 @@ def test_trl_distillation_trainer(trl_ready, tmp_path):
 
     from mta_ext.integrations.trl import MTATRLDistillationTrainer
 
-    tok, teacher, student = _tiny_llama_pair()
+    tok, teacher, student = shared_tokenizer_pair()
     tok.padding_side = "left"
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in QUESTIONS])
     mta_loss = mta_ext.MTALoss.from_configs(student.config, teacher.config)
@@ -210,7 +140,7 @@ def test_trl_distillation_trainer(trl_ready, tmp_path):
     trainer = MTATRLDistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=DistillationConfig(**_common(tmp_path, 3), max_completion_length=12),
+        args=DistillationConfig(**trainer_args(tmp_path, 3), max_completion_length=12),
         processing_class=tok,
         train_dataset=ds,
         mta_loss=mta_loss,
@@ -228,13 +158,13 @@ def test_entropy_weighting_refused_in_distillation_trainer(trl_ready, tmp_path):
 
     from mta_ext.integrations.trl import MTATRLDistillationTrainer
 
-    tok, teacher, student = _tiny_llama_pair()
+    tok, teacher, student = shared_tokenizer_pair()
     loss = mta_ext.MTALoss.from_configs(student.config, teacher.config, weighting="entropy")
     with pytest.raises(ValueError, match="teacher's logits"):
         MTATRLDistillationTrainer(
             model=student,
             teacher_model=teacher,
-            args=DistillationConfig(**_common(tmp_path, 1), max_completion_length=4),
+            args=DistillationConfig(**trainer_args(tmp_path, 1), max_completion_length=4),
             processing_class=tok,
             mta_loss=loss,
         )

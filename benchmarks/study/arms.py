@@ -100,7 +100,7 @@ def kd_uld(
 ) -> torch.Tensor:
     """The package's ULD at shared token boundaries with the teacher side read from the cache:
     ``uld_kd``'s loss, with ``sorted_top_probs`` of the teacher logits precomputed."""
-    from mta_ext.integrations import boundary_pairs, uld_distance_to_probs
+    from mta_ext.logit_kd import boundary_pairs, uld_distance_to_probs
 
     t, s = alignment.teacher, alignment.student
     t_rows, s_rows = boundary_pairs(

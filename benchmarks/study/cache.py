@@ -61,7 +61,8 @@ def build_teacher_cache(
         top_k: also store the sorted top-k next-token probabilities per token (needs the
             teacher's LM head: for Gemma-3, a 262k-wide matmul per token).
     """
-    from mta_ext.integrations import sorted_top_probs, teacher_forward
+    from mta_ext.integrations import teacher_forward
+    from mta_ext.logit_kd import sorted_top_probs
 
     teacher.eval()
     ids_parts: list[torch.Tensor] = []

@@ -67,21 +67,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    import transformers
+    from tiny_fixtures import tiny_llama
 
     torch.manual_seed(args.seed)
 
     def llama(layers, width):
-        return transformers.LlamaForCausalLM(
-            transformers.LlamaConfig(
-                vocab_size=512,
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_hidden_layers=layers,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=128,
-            )
+        return tiny_llama(
+            512, layers=layers, width=width, heads=4, kv_heads=2, max_position_embeddings=128
         ).eval()
 
     teacher, student = llama(4, 128), llama(2, 64)

@@ -48,7 +48,7 @@ def demo_cached() -> bool:
 
 
 def _tiny_models(texts: list[str], root: Path) -> tuple[str, str]:
-    from mta_ext.models import build_tiny_model, tiny_tokenizer
+    from tiny_fixtures import build_tiny_model, tiny_tokenizer
 
     t_dir, s_dir = root / "tiny-teacher", root / "tiny-student"
     if not (t_dir / "config.json").is_file():

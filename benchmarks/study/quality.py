@@ -36,7 +36,7 @@ Setup (defaults; every number is a flag):
   ``ce+kd`` and ``ce+kd+mta`` train ``(1 − w)·CE + w·KD`` (``--kd-weight`` w = 0.5), the
   latter plus L_MTA: KD is the package's cross-tokenizer logit KD (ULD, the L1 distance of the
   sorted top-k next-token probabilities, ``--kd-top-k`` 128, at the char positions where a
-  teacher token and a student token both end: ``mta_ext.integrations.boundary_pairs`` and
+  teacher token and a student token both end: ``mta_ext.logit_kd.boundary_pairs`` and
   ``uld_distance_to_probs``), the teacher side read from the cache (``sorted_top_probs`` of
   every teacher position, computed in the same single teacher pass). ``ce+kd+mta`` is also
   compared with ``ce+kd`` (same seed): does MTA add anything on top of logit KD?

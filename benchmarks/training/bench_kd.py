@@ -3,7 +3,7 @@
     python -m benchmarks.training.bench_kd [--quick] [--device cpu|cuda] [--repeats 5]
 
 Impls:
-* ``mta_ext``: ``mta_ext.integrations.logit_kd.uld_distance`` (chunked, top-k, custom backward).
+* ``mta_ext``: ``mta_ext.logit_kd.uld_distance`` (chunked, top-k, custom backward).
 * ``naive``: what one writes first (and what TRL's GOLD does per example): fp32 softmax of all
   matched rows at once, full-vocabulary sort, top-k slice, autograd; memory ``O(N · V)`` fp32.
 * ``reference`` (quick mode only): ``mta_ext.reference.uld_reference``, Python loops.
@@ -26,7 +26,7 @@ import random
 import torch
 
 from benchmarks.common import Case, machine_info, markdown_table, run_cases, write_results
-from mta_ext.integrations.logit_kd import boundary_pairs, uld_distance
+from mta_ext.logit_kd import boundary_pairs, uld_distance
 from mta_ext.reference.logit_kd import uld_reference
 
 COLUMNS = [

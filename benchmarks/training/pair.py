@@ -40,7 +40,9 @@ def add_pair_args(p: argparse.ArgumentParser) -> None:
 def load_models(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, Any, Any]:
     """(teacher, teacher tokenizer, student, student tokenizer); with ``args.quick`` builds the
     tiny pair in ``tmp`` and points ``args.teacher`` / ``args.student`` at it."""
-    from mta_ext.models import build_tiny_model, load_model_and_tokenizer, tiny_tokenizer
+    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+
+    from mta_ext.models import load_model_and_tokenizer
 
     if args.quick:
         from mta_ext.data import load_texts

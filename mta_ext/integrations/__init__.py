@@ -1,44 +1,43 @@
 """Plug MTA into training loops: collator, loss step, HF Trainer, checkpoints.
 
-``MTADistillationTrainer`` needs ``transformers`` and is imported lazily.
+This package only wires: the losses it calls live beside ``mta_ext.losses``
+(``mta_ext.logit_kd`` holds the logit-KD hooks). ``MTADistillationTrainer`` needs
+``transformers`` and is imported lazily.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .checkpoint import load_mta_loss, save_mta_loss, save_student
 from .collator import MTACollator, batch_to
-from .distill import distillation_loss, same_vocab_kl, teacher_forward, unit_coverage
+from .distill import distillation_loss, teacher_forward, unit_coverage
 from .evaluate import heldout_ce
-from .logit_kd import (
-    boundary_pairs,
-    shared_vocab,
-    sorted_top_probs,
-    uld_distance,
-    uld_distance_to_probs,
-    uld_kd,
-)
 
 __all__ = [
     "MTACollator",
     "MTADistillationTrainer",
     "batch_to",
-    "boundary_pairs",
     "distillation_loss",
     "heldout_ce",
     "load_mta_loss",
-    "same_vocab_kl",
     "save_mta_loss",
     "save_student",
+    "teacher_forward",
+    "unit_coverage",
+]
+
+# Names that moved to mta_ext.logit_kd: still importable from here, with a DeprecationWarning.
+_MOVED_TO_LOGIT_KD = (
+    "boundary_pairs",
+    "same_vocab_kl",
     "shared_vocab",
     "sorted_top_probs",
-    "teacher_forward",
     "uld_distance",
     "uld_distance_to_probs",
     "uld_kd",
-    "unit_coverage",
-]
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -46,4 +45,14 @@ def __getattr__(name: str) -> Any:
         from .trainer import MTADistillationTrainer
 
         return MTADistillationTrainer
+    if name in _MOVED_TO_LOGIT_KD:
+        from .. import logit_kd
+
+        warnings.warn(
+            f"mta_ext.integrations.{name} moved to mta_ext.logit_kd.{name}; import it from "
+            "there (this alias will be removed)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(logit_kd, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

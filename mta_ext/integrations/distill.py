@@ -4,8 +4,9 @@
 
 * CE: the student's next-token cross-entropy on its own tokens (HF ``labels``).
 * KD: an optional logit-distillation term from a pluggable ``logit_kd(student_out, teacher_out,
-  batch)``; the default is ``kd_weight=0``. Ready hooks: :func:`same_vocab_kl` for a shared
-  tokenizer, ``logit_kd.uld_kd`` across tokenizers (ULD at shared token boundaries).
+  batch)``; the default is ``kd_weight=0``. Ready hooks (losses, in :mod:`mta_ext.logit_kd`):
+  ``same_vocab_kl`` for a shared tokenizer, ``uld_kd`` across tokenizers (ULD at shared token
+  boundaries).
 * L_MTA: ``MTALoss`` on the hidden states (DSA + λ_hid · Hid, already scaled by ``w_span``).
 
 Distributed semantics: every term is a mean over the *local* micro-batch (CE over its tokens,
@@ -19,23 +20,21 @@ their own ``forward`` (see examples/README.md for FSDP/ZeRO-3 notes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..logit_kd import LogitKD
 
 __all__ = [
     "LogitKD",
     "distillation_loss",
-    "same_vocab_kl",
     "teacher_forward",
     "tokens_in_units",
     "unit_coverage",
 ]
-
-LogitKD = Callable[[Any, Any, Mapping[str, Any]], torch.Tensor]
 
 
 def teacher_forward(
@@ -160,30 +159,6 @@ def distillation_loss(
         comps["kd"] = kd.detach()
     comps["loss"] = loss.detach()
     return loss, comps, student_out
-
-
-def same_vocab_kl(temperature: float = 1.0) -> LogitKD:
-    """A ``logit_kd`` hook for teacher and student sharing one tokenizer (same ``T`` and vocab).
-
-    Forward KL ``KL(p_T || p_S)`` at temperature ``τ`` (times ``τ²``), averaged over the
-    student's non-pad tokens. Raises ValueError when the shapes differ (different tokenizers).
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-    def kd(student_out: Any, teacher_out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-        s, t = student_out.logits, teacher_out.logits
-        if s.shape != t.shape:
-            raise ValueError(
-                f"same_vocab_kl: student logits {tuple(s.shape)} and teacher logits "
-                f"{tuple(t.shape)} differ; token-level logit KD needs a shared tokenizer"
-            )
-        mask = batch["attention_mask"].to(s.device).bool()
-        ls = F.log_softmax(s[mask].float() / temperature, -1)
-        lt = F.log_softmax(t[mask].float() / temperature, -1)
-        return F.kl_div(ls, lt, log_target=True, reduction="batchmean") * temperature**2
-
-    return kd
 
 
 def unit_coverage(alignment: Any) -> dict[str, float]:

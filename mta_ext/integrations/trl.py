@@ -299,6 +299,44 @@ class MTATRLMixin:
             total += len(c_ids)
         return offs, matched, total
 
+    def _teacher_side(
+        self,
+        texts: list[str],
+        t_ids: torch.Tensor,
+        t_mask: torch.Tensor,
+        student_side: tuple[np.ndarray, int, int],
+        same: bool,
+    ) -> tuple[np.ndarray, int, int]:
+        """The teacher's ``(offsets, located, total)``: the student's when both sides saw the
+        same rows with one tokenizer (``same``), else the completion text re-encoded by the
+        teacher's tokenizer and located in the teacher's rows (the start searched)."""
+        if same:
+            return student_side
+        return self._side_offsets(
+            self._teacher_tokenizer(), texts, t_ids, t_mask, [None] * len(texts)
+        )
+
+    @staticmethod
+    def _align(
+        texts: list[str],
+        teacher: tuple[torch.Tensor, np.ndarray, torch.Tensor, int, int],
+        student: tuple[torch.Tensor, np.ndarray, torch.Tensor, int, int],
+        spans: list[Any],
+        **kwargs: Any,
+    ) -> tuple[Any, float]:
+        """``(alignment, matched)`` from each side's ``(ids, offsets, mask, located, total)``:
+        ``align_encoded`` on the CPU copies; ``matched`` is the share of both sides' completion
+        tokens that were located (the ``mta_matched`` metric)."""
+        from ..alignment import align_encoded
+
+        sides = [
+            {"input_ids": ids.cpu(), "offset_mapping": offs, "attention_mask": mask.cpu()}
+            for ids, offs, mask, _, _ in (teacher, student)
+        ]
+        alignment = align_encoded(texts, sides[0], sides[1], spans, **kwargs)
+        located, total = teacher[3] + student[3], teacher[4] + student[4]
+        return alignment, located / max(total, 1)
+
     def _mta_alignment(
         self,
         inputs: dict[str, Any],
@@ -308,8 +346,6 @@ class MTATRLMixin:
         t_mask: torch.Tensor,
     ) -> tuple[Any, float]:
         """Off-policy batches: the completion text re-encoded by each side, located in its row."""
-        from ..alignment import align_encoded
-
         labels = inputs.get("labels")
         if labels is None:
             raise ValueError("MTA with TRL: the batch has no 'labels' (the completion positions)")
@@ -329,20 +365,15 @@ class MTATRLMixin:
         ]
         s_offs, s_hit, s_tot = self._side_offsets(s_tok, texts, s_ids, s_mask, starts)
         same = t_tok is s_tok and t_ids.shape == s_ids.shape and bool(torch.equal(t_ids, s_ids))
-        if same:
-            t_offs, t_hit, t_tot = s_offs, s_hit, s_tot
-        else:
-            t_offs, t_hit, t_tot = self._side_offsets(
-                t_tok, texts, t_ids, t_mask, [None] * len(texts)
-            )
-        alignment = align_encoded(
+        t_offs, t_hit, t_tot = self._teacher_side(
+            texts, t_ids, t_mask, (s_offs, s_hit, s_tot), same
+        )
+        return self._align(
             texts,
-            {"input_ids": t_ids.cpu(), "offset_mapping": t_offs, "attention_mask": t_mask.cpu()},
-            {"input_ids": s_ids.cpu(), "offset_mapping": s_offs, "attention_mask": s_mask.cpu()},
+            (t_ids, t_offs, t_mask, t_hit, t_tot),
+            (s_ids, s_offs, s_mask, s_hit, s_tot),
             self._spans(texts),
         )
-        matched = (s_hit + t_hit) / max(s_tot + t_tot, 1)
-        return alignment, matched
 
     # ------------------------------------------------------------------ sampled batches
 
@@ -409,7 +440,6 @@ class MTATRLMixin:
     ) -> tuple[Any, float]:
         """Sampled batches: the sampled ids' own offsets on the student side; the teacher
         shares them (one tokenizer, same rows) or re-encodes the completion text (GOLD)."""
-        from ..alignment import align_encoded
         from ..onpolicy import cut_windows
 
         if s_ids.shape != prep["ids"].shape or not torch.equal(s_ids.detach().cpu(), prep["ids"]):
@@ -422,12 +452,10 @@ class MTATRLMixin:
         s_hit, s_tot = prep["n_tok"] - prep["n_broken"], prep["n_tok"]
         s_tok, t_tok = self._student_tokenizer(), self._teacher_tokenizer()
         same = t_ids.shape == s_ids.shape and bool(torch.equal(t_ids, s_ids))
-        if same:
-            t_offs, t_hit, t_tot = s_offs, s_hit, s_tot
-        else:
-            t_offs, t_hit, t_tot = self._side_offsets(
-                t_tok, texts, t_ids, t_mask, [None] * len(texts)
-            )
+        t_offs, t_hit, t_tot = self._teacher_side(
+            texts, t_ids, t_mask, (s_offs, s_hit, s_tot), same
+        )
+        if not same:
             # The teacher saw TRL's decode of the completion; a row where that differs from the
             # decode of the sampled ids gets no teacher offsets (no unit kept, counted below).
             trl_texts = inputs.get("original_completion_text")
@@ -441,16 +469,14 @@ class MTATRLMixin:
         else:
             spans = annotate_spans(texts, phrases=self.mta_on_policy_phrases, words=self.mta_words)
         win = cut_windows(texts, prep["truncated"])
-        alignment = align_encoded(
+        return self._align(
             texts,
-            {"input_ids": t_ids.cpu(), "offset_mapping": t_offs, "attention_mask": t_mask.cpu()},
-            {"input_ids": s_ids.cpu(), "offset_mapping": s_offs, "attention_mask": s_mask.cpu()},
+            (t_ids, t_offs, t_mask, t_hit, t_tot),
+            (s_ids, s_offs, s_mask, s_hit, s_tot),
             spans,
             shared_tokenizer=same and s_tok is t_tok,
             windows=(win, win),
         )
-        matched = (s_hit + t_hit) / max(s_tot + t_tot, 1)
-        return alignment, matched
 
     # ------------------------------------------------------------------ loss
 

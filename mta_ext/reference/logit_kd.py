@@ -1,4 +1,4 @@
-"""Plain-loop twins of ``mta_ext.integrations.logit_kd`` (the test oracle).
+"""Plain-loop twins of ``mta_ext.logit_kd`` (the test oracle).
 
 Per example, walk both token lists, keep the boundary tokens (a usable token whose next usable
 token starts at or after its end), match teacher and student boundaries by their end char,
