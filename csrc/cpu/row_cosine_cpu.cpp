@@ -137,8 +137,10 @@ std::tuple<at::Tensor, at::Tensor> row_cosine_backward_cpu(
         const double cp = std::max(np, e), ch = std::max(nh, e);
         const double al = g / (cp * ch), gc = g * static_cast<double>(ci[i]);
         const scalar_t* hr = hp + r * D;
-        if (gpo != nullptr) axmby(gpo + i * D, hr, pp + i * D, al, np > e ? gc / (cp * np) : 0.0, D);
-        if (gho != nullptr) axmby(gho + i * D, pp + i * D, hr, al, nh > e ? gc / (ch * nh) : 0.0, D);
+        if (gpo != nullptr)
+          axmby(gpo + i * D, hr, pp + i * D, al, np > e ? gc / (cp * np) : 0.0, D);
+        if (gho != nullptr)
+          axmby(gho + i * D, pp + i * D, hr, al, nh > e ? gc / (ch * nh) : 0.0, D);
       }
     });
   });

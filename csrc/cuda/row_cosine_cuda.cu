@@ -5,9 +5,10 @@
 // (coalesced). Forward: the three sums (p·h_r, ‖p‖², ‖h_r‖²) in double, as on the CPU (the cost
 // is the memory traffic), reduced across the warp with xor shuffles; lane 0 writes the row's
 // outputs. Backward: the per-row coefficients, then each lane writes its columns of
-// a h_r - β p, in double as well (a = g / (max‖p‖ max‖h‖) can leave the float range). rows is device memory that the default path never validates (no host sync): a
-// row index outside [0, M) reads nothing and gives that row NaN outputs, so wrong metadata is
-// visible and never touches memory out of bounds.
+// a h_r - β p, in double as well (a = g / (max‖p‖ max‖h‖) can leave the float range). rows is
+// device memory that the default path never validates (no host sync): a row index outside [0, M)
+// reads nothing and gives that row NaN outputs, so wrong metadata is visible and never touches
+// memory out of bounds.
 #include "cuda/row_cosine_cuda.h"
 
 #include "ops/row_cosine.h"
@@ -76,14 +77,11 @@ __global__ void row_cosine_fwd_kernel(const scalar_t* __restrict__ p,
 
 // grad_p = a h_r - β_p p, grad_h_rows = a p - β_h h_r (either may be null: not requested).
 template <typename scalar_t, typename acc_t>
-__global__ void row_cosine_bwd_kernel(const acc_t* __restrict__ g, const scalar_t* __restrict__ p,
-                                      const scalar_t* __restrict__ h,
-                                      const int64_t* __restrict__ rows,
-                                      const acc_t* __restrict__ norm_p,
-                                      const acc_t* __restrict__ norm_h,
-                                      const acc_t* __restrict__ cos, int64_t n, int64_t M,
-                                      int64_t D, double eps, scalar_t* __restrict__ grad_p,
-                                      scalar_t* __restrict__ grad_h) {
+__global__ void row_cosine_bwd_kernel(
+    const acc_t* __restrict__ g, const scalar_t* __restrict__ p, const scalar_t* __restrict__ h,
+    const int64_t* __restrict__ rows, const acc_t* __restrict__ norm_p,
+    const acc_t* __restrict__ norm_h, const acc_t* __restrict__ cos, int64_t n, int64_t M,
+    int64_t D, double eps, scalar_t* __restrict__ grad_p, scalar_t* __restrict__ grad_h) {
   const int64_t i = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= n) return;
@@ -129,9 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_cosine_cuda(
     using acc_t = acc_type<scalar_t>;
     cuda::launch(row_cosine_fwd_kernel<scalar_t, acc_t>, cuda::grid_1d(n, kWarps, kFwd, "rows"),
                  kWarps * 32, stream, a.p.const_data_ptr<scalar_t>(),
-                 a.h.const_data_ptr<scalar_t>(), rows, n, M, D, eps,
-                 cos.mutable_data_ptr<acc_t>(), np.mutable_data_ptr<acc_t>(),
-                 nh.mutable_data_ptr<acc_t>());
+                 a.h.const_data_ptr<scalar_t>(), rows, n, M, D, eps, cos.mutable_data_ptr<acc_t>(),
+                 np.mutable_data_ptr<acc_t>(), nh.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {cos, np, nh};

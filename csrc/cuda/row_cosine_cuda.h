@@ -9,10 +9,8 @@
 
 namespace mta_ext {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_cosine_cuda(const at::Tensor& p,
-                                                              const at::Tensor& h,
-                                                              const std::optional<at::Tensor>& rows,
-                                                              double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> row_cosine_cuda(
+    const at::Tensor& p, const at::Tensor& h, const std::optional<at::Tensor>& rows, double eps);
 std::tuple<at::Tensor, at::Tensor> row_cosine_backward_cuda(
     const at::Tensor& grad_cos, const at::Tensor& p, const at::Tensor& h,
     const std::optional<at::Tensor>& rows, const at::Tensor& norm_p, const at::Tensor& norm_h,

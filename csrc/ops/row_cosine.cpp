@@ -34,8 +34,7 @@ RowCosineArgs prepare_row_cosine(const char* op, const at::Tensor& p, const at::
   TORCH_CHECK_VALUE(h.size(1) == p.size(1), op, ": h must have the width of p (D = ", p.size(1),
                     "), got shape ", h.sizes());
   check_same_device(op, "h", h, "p", p);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ",
-                    eps);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
   RowCosineArgs out;
   out.p = p.contiguous();
   out.h = h.contiguous();
@@ -50,8 +49,10 @@ RowCosineArgs prepare_row_cosine(const char* op, const at::Tensor& p, const at::
     if (value_checks_enabled(out.rows))
       check_index_values(op, "rows", out.rows, h.size(0), "h.size(0)");
   } else {
-    TORCH_CHECK_VALUE(h.size(0) == p.size(0), op, ": without rows, h must have one row per row "
-                      "of p (", p.size(0), "), got ", h.size(0));
+    TORCH_CHECK_VALUE(h.size(0) == p.size(0), op,
+                      ": without rows, h must have one row per row "
+                      "of p (",
+                      p.size(0), "), got ", h.size(0));
   }
   return out;
 }
@@ -69,12 +70,14 @@ at::Tensor prepare_row_stat(const char* op, const char* name, const at::Tensor& 
 TORCH_LIBRARY_FRAGMENT(mta_ext, m) {
   // Returns (cos, norm_p, norm_h), each [n] in the accumulation type; the norms are what the
   // backward needs (and are unclamped).
-  m.def("row_cosine(Tensor p, Tensor h, Tensor? rows=None, float eps=1e-5) -> "
-        "(Tensor, Tensor, Tensor)");
+  m.def(
+      "row_cosine(Tensor p, Tensor h, Tensor? rows=None, float eps=1e-5) -> "
+      "(Tensor, Tensor, Tensor)");
   // output_mask: which of (grad_p [n, D], grad_h_rows [n, D]) to compute; an unrequested one is
   // returned as an empty [0, D] tensor.
-  m.def("row_cosine_backward(Tensor grad_cos, Tensor p, Tensor h, Tensor? rows, Tensor norm_p, "
-        "Tensor norm_h, Tensor cos, float eps, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "row_cosine_backward(Tensor grad_cos, Tensor p, Tensor h, Tensor? rows, Tensor norm_p, "
+      "Tensor norm_h, Tensor cos, float eps, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mta_ext, CPU, m) {
