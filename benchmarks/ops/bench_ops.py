@@ -28,7 +28,7 @@ from benchmarks.common import (
 )
 
 # One module per op in this folder (mirrors mta_ext/ops/).
-OP_MODULES = ["segment_pool", "token_salience", "relational_loss"]
+OP_MODULES = ["segment_pool", "token_salience", "relational_loss", "row_cosine"]
 
 
 def run_ops(
