@@ -206,7 +206,7 @@ def test_bad_input(device):
     with value_checks_on(device):
         with pytest.raises(TypeError, match="hidden"):
             token_salience(h.long(), m)
-        with pytest.raises(ValueError, match=r"hidden must be \[B, T, D\]"):
+        with pytest.raises(ValueError, match=r"hidden must have shape \[B, T, D\]"):
             token_salience(h[0], m)
         with pytest.raises(TypeError, match="attention_mask"):
             token_salience(h, m.float())

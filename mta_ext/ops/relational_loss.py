@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
-from .segment_pool import _check_devices
+from ._fake_rules import check_devices
 
 __all__ = ["relational_loss"]
 
@@ -20,7 +20,7 @@ def _fake_rules(u_student, u_teacher, unit_weights, cu_units) -> None:
     # (check_relational_loss_args, csrc/ops/relational_loss.cpp) and run on every real call;
     # the device rule is repeated here so that a call mixing a meta tensor with real ones (it
     # dispatches to the fake kernel) fails the same way.
-    _check_devices(
+    check_devices(
         _OP,
         "u_student",
         u_student,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
-from .segment_pool import _check_devices
+from ._fake_rules import check_devices
 
 __all__ = ["row_cosine"]
 
@@ -52,7 +52,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 @torch.library.register_fake("mta_ext::row_cosine")
 def _row_cosine_fake(p, h, rows=None, eps=1e-5):
-    _check_devices("row_cosine", "p", p, h=h, rows=rows)
+    check_devices("row_cosine", "p", p, h=h, rows=rows)
     torch._check(p.dim() == 2 and h.dim() == 2, lambda: "row_cosine: p, h must be [n, D], [M, D]")
     torch._check(h.shape[1] == p.shape[1], lambda: "row_cosine: h must have the width of p")
     n = p.shape[0]
@@ -61,7 +61,7 @@ def _row_cosine_fake(p, h, rows=None, eps=1e-5):
 
 @torch.library.register_fake("mta_ext::row_cosine_backward")
 def _row_cosine_backward_fake(grad_cos, p, h, rows, norm_p, norm_h, cos, eps, output_mask):
-    _check_devices("row_cosine_backward", "p", p, h=h, rows=rows, grad_cos=grad_cos)
+    check_devices("row_cosine_backward", "p", p, h=h, rows=rows, grad_cos=grad_cos)
     n, d = p.shape
     return (
         p.new_empty((n if output_mask[0] else 0, d)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
+from ._fake_rules import check_devices
 
 __all__ = ["segment_pool"]
 
@@ -49,20 +50,9 @@ def segment_pool(
     return _ops.segment_pool(hidden, ranges, weights, num_incidences)
 
 
-def _check_devices(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
-    # The real kernels check devices too; the fake kernel must agree so that tracing (and a
-    # call that mixes a meta tensor with real ones) fails the same way.
-    for name, t in others.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(
-                f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
-                "move them to the same device"
-            )
-
-
 @torch.library.register_fake("mta_ext::segment_pool")
 def _segment_pool_fake(hidden, ranges, weights=None, num_incidences=None):
-    _check_devices("segment_pool", "hidden", hidden, ranges=ranges, weights=weights)
+    check_devices("segment_pool", "hidden", hidden, ranges=ranges, weights=weights)
     torch._check(hidden.dim() == 2, lambda: "segment_pool: hidden must be [M, D]")
     torch._check(ranges.dim() == 2 and ranges.shape[1] == 2, lambda: "ranges must be [N, 2]")
     return hidden.new_empty((ranges.shape[0], hidden.shape[1]))
@@ -70,7 +60,7 @@ def _segment_pool_fake(hidden, ranges, weights=None, num_incidences=None):
 
 @torch.library.register_fake("mta_ext::segment_pool_backward")
 def _segment_pool_backward_fake(grad_out, ranges, weights, num_rows, num_incidences=None):
-    _check_devices("segment_pool_backward", "grad_out", grad_out, ranges=ranges, weights=weights)
+    check_devices("segment_pool_backward", "grad_out", grad_out, ranges=ranges, weights=weights)
     return grad_out.new_empty((num_rows, grad_out.shape[1]))
 
 

@@ -5,46 +5,21 @@ from __future__ import annotations
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
+from ._fake_rules import check_devices
 
 __all__ = ["token_salience"]
 
 _ops = torch.ops.mta_ext
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_OP = "token_salience"
 
 
-def _check(hidden: torch.Tensor, attention_mask: torch.Tensor, key_block: int) -> None:
-    # Metadata checks only (shape/dtype/device), so they also run under torch.compile's fake
-    # tensors; the kernels repeat them.
-    if not isinstance(hidden, torch.Tensor) or hidden.dtype not in _FLOATS:
-        raise TypeError(
-            f"token_salience: hidden must be a float32/float64/float16/bfloat16 tensor, got "
-            f"{getattr(hidden, 'dtype', type(hidden))}"
-        )
-    if hidden.dim() != 3:
-        raise ValueError(
-            f"token_salience: hidden must be [B, T, D], got shape {tuple(hidden.shape)}"
-        )
-    if (
-        not isinstance(attention_mask, torch.Tensor)
-        or attention_mask.is_floating_point()
-        or (attention_mask.is_complex())
-    ):
-        raise TypeError(
-            "token_salience: attention_mask must be a bool or integer tensor, got "
-            f"{getattr(attention_mask, 'dtype', type(attention_mask))}"
-        )
-    if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(
-            f"token_salience: attention_mask must have shape [B, T] = {tuple(hidden.shape[:2])}, "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    if attention_mask.device != hidden.device:
-        raise ValueError(
-            f"token_salience: attention_mask is on {attention_mask.device} but hidden is on "
-            f"{hidden.device}; move them to the same device"
-        )
-    if key_block < 0:
-        raise ValueError(f"token_salience: key_block must be >= 0, got {key_block}")
+def _fake_rules(hidden: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    # The fake kernel's few shape rules. The argument checks and their messages live in C++
+    # (check_token_salience_args, csrc/ops/token_salience.cpp) and run on every real call; the
+    # device rule is repeated so that a call mixing a meta tensor with real ones (it dispatches
+    # to the fake kernel) fails the same way.
+    check_devices(_OP, "hidden", hidden, attention_mask=attention_mask)
+    torch._check(hidden.dim() == 3, lambda: f"{_OP}: hidden must have shape [B, T, D]")
 
 
 def token_salience(
@@ -68,13 +43,15 @@ def token_salience(
         deterministic (bit-identical across runs).
 
     Raises:
-        TypeError: wrong dtypes. ValueError: wrong ranks/shapes, different devices.
+        TypeError: wrong dtypes. ValueError: wrong ranks/shapes, different devices, a negative
+            ``key_block``.
     """
-    _check(hidden, attention_mask, key_block)
-    return _ops.token_salience(hidden.detach(), attention_mask, key_block)
+    # A non-tensor reaches the op, whose schema rejects it.
+    h = hidden.detach() if isinstance(hidden, torch.Tensor) else hidden
+    return _ops.token_salience(h, attention_mask, key_block)
 
 
 @torch.library.register_fake("mta_ext::token_salience")
 def _token_salience_fake(hidden, attention_mask, key_block=0):
-    _check(hidden, attention_mask, key_block)
+    _fake_rules(hidden, attention_mask)
     return hidden.new_empty(hidden.shape[:2], dtype=torch.float32)
