@@ -9,9 +9,11 @@
 
 #include <cstdint>
 
+#include "common/tile_edge.h"
+
 namespace mta_ext::cuda::simt {
 
-constexpr int kTile = 64;
+constexpr int kTile = kTileEdge;
 constexpr int kThreads = 256;
 
 // KC (the K-chunk staged in shared memory per step) is 16 for float and 8 for double, so the

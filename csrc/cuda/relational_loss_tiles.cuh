@@ -24,7 +24,6 @@ constexpr int kThreads = simt::kThreads;  // 256
 constexpr int kGsLd = kTile + 4;          // fp32 Gram tile row stride (WMMA store: multiple of 4)
 constexpr int kOpLd = 32 + 8;             // 16-bit operand row stride (WMMA load: multiple of 8)
 constexpr int kPlanCols = plan::kCols;
-static_assert(plan::kTile == kTile, "the plan's tiles are the kernels' tiles");
 // Plan row columns (ops/relational_loss_plan.h).
 using plan::kA, plan::kN, plan::kTi, plan::kTj, plan::kMoff, plan::kRoff, plan::kTb;
 

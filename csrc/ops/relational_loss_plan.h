@@ -2,11 +2,11 @@
 // b (units [cu[b], cu[b+1]), n of them) is cut into 64x64 tiles of its n x n Gram matrices (upper
 // triangle ti <= tj, for n >= 2) and into ceil(n / 64) row tiles (the gradient rows). Its
 // n x n block of E and its n x ceil(n / 64) radial partials are packed one example after the
-// other. The host computes the SIZES (UnitLayout keeps them after .to(device): see
-// mta_ext/_layout.py, `relational_plan_sizes`, which mirrors plan_sizes below) and the device
-// fills the plan itself from the device cu_units (cuda/relational_loss_cuda.cu), so the CUDA
-// path never copies cu_units to the host. Built in the CPU build too: the test-only op
-// `_relational_loss_plan` (relational_loss_plan.cpp) exposes the host plan to the tests.
+// other. The host computes the SIZES with this code (UnitLayout keeps them after .to(device):
+// mta_ext/_layout.py, `relational_plan_sizes`, calls it through the op `_relational_loss_plan`,
+// relational_loss_plan.cpp) and the device fills the plan itself from the device cu_units
+// (cuda/relational_loss_cuda.cu), so the CUDA path never copies cu_units to the host. Built in
+// the CPU build too: the tests read the host plan through the same op.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -14,10 +14,12 @@
 
 #include <cstdint>
 
+#include "common/tile_edge.h"
+
 namespace mta_ext::plan {
 
-constexpr int64_t kTile = 64;  // == cuda::simt::kTile
-constexpr int kCols = 8;       // int64 columns of a plan row
+constexpr int64_t kTile = kTileEdge;  // the kernels' tiles (common/tile_edge.h)
+constexpr int kCols = 8;              // int64 columns of a plan row
 
 // Plan row: a (first unit), n (units of the example), ti, tj, moff (offset of the example's
 // n x n block in E), roff (offset of its n x Tb radial partials), Tb (= ceil(n / 64)), unused.
