@@ -20,7 +20,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # cli.py imports no torch at import time
+    from ._layout import AlignmentContract
 
 __all__ = ["ScheduleSpec", "main", "parse_schedule"]
 
@@ -435,7 +438,7 @@ def _require_packages(command: str, args: argparse.Namespace, extra: tuple[str, 
         )
 
 
-def _coverage_rows(alignment: Any) -> dict[str, list[float]]:
+def _coverage_rows(alignment: AlignmentContract) -> dict[str, list[float]]:
     """Per example, the share of each side's non-pad tokens inside >= 1 kept unit."""
     from .integrations.distill import tokens_in_units
 

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ._layout import AlignmentLike
+
 __all__ = [
     "LogitKD",
     "boundary_pairs",
@@ -59,7 +61,7 @@ LogitKD = Callable[[Any, Any, Mapping[str, Any]], torch.Tensor]
 _CHUNK_ELEMS = 1 << 24
 
 
-def _side(alignment: Any, side: str) -> Mapping[str, torch.Tensor]:
+def _side(alignment: AlignmentLike, side: str) -> Mapping[str, torch.Tensor]:
     d = alignment.get(side) if isinstance(alignment, Mapping) else getattr(alignment, side, None)
     if d is None or "offsets" not in d or "attention_mask" not in d:
         raise ValueError(

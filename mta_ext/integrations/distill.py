@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._layout import AlignmentContract
 from ..logit_kd import LogitKD
 
 __all__ = [
@@ -161,7 +162,7 @@ def distillation_loss(
     return loss, comps, student_out
 
 
-def unit_coverage(alignment: Any) -> dict[str, float]:
+def unit_coverage(alignment: AlignmentContract) -> dict[str, float]:
     """Share of each side's non-pad tokens that lie in at least one shared unit (any granularity).
 
     Returns ``{"teacher": float, "student": float}`` in [0, 1]; special tokens count as
@@ -175,7 +176,7 @@ def unit_coverage(alignment: Any) -> dict[str, float]:
     return out
 
 
-def tokens_in_units(alignment: Any, side: str) -> torch.Tensor:
+def tokens_in_units(alignment: AlignmentContract, side: str) -> torch.Tensor:
     """bool ``[B, T]`` (CPU): which tokens of ``side`` ("teacher" / "student") lie in at least
     one shared unit of any granularity. Units never contain pads; AND it with the attention
     mask to count per non-pad token."""
