@@ -48,8 +48,10 @@ def _case(tokens: int, d: int, device: str, dtype=torch.float32, *, grad_h: bool
 
         return run
 
-    params = {"n": n, "M": tokens, "D": d, "dtype": str(dtype).replace("torch.", "")}
-    op = "row_cosine fwd+bwd" + (" [grad p, h]" if grad_h else "")
+    # tokens: the teacher's rows (M); n = COVERED * tokens of them are compared (in the label,
+    # as the ops table has no column of its own for it)
+    params = {"tokens": tokens, "n": n, "D": d, "dtype": str(dtype).replace("torch.", "")}
+    op = "row_cosine fwd+bwd (n = 0.8 tokens)" + (" [grad p, h]" if grad_h else "")
     return Case(op, params, make, floor_bytes=floor)
 
 
