@@ -19,11 +19,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .cli import ScheduleSpec, _log, _require_packages
+
+if TYPE_CHECKING:
+    from .alignment import Aligner
+    from .losses import MTALoss
+    from .phrases import SpanPool
 
 __all__ = [
     "align_batches",
@@ -530,10 +535,10 @@ def _train_on_policy(
     t_tok: Any,
     student: torch.nn.Module,
     s_tok: Any,
-    aligner: Any,
-    mta_loss: Any,
+    aligner: Aligner,
+    mta_loss: MTALoss,
     prompts: list[str],
-    pool: Any,
+    pool: SpanPool | None,
 ) -> tuple[list[dict[str, float]], Any]:
     """``--steps`` on-policy steps of ``--batch-size`` prompts; returns the per-step parts
     (losses, phase seconds) and the last sampled batch."""

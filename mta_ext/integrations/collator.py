@@ -9,9 +9,12 @@ drop it before the collator sees it (``MTADistillationTrainer`` sets this for yo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ..alignment import Aligner
 
 __all__ = ["MTACollator"]
 
@@ -42,7 +45,7 @@ class MTACollator:
 
     def __init__(
         self,
-        aligner: Any,
+        aligner: Aligner,
         *,
         max_length: int | None = None,
         padding_side: str = "right",
