@@ -35,8 +35,8 @@ import time
 
 import torch
 
-from benchmarks.common import machine_info, markdown_table, write_results
-from benchmarks.training.pair import add_pair_args, setup_pair
+from benchmarks.common import markdown_table
+from benchmarks.training.pair import add_pair_args, setup_pair, write_run
 
 PHASES = ("generate_s", "align_spans_s", "teacher_s", "student_s", "losses_s", "backward_s")
 
@@ -190,17 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
     }
-    print(table)
-    print(info)
-    payload = {
-        "machine": machine_info(args.device),
-        "setup": info,
-        "rows": rows,
-        "table": table + f"\n{info}\n",
-    }
-    name = f"onpolicy_{args.device}{'_quick' if args.quick else ''}"
-    print("wrote", write_results(name, payload))
-    return payload
+    return write_run("onpolicy", args, info, rows, table)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine_info, markdown_table, write_results
-from benchmarks.training.pair import Pair, add_pair_args, setup_pair
+from benchmarks.common import markdown_table
+from benchmarks.training.pair import Pair, add_pair_args, setup_pair, write_run
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -160,17 +160,7 @@ def _report(
         "collate_with_spacy_s": data["align_s"],
         "collate_with_cached_spans_s": data["align_cached_s"],
     }
-    print(table)
-    print(info)
-    payload = {
-        "machine": machine_info(args.device),
-        "setup": info,
-        "rows": rows,
-        "table": table + f"\n{info}\n",
-    }
-    name = f"step_{args.device}{'_quick' if args.quick else ''}"
-    print("wrote", write_results(name, payload))
-    return payload
+    return write_run("step", args, info, rows, table)
 
 
 def main(argv: list[str] | None = None) -> dict:

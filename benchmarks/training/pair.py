@@ -1,4 +1,5 @@
-"""The setup that the training-step benchmarks share (``bench_step``, ``bench_onpolicy``).
+"""The setup and the results file that the training-step benchmarks share (``bench_step``,
+``bench_onpolicy``).
 
 A teacher / student pair on the device (the demo pair, or with ``--quick`` two tiny random
 models with different byte-level BPE tokenizers trained on the bundled corpus), ``MTALoss``
@@ -14,6 +15,8 @@ import tempfile
 from typing import Any
 
 import torch
+
+from benchmarks.common import machine_info, write_results
 
 
 @dataclasses.dataclass
@@ -82,3 +85,21 @@ def setup_pair(args: argparse.Namespace, *, lr: float) -> Pair:
     mta = mta_ext.MTALoss.from_configs(student.config, teacher.config).to(dev)
     opt = torch.optim.AdamW(list(student.parameters()) + list(mta.parameters()), lr=lr)
     return Pair(teacher, t_tok, student, s_tok, mta, opt, dev)
+
+
+def write_run(
+    kind: str, args: argparse.Namespace, info: dict, rows: list[dict], table: str
+) -> dict:
+    """Print the table and the setup, write ``benchmarks/results/<kind>_<device>[_quick].json``
+    (machine, setup, rows, the table with the setup under it) and return that payload."""
+    print(table)
+    print(info)
+    payload = {
+        "machine": machine_info(args.device),
+        "setup": info,
+        "rows": rows,
+        "table": table + f"\n{info}\n",
+    }
+    name = f"{kind}_{args.device}{'_quick' if args.quick else ''}"
+    print("wrote", write_results(name, payload))
+    return payload
