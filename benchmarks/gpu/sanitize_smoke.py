@@ -11,12 +11,14 @@ wrong-metadata cases, whose kernels must stay inside their buffers whatever the 
 * relational_loss ``cu = [0, 64]`` with ``plan_sizes = [1, 1, 4, 2]`` (far too small),
   ``cu = [0, 2]`` with ``[2, 1, 4, 2]`` (one tile too many), ``cu = [0, 130]`` with
   ``[0, 0, 0, 0]`` (nothing planned);
-* segment_pool with ``num_incidences`` smaller than the truth (forward and backward).
+* segment_pool with ``num_incidences`` smaller than the truth (forward and backward);
+* row_cosine with ``rows`` outside ``[0, M)`` (device data the default path never checks).
 
 Exits non-zero if an op raises on valid input or returns a non-finite value there, or if a
 wrong-metadata case breaks the contract of the CUDA kernels (docs/DESIGN.md §5): relational_loss
 returns NaN loss and gradients, segment_pool's backward NaN gradients (its forward does not use
-num_incidences: finite). The sanitizer judges the memory accesses.
+num_incidences: finite), row_cosine NaN for the rows whose index is out of range (forward and
+backward). The sanitizer judges the memory accesses.
 ``--device cpu`` (the GPU check's dry run) runs the same calls on CPU tensors through the SIMT
 backend when this build has it (the CUDA kernels on the CPU), else with CPU tensors counted as
 device tensors (no value checks, as on a GPU).
@@ -88,6 +90,18 @@ def valid_cases(dev: torch.device) -> list[torch.Tensor]:
                 m[1, 50:] = False
                 m[2, 1:] = False
                 outs.append(ops.token_salience(h, m, 0))
+        if hasattr(ops, "row_cosine"):
+            for d in (7, 64, 136):
+                p_ = torch.randn(9, d, device=dev, dtype=dt)
+                h = torch.randn(12, d, device=dev, dtype=dt)
+                rows = torch.tensor([0, 11, 3, 3, 7, 1, 0, 5, 10], device=dev)  # repeats too
+                for r_, hh in ((rows, h), (None, h[:9])):
+                    cos, n_p, n_h = ops.row_cosine(p_, hh, r_, 1e-5)
+                    g = torch.randn_like(cos)
+                    outs += [cos, n_p, n_h]
+                    outs += list(
+                        ops.row_cosine_backward(g, p_, hh, r_, n_p, n_h, cos, 1e-5, [True, True])
+                    )
         if hasattr(ops, "relational_loss"):
             cu_cpu = torch.tensor([0, 1, 67, 70, 200])
             cu, plan = cu_cpu.to(dev), relational_plan_sizes(cu_cpu)
@@ -152,6 +166,18 @@ def wrong_metadata_cases(dev: torch.device, strict: bool) -> list[str]:
         name = f"segment_pool num_incidences={bad} (truth {p})"
         run(name + " fwd", "finite", ops.segment_pool, h, r, w, bad)
         run(name + " bwd", "non-finite", ops.segment_pool_backward, go, r, w, 50, bad)
+    if hasattr(ops, "row_cosine"):
+        p_ = torch.randn(4, 64, generator=g).to(dev)
+        h = torch.randn(6, 64, generator=g).to(dev)
+        for bad_rows in ([0, 6, 2, 1], [-1, 0, 1, 2], [0, 1, 2, 1 << 40]):
+            rows = torch.tensor(bad_rows, device=dev)
+            name = f"row_cosine rows={bad_rows} (M = 6)"
+            run(name + " fwd", "non-finite", ops.row_cosine, p_, h, rows, 1e-5)
+            cos = torch.rand(4, generator=g).to(dev)
+            norms = torch.ones(4, device=dev)
+            mask = [True, True]
+            args = (cos, p_, h, rows, norms, norms, cos, 1e-5, mask)
+            run(name + " bwd", "non-finite", ops.row_cosine_backward, *args)
     return broken
 
 
