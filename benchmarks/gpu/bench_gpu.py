@@ -22,7 +22,10 @@ One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA
      FLOPs 6 * sum_b N_b^2 * (Ds + Dt) (forward Grams + two backward products per side, as the
      dense version does them; the kernel visits only the upper triangle of each Gram);
    * token_salience (T 512-4096, bf16): >= 3x the reference; fraction of the matmul rate
-     (2 * 2 * B * T^2 * D: two passes over the T x T dot products).
+     (2 * 2 * B * T^2 * D: two passes over the T x T dot products);
+   * row_cosine fwd+bwd (4k-32k teacher rows, 80 % of them compared, D 1600-4096, bf16/fp32):
+     the bytes that must move (p and the h rows read forward and again backward, grad_p
+     written) over the time, >= 60 % of the copy bandwidth; >= 3x the reference.
    structural_loss at the paper's shape is
    ``python -m benchmarks.training.bench_loss --device cuda`` (the same one-tokenizer comparison
    as on the CPU); gpu_check.sh runs it next to this.
@@ -58,6 +61,7 @@ from benchmarks.common import (
     run_cases,
 )
 from benchmarks.ops.bench_ops import run_ops
+from benchmarks.ops.row_cosine import row_cosine_case
 from benchmarks.ops.segment_pool import make_units, num_incidences
 from mta_ext import reference
 from mta_ext._layout import relational_plan_sizes
@@ -208,19 +212,23 @@ def target_cases(device: str, dry: bool, quick: bool, compile_baseline: bool) ->
             segment_pool_target(512, 64, torch.float32, device),
             relational_target(2, 16, 32, 48, device, compiled),
             token_salience_target(2, 64, 32, device),
+            row_cosine_case(256, 64, device),
         ]
     sp = [(4096, 576, torch.bfloat16), (32768, 4096, torch.bfloat16)]
     rl = [(8, 64, 576, 640), (8, 1024, 576, 640)]
     ts = [(8, 512, 576), (4, 4096, 2048)]
+    rc = [(4096, 1600, torch.float32), (32768, 4096, torch.bfloat16)]
     if not quick:
         sp += [(65536, 4096, torch.bfloat16), (32768, 4096, torch.float32)]
         sp += [(65536, 576, torch.float32)]
         rl += [(8, 256, 576, 640), (8, 256, 2048, 4096)]
         ts += [(8, 2048, 576)]
+        rc += [(4096, 1600, torch.bfloat16), (32768, 4096, torch.float32)]
     # The compiled baseline last: its compilation is the slowest part of the run.
     return (
         [segment_pool_target(t, d, dt, device) for t, d, dt in sp]
         + [token_salience_target(b, t, d, device) for b, t, d in ts]
+        + [row_cosine_case(t, d, device, dt) for t, d, dt in rc]
         + [relational_target(b, nb, ds, dt, device, compiled) for b, nb, ds, dt in rl]
     )
 
@@ -235,6 +243,13 @@ def judge(row: dict, copy_Bps: float, mm_flops: float) -> None:
         row["achieved"] = f"{100 * frac:.0f}% copy, {x:.1f}x segment_reduce"
         row["target"] = ">= 70% copy, >= 2x segment_reduce"
         row["ok"] = frac >= 0.7 and x >= 2
+    elif row["op"].startswith("row_cosine"):
+        frac = row["floor_mib"] * 2**20 / t / copy_Bps
+        x = row["reference_median_ms"] / row["mta_ext_median_ms"]
+        row["frac_copy"], row["x_reference"] = frac, x
+        row["achieved"] = f"{100 * frac:.0f}% copy, {x:.1f}x reference"
+        row["target"] = ">= 60% copy, >= 3x reference"
+        row["ok"] = frac >= 0.6 and x >= 3
     elif row["op"].startswith("relational_loss"):
         frac = row["nominal_flops"] / t / mm_flops
         x = row["padded_bmm_median_ms"] / row["mta_ext_median_ms"]

@@ -20,7 +20,9 @@ from mta_ext import reference
 COVERED = 0.8
 
 
-def _case(tokens: int, d: int, device: str, dtype=torch.float32, *, grad_h: bool = False) -> Case:
+def row_cosine_case(
+    tokens: int, d: int, device: str, dtype=torch.float32, *, grad_h: bool = False
+) -> Case:
     """fwd+bwd of ``n = COVERED * tokens`` rows of width ``d`` against ``tokens`` teacher rows.
 
     ``grad_h``: ``h`` requires grad too (a trained teacher side; the row's op name says so).
@@ -61,8 +63,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     tokens = 1024 if quick else 4096
     dims = [576] if quick else [1600, 4096]
     dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
-    out = [_case(tokens, d, device, dtype) for d in dims for dtype in dtypes]
-    return [*out, _case(tokens, dims[0], device, dtypes[0], grad_h=True)]
+    out = [row_cosine_case(tokens, d, device, dtype) for d in dims for dtype in dtypes]
+    return [*out, row_cosine_case(tokens, dims[0], device, dtypes[0], grad_h=True)]
 
 
 def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
@@ -70,6 +72,6 @@ def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
     tokens = [512, 1024] if quick else [1024, 2048, 4096, 8192, 16384]
     dims = [64, 256] if quick else [64, 256, 576, 1024, 2048, 4096]
     return {
-        "tokens": [_case(t, 1600 if not quick else 576, device) for t in tokens],
-        "D": [_case(1024 if quick else 4096, d, device) for d in dims],
+        "tokens": [row_cosine_case(t, 1600 if not quick else 576, device) for t in tokens],
+        "D": [row_cosine_case(1024 if quick else 4096, d, device) for d in dims],
     }
