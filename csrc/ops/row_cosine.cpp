@@ -50,9 +50,8 @@ RowCosineArgs prepare_row_cosine(const char* op, const at::Tensor& p, const at::
       check_index_values(op, "rows", out.rows, h.size(0), "h.size(0)");
   } else {
     TORCH_CHECK_VALUE(h.size(0) == p.size(0), op,
-                      ": without rows, h must have one row per row "
-                      "of p (",
-                      p.size(0), "), got ", h.size(0));
+                      ": without rows, h must have one row per row of p (", p.size(0), "), got ",
+                      h.size(0));
   }
   return out;
 }
