@@ -98,3 +98,26 @@ def test_segment_pool_wrong_num_incidences_gives_nan(dtype, delta):
         wrong = ops.segment_pool_backward(g, r, None, 30, num_incidences=36 + delta)
     assert torch.isfinite(right).all()
     assert _all_nan(wrong)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [7, 64])
+def test_row_cosine_rows_outside_h_give_nan_in_bounds(dtype, d):
+    """row_cosine's rows are device data the default path never validates: the rows they name
+    outside [0, M) read nothing and give NaN outputs and gradients, every other row is exact."""
+    g = torch.Generator().manual_seed(d)
+    p, h = torch.randn(5, d, generator=g).to(dtype), torch.randn(6, d, generator=g).to(dtype)
+    bad = torch.tensor([0, 6, 3, -2, 1 << 40])
+    good = torch.tensor([0, 1, 3, 1, 2])
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    grad = torch.randn(5, generator=g).to(acc)
+    with _simt.enabled():
+        out = ops.row_cosine(p, h, bad, 1e-5)
+        want = ops.row_cosine(p, h, good, 1e-5)
+        gp, gh = ops.row_cosine_backward(grad, p, h, bad, *out[1:], out[0], 1e-5, [True, True])
+    ok, wrong = torch.tensor([0, 2]), torch.tensor([1, 3, 4])
+    for a, b in zip(out, want, strict=True):
+        assert torch.isnan(a[wrong]).all()
+        torch.testing.assert_close(a[ok], b[ok], rtol=0, atol=0)
+    assert torch.isnan(gp[wrong]).all() and torch.isnan(gh[wrong]).all()
+    assert torch.isfinite(gp[ok]).all() and torch.isfinite(gh[ok]).all()
