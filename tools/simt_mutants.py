@@ -163,7 +163,7 @@ MUTANTS = [
         "csrc/cuda/row_cosine_cuda.cu",
         "  return (r >= 0 && r < M) ? r : -1;",
         "  return r;",
-        (RC,),
+        (MEMORY,),
     ),
 ]
 
