@@ -104,12 +104,11 @@ std::tuple<at::Tensor, at::Tensor> row_cosine_backward_cpu(
     const std::optional<at::Tensor>& rows_in, const at::Tensor& norm_p, const at::Tensor& norm_h,
     const at::Tensor& cos, double eps, std::array<bool, 2> output_mask) {
   const NoAutocast no_autocast;
-  const auto a = prepare_row_cosine(kBwd, p_in, h_in, rows_in, eps);
+  const auto b =
+      prepare_row_cosine_backward(kBwd, grad_cos, p_in, h_in, rows_in, norm_p, norm_h, cos, eps);
+  const auto& a = b.x;
+  const auto &g = b.grad_cos, &n_p = b.norm_p, &n_h = b.norm_h, &c = b.cos;
   const int64_t n = a.p.size(0), D = a.p.size(1), M = a.h.size(0);
-  const auto g = prepare_row_stat(kBwd, "grad_cos", grad_cos, n, a.p);
-  const auto n_p = prepare_row_stat(kBwd, "norm_p", norm_p, n, a.p);
-  const auto n_h = prepare_row_stat(kBwd, "norm_h", norm_h, n, a.p);
-  const auto c = prepare_row_stat(kBwd, "cos", cos, n, a.p);
   auto gp = at::empty({output_mask[0] ? n : 0, D}, a.p.options());
   auto gh = at::empty({output_mask[1] ? n : 0, D}, a.p.options());
   const int64_t* rows = a.rows.defined() ? a.rows.const_data_ptr<int64_t>() : nullptr;

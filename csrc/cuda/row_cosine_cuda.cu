@@ -139,13 +139,12 @@ std::tuple<at::Tensor, at::Tensor> row_cosine_backward_cuda(
     const std::optional<at::Tensor>& rows_in, const at::Tensor& norm_p, const at::Tensor& norm_h,
     const at::Tensor& cos, double eps, std::array<bool, 2> output_mask) {
   const NoAutocast no_autocast;
-  const auto a = prepare_row_cosine(kBwd, p_in, h_in, rows_in, eps);
+  const auto b =
+      prepare_row_cosine_backward(kBwd, grad_cos, p_in, h_in, rows_in, norm_p, norm_h, cos, eps);
+  const auto& a = b.x;
+  const auto &g = b.grad_cos, &n_p = b.norm_p, &n_h = b.norm_h, &c = b.cos;
   const c10::cuda::CUDAGuard guard(a.p.device());
   const int64_t n = a.p.size(0), D = a.p.size(1), M = a.h.size(0);
-  const auto g = prepare_row_stat(kBwd, "grad_cos", grad_cos, n, a.p);
-  const auto n_p = prepare_row_stat(kBwd, "norm_p", norm_p, n, a.p);
-  const auto n_h = prepare_row_stat(kBwd, "norm_h", norm_h, n, a.p);
-  const auto c = prepare_row_stat(kBwd, "cos", cos, n, a.p);
   auto gp = cuda::new_output({output_mask[0] ? n : 0, D}, a.p.options());
   auto gh = cuda::new_output({output_mask[1] ? n : 0, D}, a.p.options());
   if (n == 0 || D == 0 || !(output_mask[0] || output_mask[1])) return {gp, gh};

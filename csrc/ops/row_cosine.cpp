@@ -56,6 +56,8 @@ RowCosineArgs prepare_row_cosine(const char* op, const at::Tensor& p, const at::
   return out;
 }
 
+namespace {
+
 at::Tensor prepare_row_stat(const char* op, const char* name, const at::Tensor& t, int64_t n,
                             const at::Tensor& p) {
   check_float(op, name, t);
@@ -64,6 +66,24 @@ at::Tensor prepare_row_stat(const char* op, const char* name, const at::Tensor& 
                     "), got ", t.size(0));
   check_same_device(op, name, t, "p", p);
   return t.to(row_cosine_acc(p.scalar_type())).contiguous();
+}
+
+}  // namespace
+
+RowCosineBackwardArgs prepare_row_cosine_backward(const char* op, const at::Tensor& grad_cos,
+                                                  const at::Tensor& p, const at::Tensor& h,
+                                                  const std::optional<at::Tensor>& rows,
+                                                  const at::Tensor& norm_p,
+                                                  const at::Tensor& norm_h, const at::Tensor& cos,
+                                                  double eps) {
+  RowCosineBackwardArgs out;
+  out.x = prepare_row_cosine(op, p, h, rows, eps);
+  const int64_t n = out.x.p.size(0);
+  out.grad_cos = prepare_row_stat(op, "grad_cos", grad_cos, n, out.x.p);
+  out.norm_p = prepare_row_stat(op, "norm_p", norm_p, n, out.x.p);
+  out.norm_h = prepare_row_stat(op, "norm_h", norm_h, n, out.x.p);
+  out.cos = prepare_row_stat(op, "cos", cos, n, out.x.p);
+  return out;
 }
 
 TORCH_LIBRARY_FRAGMENT(mta_ext, m) {

@@ -1,4 +1,4 @@
-// Row cosine (docs/DESIGN.md §2.4): cos_i = p_i·h_{r_i} / (max(‖p_i‖, eps) max(‖h_{r_i}‖, eps)),
+// Row cosine (docs/DESIGN.md §2.5): cos_i = p_i·h_{r_i} / (max(‖p_i‖, eps) max(‖h_{r_i}‖, eps)),
 // the per-token cosine of the token-level Hid, with h's row r_i = rows[i] (or i). Shared between
 // the CPU (.cpp) and CUDA (.cu) implementations: the argument checks.
 #pragma once
@@ -21,10 +21,19 @@ struct RowCosineArgs {
 RowCosineArgs prepare_row_cosine(const char* op, const at::Tensor& p, const at::Tensor& h,
                                  const std::optional<at::Tensor>& rows, double eps);
 
-// The backward's per-row inputs (grad_cos, norm_p, norm_h, cos): float [n] on p's device,
-// returned contiguous in the accumulation type.
-at::Tensor prepare_row_stat(const char* op, const char* name, const at::Tensor& t, int64_t n,
-                            const at::Tensor& p);
+// The backward's arguments: the forward's (checked as above) and its per-row inputs, each
+// float [n] on p's device, returned contiguous in the accumulation type.
+struct RowCosineBackwardArgs {
+  RowCosineArgs x;
+  at::Tensor grad_cos, norm_p, norm_h, cos;  // [n], accumulation type
+};
+
+RowCosineBackwardArgs prepare_row_cosine_backward(const char* op, const at::Tensor& grad_cos,
+                                                  const at::Tensor& p, const at::Tensor& h,
+                                                  const std::optional<at::Tensor>& rows,
+                                                  const at::Tensor& norm_p,
+                                                  const at::Tensor& norm_h, const at::Tensor& cos,
+                                                  double eps);
 
 // The accumulation type: float64 for float64 inputs, else float32.
 inline at::ScalarType row_cosine_acc(at::ScalarType t) {
