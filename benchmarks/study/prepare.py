@@ -48,27 +48,9 @@ def demo_cached() -> bool:
 
 
 def _tiny_models(texts: list[str], root: Path) -> tuple[str, str]:
-    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+    from tiny_fixtures import bpe_pair
 
-    t_dir, s_dir = root / "tiny-teacher", root / "tiny-student"
-    if not (t_dir / "config.json").is_file():
-        build_tiny_model(
-            t_dir,
-            tiny_tokenizer("bpe", texts=texts, vocab_size=500),
-            num_layers=4,
-            hidden_size=64,
-            num_heads=4,
-            intermediate_size=128,
-            seed=1,
-        )
-    if not (s_dir / "config.json").is_file():
-        build_tiny_model(
-            s_dir,
-            tiny_tokenizer("bpe", texts=texts, vocab_size=300),
-            num_layers=3,
-            hidden_size=32,
-            seed=2,
-        )
+    t_dir, s_dir = bpe_pair(root, texts, teacher_heads=4, teacher_intermediate=128)
     return str(t_dir), str(s_dir)
 
 

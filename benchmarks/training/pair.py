@@ -43,28 +43,14 @@ def add_pair_args(p: argparse.ArgumentParser) -> None:
 def load_models(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, Any, Any]:
     """(teacher, teacher tokenizer, student, student tokenizer); with ``args.quick`` builds the
     tiny pair in ``tmp`` and points ``args.teacher`` / ``args.student`` at it."""
-    from tiny_fixtures import build_tiny_model, tiny_tokenizer
+    from tiny_fixtures import bpe_pair
 
     from mta_ext.models import load_model_and_tokenizer
 
     if args.quick:
         from mta_ext.data import load_texts
 
-        texts = load_texts()[:200]
-        t_dir = build_tiny_model(
-            f"{tmp}/t",
-            tiny_tokenizer("bpe", texts=texts, vocab_size=500),
-            num_layers=4,
-            hidden_size=64,
-            seed=1,
-        )
-        s_dir = build_tiny_model(
-            f"{tmp}/s",
-            tiny_tokenizer("bpe", texts=texts, vocab_size=300),
-            num_layers=3,
-            hidden_size=32,
-            seed=2,
-        )
+        t_dir, s_dir = bpe_pair(tmp, load_texts()[:200])
         args.teacher, args.student = str(t_dir), str(s_dir)
     teacher, t_tok = load_model_and_tokenizer(args.teacher, log=lambda m: print(m, flush=True))
     student, s_tok = load_model_and_tokenizer(args.student, log=lambda m: print(m, flush=True))
