@@ -4,8 +4,8 @@
     python -m benchmarks.gpu.bench_gpu --dry-run      # tiny sizes on the CPU: checks the script
 
 One harness with the CPU benchmarks (benchmarks/common.py: ``time_fn`` with CUDA events,
-``run_cases``, ``copy_bandwidth``, ``matmul_flops``; benchmarks/ops: the cases and
-``make_units``), in one process on one card:
+``run_cases``, ``copy_bandwidth``, ``matmul_flops``; benchmarks/ops: the cases, ``make_units``,
+``ragged_examples`` and ``row_cosine_case``), in one process on one card:
 
 1. Ceilings, measured in the same run: the copy bandwidth (a 1 GiB device-to-device copy, bytes
    read + written) and the bf16 matmul rate (8192^3 ``torch.mm``).
@@ -62,6 +62,7 @@ from benchmarks.common import (
     run_cases,
 )
 from benchmarks.ops.bench_ops import run_ops
+from benchmarks.ops.relational_loss import ragged_examples
 from benchmarks.ops.row_cosine import row_cosine_case
 from benchmarks.ops.segment_pool import make_units, num_incidences
 from mta_ext import reference
@@ -146,8 +147,7 @@ def relational_target(
 ) -> Case:
     """fwd+bwd (student and teacher get gradients) of B ragged examples of ~nb units."""
     gen = torch.Generator().manual_seed(0)
-    counts = torch.randint(max(1, nb // 2), 3 * nb // 2 + 1, (B,), generator=gen)
-    cu_cpu = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    counts, cu_cpu = ragged_examples(B, nb, gen)
     meta = {"plan_sizes": relational_plan_sizes(cu_cpu)}
     n, n_max = int(counts.sum()), int(counts.max())
     col = torch.arange(n_max)

@@ -16,14 +16,19 @@ from mta_ext import reference
 from mta_ext._layout import relational_plan_sizes
 
 
+def ragged_examples(B: int, nb: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(counts [B], cu_units [B+1])`` on the CPU: example ``b`` has ``counts[b]`` units, drawn
+    uniformly in ``[nb/2, 3nb/2]``."""
+    counts = torch.randint(max(1, nb // 2), 3 * nb // 2 + 1, (B,), generator=gen)
+    return counts, torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
 def _case(
     B: int, nb: int, ds: int, dt: int, device: str, dtype=torch.float32, *, fallback: bool = False
 ) -> Case:
     """fwd+bwd of B ragged examples of ~``nb`` units; ``fallback``: without ``plan_sizes``."""
     gen = torch.Generator().manual_seed(0)
-    # ragged: N_b uniform in [nb/2, 3nb/2]
-    counts = torch.randint(max(1, nb // 2), 3 * nb // 2 + 1, (B,), generator=gen)
-    cu_cpu = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    counts, cu_cpu = ragged_examples(B, nb, gen)
     meta = {} if fallback else {"plan_sizes": relational_plan_sizes(cu_cpu)}
     cu = cu_cpu.to(device)
     n = int(counts.sum())
