@@ -1,7 +1,7 @@
-"""The one rule the fake kernels repeat from the C++ argument checks: every tensor argument on
-the reference tensor's device.
+"""The rules the fake kernels repeat from C++: the device rule of the argument checks, and the
+accumulation dtype of the outputs.
 
-The real kernels check it (``check_same_device``, csrc/common/checks.h, whose message this
+The real kernels check devices (``check_same_device``, csrc/common/checks.h, whose message this
 mirrors); a call that mixes a meta tensor with real ones dispatches to the fake kernel, which
 must then fail the same way. Every other argument check and message lives in C++ only.
 """
@@ -20,3 +20,9 @@ def check_devices(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Ten
                 f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
                 "move them to the same device"
             )
+
+
+def acc_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """The ops' accumulation (and float output) dtype: float64 if any of ``ts`` is float64,
+    else float32 (in C++: ``acc_dtype`` of the relational_loss kernels, ``row_cosine_acc``)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
-from ._fake_rules import check_devices
+from ._fake_rules import acc_dtype, check_devices
 
 __all__ = ["relational_loss"]
 
@@ -30,10 +30,6 @@ def _fake_rules(u_student, u_teacher, unit_weights, cu_units) -> None:
     )
     torch._check(u_student.dim() == 2, lambda: f"{_OP}: u_student must have shape [N, Ds]")
     torch._check(u_teacher.dim() == 2, lambda: f"{_OP}: u_teacher must have shape [N, Dt]")
-
-
-def _acc_dtype(*ts: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
 def relational_loss(
@@ -89,7 +85,7 @@ def relational_loss(
 @torch.library.register_fake("mta_ext::relational_loss")
 def _relational_loss_fake(u_student, u_teacher, unit_weights, cu_units, plan_sizes=None):
     _fake_rules(u_student, u_teacher, unit_weights, cu_units)
-    return u_student.new_empty((), dtype=_acc_dtype(u_student, u_teacher, unit_weights))
+    return u_student.new_empty((), dtype=acc_dtype(u_student, u_teacher, unit_weights))
 
 
 @torch.library.register_fake("mta_ext::relational_loss_and_grad")
@@ -98,7 +94,7 @@ def _relational_loss_and_grad_fake(
 ):
     _fake_rules(u_student, u_teacher, unit_weights, cu_units)
     n = u_student.shape[0]
-    acc = _acc_dtype(u_student, u_teacher, unit_weights)
+    acc = acc_dtype(u_student, u_teacher, unit_weights)
     # The precomputed gradients (upstream gradient 1) are kept in the accumulation dtype.
     return (
         u_student.new_empty((), dtype=acc),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _loader  # noqa: F401  (loads the compiled ops)
-from ._fake_rules import check_devices
+from ._fake_rules import acc_dtype, check_devices
 
 __all__ = ["row_cosine"]
 
@@ -46,17 +46,13 @@ def row_cosine(
     return _ops.row_cosine(p, h, rows, eps)[0]
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.register_fake("mta_ext::row_cosine")
 def _row_cosine_fake(p, h, rows=None, eps=1e-5):
     check_devices("row_cosine", "p", p, h=h, rows=rows)
     torch._check(p.dim() == 2 and h.dim() == 2, lambda: "row_cosine: p, h must be [n, D], [M, D]")
     torch._check(h.shape[1] == p.shape[1], lambda: "row_cosine: h must have the width of p")
     n = p.shape[0]
-    return tuple(p.new_empty((n,), dtype=_acc(p.dtype)) for _ in range(3))
+    return tuple(p.new_empty((n,), dtype=acc_dtype(p)) for _ in range(3))
 
 
 @torch.library.register_fake("mta_ext::row_cosine_backward")
