@@ -177,24 +177,36 @@ ROW_COSINE_SAMPLES = [
 ]
 
 
+def row_cosine_inputs(n: int, m: int, d: int, dtype: torch.dtype, rows_kind: str | None):
+    """``(p [n, D], h [M, D], rows [n] | None)`` on the CPU in float64 rounded to ``dtype``
+    (``M = n`` without rows; ``rows_kind`` ``"perm"``: distinct rows, ``"repeat"``: rows drawn
+    with repeats): random magnitudes per row, one zero row and one tiny row of ``p`` (norms
+    below eps: the clamped branch; not in float16, where their gradients of about 1 / eps are
+    beyond the type)."""
+    if rows_kind is None:
+        m = n
+    p = torch.randn(n, d, dtype=torch.float64) * torch.rand(n, 1, dtype=torch.float64).mul(4).exp()
+    if n >= 3 and d and dtype != torch.float16:  # fp16: a gradient of ~1/eps = 1e5 overflows
+        p[0] = 0.0
+        p[2] *= 1e-7
+    h = torch.randn(m, d, dtype=torch.float64)
+    rows = None
+    if rows_kind == "perm":
+        rows = torch.randperm(m)[:n]
+    elif rows_kind == "repeat":
+        rows = torch.randint(0, max(m, 1), (n,)) if m else torch.zeros(0, dtype=torch.long)
+    return p.to(dtype), h.to(dtype), rows
+
+
 def row_cosine_sample_inputs(device: str, dtype: torch.dtype) -> list[Sample]:
-    """``(p [n, D], h [M, D], rows [n] | None, eps)`` on ``device``; ``p`` and ``h`` require
-    grad. One row of ``p`` is zero and one tiny (norms below ``eps``: the clamped branch)."""
+    """``(p [n, D], h [M, D], rows [n] | None, eps)`` on ``device`` from
+    :func:`row_cosine_inputs`; ``p`` and ``h`` require grad."""
     dev = tdev(device)
     out = []
     for n, m, d, kind in ROW_COSINE_SAMPLES:
-        p = torch.randn(n, d, dtype=torch.float64)
-        if n >= 2 and d:
-            p[0] = 0.0
-            p[1] *= 1e-7
-        h = torch.randn(m, d, dtype=torch.float64)
-        rows = None
-        if kind == "perm":
-            rows = torch.randperm(m)[:n]
-        elif kind == "repeat":
-            rows = torch.randint(0, m, (n,))
-        p = p.to(dtype).to(dev).requires_grad_()
-        h = h.to(dtype).to(dev).requires_grad_()
+        p, h, rows = row_cosine_inputs(n, m, d, dtype, kind)
+        p = p.to(dev).requires_grad_()
+        h = h.to(dev).requires_grad_()
         out.append(
             Sample(
                 (p, h, None if rows is None else rows.to(dev), 1e-5),

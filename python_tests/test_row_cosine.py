@@ -1,10 +1,11 @@
 """row_cosine on every device of DEVICES: exactness vs the reference, gradients, opcheck,
-determinism, bad input, wrong device metadata.
+determinism, bad input (rows outside h on the device: test_simt_memory.py, run under ASan).
 
-Inputs: ``op_registry.row_cosine_sample_inputs`` (opcheck, gradcheck) and the builder below
-(rows absent / distinct / repeated, zero and tiny rows in the clamped branch, strided layouts),
-seeded by the ``rng`` fixture (fresh seed per run, printed; MTA_TEST_SEED replays). CUDA
-outputs are NaN-poisoned: an element no kernel wrote shows up as NaN.
+Inputs: one builder, ``op_registry.row_cosine_inputs`` (rows absent / distinct / repeated, zero
+and tiny rows in the clamped branch), for the shape sweeps here (plus strided layouts) and for
+``row_cosine_sample_inputs`` (opcheck, gradcheck); seeded by the ``rng`` fixture (fresh seed
+per run, printed; MTA_TEST_SEED replays). CUDA outputs are NaN-poisoned: an element no kernel
+wrote shows up as NaN.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from op_helpers import (
     tdev,
     value_checks_on,
 )
-from op_registry import row_cosine_sample_inputs
+from op_registry import row_cosine_inputs, row_cosine_sample_inputs
 
 import mta_ext
 from mta_ext import reference
@@ -38,25 +39,6 @@ CASES = [
     for rows in (None, "perm", "repeat")
     for layout in ("contiguous", "strided")
 ]
-
-
-def _inputs(n, m, d, dtype, rows_kind):
-    """``(p [n, D], h [M, D], rows [n] | None)`` on the CPU in float64 rounded to ``dtype``:
-    random magnitudes per row, one zero row and one tiny row of p (norms below eps; not in
-    float16, where their gradients of about 1 / eps are beyond the type)."""
-    if rows_kind is None:
-        m = n
-    p = torch.randn(n, d, dtype=torch.float64) * torch.rand(n, 1, dtype=torch.float64).mul(4).exp()
-    if n >= 3 and d and dtype != torch.float16:  # fp16: a gradient of ~1/eps = 1e5 overflows
-        p[0] = 0.0
-        p[2] *= 1e-7
-    h = torch.randn(m, d, dtype=torch.float64)
-    rows = None
-    if rows_kind == "perm":
-        rows = torch.randperm(m)[:n]
-    elif rows_kind == "repeat":
-        rows = torch.randint(0, max(m, 1), (n,)) if m else torch.zeros(0, dtype=torch.long)
-    return p.to(dtype), h.to(dtype), rows
 
 
 def _strided(x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +79,7 @@ def test_forward_known_values(device):
 def test_matches_reference(rng, case, device):
     """Forward and both input gradients vs autograd through the float64 reference."""
     dtype, (n, m, d), rows_kind, layout = case
-    p, h, rows = _inputs(n, m, d, dtype, rows_kind)
+    p, h, rows = row_cosine_inputs(n, m, d, dtype, rows_kind)
     dev = tdev(device)
     pd, hd = p.to(dev), h.to(dev)
     if layout == "strided":
@@ -138,7 +120,7 @@ def test_matches_reference(rng, case, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_vs_fp64(rng, dtype, device):
     """Low-precision forward and backward vs float64 on the same rounded inputs."""
-    p, h, rows = _inputs(200, 260, 96, dtype, "perm")
+    p, h, rows = row_cosine_inputs(200, 260, 96, dtype, "perm")
     dev = tdev(device)
     x = p.to(dev).clone().requires_grad_()
     out = mta_ext.row_cosine(x, h.to(dev), rows.to(dev))
@@ -155,7 +137,7 @@ def test_low_precision_vs_fp64(rng, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("device", GPU_DEVICES)
 def test_cuda_kernels_match_cpu_kernels(rng, dtype, device):
-    p, h, rows = _inputs(300, 400, 200, dtype, "repeat")
+    p, h, rows = row_cosine_inputs(300, 400, 200, dtype, "repeat")
     g = torch.randn(300).to(torch.float64 if dtype == torch.float64 else torch.float32)
     with cpu_kernels():
         cpu = ops.row_cosine(p, h, rows, 1e-5)
@@ -215,7 +197,7 @@ def test_opcheck(rng, device):
 
 
 def test_torch_compile_fullgraph(rng):
-    p, h, rows = _inputs(40, 50, 16, torch.float32, "perm")
+    p, h, rows = row_cosine_inputs(40, 50, 16, torch.float32, "perm")
 
     def f(a, b, r):
         return (1 - mta_ext.row_cosine(a * 2, b, r)).square().sum()
@@ -238,7 +220,7 @@ def test_bit_identical_repeats(rng, dtype, device):
     """Forward and backward give the same bits on every repeat, also for repeated rows (whose
     h gradients accumulate)."""
     dev = tdev(device)
-    p, h, rows = _inputs(700, 300, 130, dtype, "repeat")
+    p, h, rows = row_cosine_inputs(700, 300, 130, dtype, "repeat")
     p, h, rows = p.to(dev), h.to(dev), rows.to(dev)
     g = torch.randn(700, device=dev)
     runs = []
