@@ -3,17 +3,19 @@
 //
 // loss = sum_b sum_{i!=j in b} W_i W_j (cS_ij - cT_ij)^2 / max(sum_b sum_{i!=j in b} W_i W_j, 1e-5)
 // with c the cosine Gram matrix of each example's units (docs/DESIGN.md §2.4). Each example block
-// is handled on its own: rows normalised (one pass), the Gram difference cS - cT by two GEMMs into
-// one N_b x N_b buffer, the weighted squared difference reduced in one pass. Memory is
-// O(N_b (N_b + Ds + Dt)) per example in flight, never N x N, and no autograd graph: for the
-// gradient the same buffer becomes M = 4 g / Z * W Wᵀ o (cS - cT) (zero diagonal), then
-// dL/dNs = M Ns, dL/dNt = -M Nt and the normalisation's backward. Three ops share that code:
-// relational_loss (forward), relational_loss_and_grad (forward that also returns the gradients
-// for g = 1, so the autograd backward is a scaling: fwd+bwd in one pass) and
+// is handled on its own: rows normalised (one pass), the Gram difference cS - cT from the two
+// Grams' upper block triangles (cpu/symmetric_gram.h) into one N_b x N_b buffer, the weighted
+// squared difference reduced in one pass. Memory is O(N_b (N_b + Ds + Dt)) per example in flight,
+// never N x N, and no autograd graph: for the gradient the same buffer becomes M = 4 g / Z * W Wᵀ o
+// (cS - cT) (zero diagonal), then dL/dNs = M Ns, dL/dNt = -M Nt and the normalisation's backward.
+// Three ops share that code: relational_loss (forward), relational_loss_and_grad (forward that also
+// returns the gradients for g = 1, so the autograd backward is a scaling: fwd+bwd in one pass) and
 // relational_loss_backward (recomputes; used when the plain op is differentiated). Examples run
 // in parallel; per-example partial sums are reduced in example order, so results are
 // bit-identical across runs and thread counts.
 #include "cpu/relational_loss_cpu.h"
+
+#include "cpu/symmetric_gram.h"
 
 #include "common/debug.h"
 #include "common/sequential_blas.h"
@@ -176,10 +178,9 @@ void example_block(const at::Tensor& us, const at::Tensor& ut, const acc_t* w, i
   acc_t* nrm_t = nrm_s + n;
   normalize_into<acc_t>(xs.const_data_ptr<acc_t>(), n, Ds, ns.mutable_data_ptr<acc_t>(), nrm_s);
   normalize_into<acc_t>(xt.const_data_ptr<acc_t>(), n, Dt, nt.mutable_data_ptr<acc_t>(), nrm_t);
-  // cS - cT from two separate products (not one addmm, whose fused accumulation leaves rounding
-  // residue): identical student and teacher inputs give exactly 0.
-  auto d = at::mm(ns, ns.t());
-  d.sub_(at::mm(nt, nt.t()));
+  // cS - cT, each Gram from its upper block triangle (about half the FLOPs); identical student
+  // and teacher inputs give exactly 0.
+  auto d = symmetric_gram_difference(ns, nt);
   acc_t* dp = d.mutable_data_ptr<acc_t>();
   for (int64_t i = 0; i < n; ++i) dp[i * n + i] = 0;  // i == j is not a pair
   const acc_t* wb = w + a;

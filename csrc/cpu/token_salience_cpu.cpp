@@ -15,6 +15,8 @@
 // and thread counts.
 #include "cpu/token_salience_cpu.h"
 
+#include "cpu/symmetric_gram.h"
+
 #include "ops/token_salience.h"
 
 #include "common/checks.h"
@@ -44,7 +46,6 @@ constexpr int64_t kWholeRowMaxKeys = 8192;    // above this, stream over key blo
 constexpr int64_t kAutoKeyBlock = 1024;
 constexpr int64_t kSymmetricMaxKeys = 2048;  // up to this, build S once from its upper half
 constexpr double kSerialWork = 1 << 22;      // multiply-adds below which one thread does it all
-constexpr int64_t kSymmetricBlock = 64;      // upper triangle ~ (1 + 64/n)/2 of the FLOPs
 
 // y = x / (std(x) + eps) * D^-1/4 for one row: Bessel-corrected std (0 when D == 1, where it is
 // undefined), mean and variance accumulated in acc_t with vectorised reductions on the row scaled
@@ -99,14 +100,7 @@ void rows_whole(const at::Tensor& hn, int64_t r0, int64_t r1, const at::Tensor& 
 // The whole example at once: S from its upper block triangle (S = Sᵀ), softmax rows in place,
 // received attention by one [1, n] x [n, n] product.
 void example_symmetric(const at::Tensor& hn, const at::Tensor& col) {
-  const int64_t n = hn.size(0);
-  auto s = at::empty({n, n}, hn.options());
-  for (int64_t i0 = 0; i0 < n; i0 += kSymmetricBlock) {
-    const int64_t i1 = std::min(n, i0 + kSymmetricBlock);
-    auto upper = s.slice(0, i0, i1).slice(1, i0, n);
-    at::mm_out(upper, hn.slice(0, i0, i1), hn.slice(0, i0, n).t());
-    if (i1 < n) s.slice(0, i1, n).slice(1, i0, i1).copy_(s.slice(0, i0, i1).slice(1, i1, n).t());
-  }
+  auto s = symmetric_gram(hn);
   s.diagonal().fill_(-std::numeric_limits<double>::infinity());
   auto m = s.amax(1, /*keepdim=*/true);  // amax: max(dim) also computes indices (slow)
   s.sub_(m).exp_();
