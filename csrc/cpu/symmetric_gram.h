@@ -32,14 +32,34 @@ inline void gram_upper_blocks(const at::Tensor& x, const at::Tensor& out) {
 }
 
 // Completes a matrix whose upper block triangle gram_upper_blocks wrote: each block row's
-// entries right of its diagonal block, transposed, below that block.
-inline void mirror_upper_blocks(const at::Tensor& out) {
-  const int64_t n = out.size(0);
+// entries right of its diagonal block, transposed, below that block. A plain loop over 16 x 16
+// tiles (about 5x faster than at::copy_ of the transposed view for n = 512, whose strided reads
+// cost as much as the softmax that follows).
+template <typename scalar_t>
+void mirror_upper_blocks_typed(scalar_t* out, int64_t n) {
+  constexpr int64_t kTile = 16;
   for (int64_t i0 = 0; i0 < n; i0 += kGramBlock) {
     const int64_t i1 = std::min(n, i0 + kGramBlock);
-    if (i1 < n)
-      out.slice(0, i1, n).slice(1, i0, i1).copy_(out.slice(0, i0, i1).slice(1, i1, n).t());
+    for (int64_t ti = i0; ti < i1; ti += kTile) {
+      const int64_t te = std::min(i1, ti + kTile);
+      for (int64_t tj = i1; tj < n; tj += kTile) {
+        const int64_t je = std::min(n, tj + kTile);
+        for (int64_t j = tj; j < je; ++j)
+          for (int64_t i = ti; i < te; ++i) out[j * n + i] = out[i * n + j];
+      }
+    }
   }
+}
+
+// out: [n, n] contiguous, float or double (the CPU kernels' accumulation types).
+inline void mirror_upper_blocks(const at::Tensor& out) {
+  const int64_t n = out.size(0);
+  TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.dim() == 2 && out.size(1) == n);
+  TORCH_INTERNAL_ASSERT(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble);
+  if (out.scalar_type() == at::kDouble)
+    mirror_upper_blocks_typed(out.mutable_data_ptr<double>(), n);
+  else
+    mirror_upper_blocks_typed(out.mutable_data_ptr<float>(), n);
 }
 
 // x xᵀ ([n, n], x's dtype).
