@@ -70,16 +70,17 @@ inline at::Tensor symmetric_gram(const at::Tensor& x) {
   return out;
 }
 
-// a aᵀ - b bᵀ ([n, n], a's dtype; a: [n, Da], b: [n, Db], same dtype), from two separate products
-// (not one fused accumulation, which leaves rounding residue): equal a and b give exactly 0.
+// a aᵀ - b bᵀ ([n, n], a's dtype; a: [n, Da], b: [n, Db], same dtype), block row by block row:
+// a's strip written in place, b's strip from its own product subtracted (not one fused
+// accumulation, which leaves rounding residue): equal a and b give exactly 0.
 inline at::Tensor symmetric_gram_difference(const at::Tensor& a, const at::Tensor& b) {
   const int64_t n = a.size(0);
-  auto out = at::empty({n, n}, a.options()), other = at::empty({n, n}, a.options());
-  gram_upper_blocks(a, out);
-  gram_upper_blocks(b, other);
+  auto out = at::empty({n, n}, a.options());
   for (int64_t i0 = 0; i0 < n; i0 += kGramBlock) {
     const int64_t i1 = std::min(n, i0 + kGramBlock);
-    out.slice(0, i0, i1).slice(1, i0, n).sub_(other.slice(0, i0, i1).slice(1, i0, n));
+    auto strip = out.slice(0, i0, i1).slice(1, i0, n);
+    at::mm_out(strip, a.slice(0, i0, i1), a.slice(0, i0, n).t());
+    strip.sub_(at::mm(b.slice(0, i0, i1), b.slice(0, i0, n).t()));
   }
   mirror_upper_blocks(out);
   return out;
