@@ -323,6 +323,20 @@ class Case:
     sync_check: str | None = "mta_ext"
 
 
+def linear_sweeps(
+    case: Callable[[int, int], Case], width: int, quick: bool
+) -> dict[str, list[Case]]:
+    """The scaling sweeps of an op linear in its rows and its width: ``case(rows, D)`` over
+    1k-16k rows at ``width``, then over D = 64-4096 at 4,096 rows (``quick``: two small points
+    each)."""
+    rows = [512, 1024] if quick else [1024, 2048, 4096, 8192, 16384]
+    dims = [64, 256] if quick else [64, 256, 576, 1024, 2048, 4096]
+    return {
+        "tokens": [case(t, width) for t in rows],
+        "D": [case(1024 if quick else 4096, d) for d in dims],
+    }
+
+
 def run_cases(cases: list[Case], *, device: str, repeats: int, warmup: int) -> list[dict]:
     rows = []
     for case in cases:

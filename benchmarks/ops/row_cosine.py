@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 import mta_ext
-from benchmarks.common import Case
+from benchmarks.common import Case, linear_sweeps
 from mta_ext import reference
 
 # Share of the teacher's rows that a student row is compared with (the demo's word-level
@@ -69,9 +69,4 @@ def cases(device: str, quick: bool) -> list[Case]:
 
 def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
     """Scaling: linear in the rows and in D."""
-    tokens = [512, 1024] if quick else [1024, 2048, 4096, 8192, 16384]
-    dims = [64, 256] if quick else [64, 256, 576, 1024, 2048, 4096]
-    return {
-        "tokens": [row_cosine_case(t, 1600 if not quick else 576, device) for t in tokens],
-        "D": [row_cosine_case(1024 if quick else 4096, d, device) for d in dims],
-    }
+    return linear_sweeps(lambda t, d: row_cosine_case(t, d, device), 576 if quick else 1600, quick)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import mta_ext
-from benchmarks.common import Case
+from benchmarks.common import Case, linear_sweeps
 from mta_ext import reference
 
 
@@ -88,9 +88,4 @@ def cases(device: str, quick: bool) -> list[Case]:
 
 def sweeps(device: str, quick: bool) -> dict[str, list[Case]]:
     """Scaling: linear in tokens (and in D) for pooling."""
-    tokens = [512, 1024] if quick else [1024, 2048, 4096, 8192, 16384]
-    dims = [64, 256] if quick else [64, 256, 576, 1024, 2048, 4096]
-    return {
-        "tokens": [_case(t, 576, device) for t in tokens],
-        "D": [_case(1024 if quick else 4096, d, device) for d in dims],
-    }
+    return linear_sweeps(lambda t, d: _case(t, d, device), 576, quick)
