@@ -19,27 +19,30 @@ namespace mta_ext {
 // products slower.
 constexpr int64_t kGramBlock = 64;
 
-// out[i0:i1, i0:n] = x[i0:i1] x[i0:n]ᵀ for every block row: the upper block triangle (diagonal
-// blocks whole). The entries left of each diagonal block are not written.
-// x: [n, D]; out: [n, n], contiguous, x's dtype.
-inline void gram_upper_blocks(const at::Tensor& x, const at::Tensor& out) {
-  const int64_t n = x.size(0);
-  for (int64_t i0 = 0; i0 < n; i0 += kGramBlock) {
-    const int64_t i1 = std::min(n, i0 + kGramBlock);
-    auto strip = out.slice(0, i0, i1).slice(1, i0, n);
-    at::mm_out(strip, x.slice(0, i0, i1), x.slice(0, i0, n).t());
-  }
+// Calls fn(i0, i1) for each block row [i0, i1) of an n x n matrix, in order.
+template <typename Fn>
+void for_each_block_row(int64_t n, Fn&& fn) {
+  for (int64_t i0 = 0; i0 < n; i0 += kGramBlock) fn(i0, std::min(n, i0 + kGramBlock));
 }
 
-// Completes a matrix whose upper block triangle gram_upper_blocks wrote: each block row's
+// Writes out[i0:i1, i0:n] = x[i0:i1] x[i0:n]ᵀ (block row [i0, i1) of the upper block triangle,
+// its diagonal block whole) and returns that strip. x: [n, D]; out: [n, n], x's dtype.
+inline at::Tensor gram_upper_strip(const at::Tensor& x, const at::Tensor& out, int64_t i0,
+                                   int64_t i1) {
+  const int64_t n = x.size(0);
+  auto strip = out.slice(0, i0, i1).slice(1, i0, n);
+  at::mm_out(strip, x.slice(0, i0, i1), x.slice(0, i0, n).t());
+  return strip;
+}
+
+// Completes a matrix whose upper block triangle gram_upper_strip wrote: each block row's
 // entries right of its diagonal block, transposed, below that block. A plain loop over 16 x 16
 // tiles (about 5x faster than at::copy_ of the transposed view for n = 512, whose strided reads
 // cost as much as the softmax that follows).
 template <typename scalar_t>
 void mirror_upper_blocks_typed(scalar_t* out, int64_t n) {
   constexpr int64_t kTile = 16;
-  for (int64_t i0 = 0; i0 < n; i0 += kGramBlock) {
-    const int64_t i1 = std::min(n, i0 + kGramBlock);
+  for_each_block_row(n, [&](int64_t i0, int64_t i1) {
     for (int64_t ti = i0; ti < i1; ti += kTile) {
       const int64_t te = std::min(i1, ti + kTile);
       for (int64_t tj = i1; tj < n; tj += kTile) {
@@ -48,7 +51,7 @@ void mirror_upper_blocks_typed(scalar_t* out, int64_t n) {
           for (int64_t i = ti; i < te; ++i) out[j * n + i] = out[i * n + j];
       }
     }
-  }
+  });
 }
 
 // out: [n, n] contiguous, float or double (the CPU kernels' accumulation types).
@@ -65,7 +68,7 @@ inline void mirror_upper_blocks(const at::Tensor& out) {
 // x xᵀ ([n, n], x's dtype).
 inline at::Tensor symmetric_gram(const at::Tensor& x) {
   auto out = at::empty({x.size(0), x.size(0)}, x.options());
-  gram_upper_blocks(x, out);
+  for_each_block_row(x.size(0), [&](int64_t i0, int64_t i1) { gram_upper_strip(x, out, i0, i1); });
   mirror_upper_blocks(out);
   return out;
 }
@@ -76,12 +79,9 @@ inline at::Tensor symmetric_gram(const at::Tensor& x) {
 inline at::Tensor symmetric_gram_difference(const at::Tensor& a, const at::Tensor& b) {
   const int64_t n = a.size(0);
   auto out = at::empty({n, n}, a.options());
-  for (int64_t i0 = 0; i0 < n; i0 += kGramBlock) {
-    const int64_t i1 = std::min(n, i0 + kGramBlock);
-    auto strip = out.slice(0, i0, i1).slice(1, i0, n);
-    at::mm_out(strip, a.slice(0, i0, i1), a.slice(0, i0, n).t());
-    strip.sub_(at::mm(b.slice(0, i0, i1), b.slice(0, i0, n).t()));
-  }
+  for_each_block_row(n, [&](int64_t i0, int64_t i1) {
+    gram_upper_strip(a, out, i0, i1).sub_(at::mm(b.slice(0, i0, i1), b.slice(0, i0, n).t()));
+  });
   mirror_upper_blocks(out);
   return out;
 }
